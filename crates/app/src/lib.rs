@@ -1,0 +1,100 @@
+//! Plumbing shared by the `edge` and `core` daemons: logging set-up, secrets from config,
+//! the machine-readable ready line, and shutdown signals.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+pub mod pki;
+
+/// Install the global tracing subscriber: text or JSON to stderr, filtered by `level` (an
+/// env-filter directive) unless `RUST_LOG` is set.
+pub fn init_logging(format: &str, level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
+        _ => EnvFilter::try_new(level),
+    }
+    .with_context(|| format!("log.level {level:?}"))?;
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|e| anyhow::anyhow!("logging: {e}"))
+}
+
+/// A secret given inline or in a file (first line, trimmed). `section` names the config section
+/// for errors. Exactly one of the two must be set, and the secret must be at least 16 bytes.
+pub fn resolve_secret(
+    section: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<String> {
+    let secret = match (inline, file) {
+        (Some(_), Some(_)) => {
+            bail!("{section}: set dialback_secret or dialback_secret_file, not both")
+        }
+        (Some(s), None) => s.trim().to_owned(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("{section}.dialback_secret_file: {}", p.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        (None, None) => bail!("{section}.dialback_secret: missing (or dialback_secret_file)"),
+    };
+    if secret.len() < 16 {
+        bail!("{section}.dialback_secret: at least 16 characters");
+    }
+    Ok(secret)
+}
+
+/// Print the one machine-readable line tests and supervisors wait for, on stdout.
+pub fn announce_ready(binary: &str, fields: serde_json::Value) {
+    let mut obj = serde_json::json!({ "event": "ready", "binary": binary });
+    if let (Some(o), serde_json::Value::Object(extra)) = (obj.as_object_mut(), fields) {
+        o.extend(extra);
+    }
+    println!("{obj}");
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_rules() {
+        assert!(resolve_secret("s", None, None).is_err());
+        assert!(resolve_secret("s", Some("short"), None).is_err());
+        assert!(resolve_secret("s", Some("0123456789abcdef"), Some(Path::new("/x"))).is_err());
+        let ok = resolve_secret("s", Some(" 0123456789abcdef \n"), None);
+        assert_eq!(ok.ok().as_deref(), Some("0123456789abcdef"));
+        let missing = resolve_secret("fed", None, Some(Path::new("/nonexistent/secret")));
+        let msg = format!("{:#}", missing.err().map(|e| e.to_string()).unwrap_or_default());
+        assert!(msg.contains("fed.dialback_secret_file"), "{msg}");
+    }
+}

@@ -1,0 +1,243 @@
+//! core's TOML configuration: parsed and validated before anything binds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {
+    /// This core's identity.
+    pub core: CoreSection,
+    /// The traversal tunnel to the edge.
+    pub tunnel: TunnelSection,
+    /// s2s with the internal IM&P nodes.
+    pub s2s: S2sSection,
+    /// Local domains and the nodes that serve them.
+    #[serde(default)]
+    pub domains: Vec<DomainSection>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[core]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreSection {
+    /// The core's name: must equal the name in its traversal client certificate.
+    pub id: String,
+}
+
+/// `[tunnel]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// The edge's traversal address (host:port or ip:port).
+    pub edge: String,
+    /// The name in the edge's traversal server certificate.
+    pub edge_name: String,
+    /// core's traversal client certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The traversal CA that signed the edge's certificate.
+    pub ca: PathBuf,
+    /// Stanzas kept until acknowledged.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Keepalive interval in seconds.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+}
+
+/// `[s2s]`: the internal leg.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S2sSection {
+    /// Where the IM&P nodes connect (their federation route points here).
+    #[serde(default = "default_s2s_listen")]
+    pub listen: SocketAddr,
+    /// Certificate presented to the nodes (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// The XEP-0185 dialback secret, shared by every core of the deployment.
+    #[serde(default)]
+    pub dialback_secret: Option<String>,
+    /// Or a file holding it (first line).
+    #[serde(default)]
+    pub dialback_secret_file: Option<PathBuf>,
+    /// Require TLS with the nodes (default true).
+    #[serde(default = "default_true")]
+    pub require_tls: bool,
+    /// Largest stanza accepted, in bytes.
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_bytes: usize,
+    /// Close sessions idle this long (seconds).
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+/// `[[domains]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSection {
+    /// The local XMPP domain, e.g. example.com.
+    pub name: String,
+    /// s2s addresses of the IM&P nodes serving it (ip:port).
+    pub nodes: Vec<SocketAddr>,
+    /// Chat node aliases (MUC services) hosted by those nodes.
+    #[serde(default)]
+    pub chat_node_aliases: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// text (default) or json.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// An env-filter directive.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_window() -> usize {
+    4096
+}
+fn default_keepalive() -> u64 {
+    10
+}
+fn default_s2s_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5269))
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_stanza() -> usize {
+    262_144
+}
+fn default_idle() -> u64 {
+    600
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// The config after validation.
+pub struct Validated {
+    /// The parsed file.
+    pub raw: CoreConfig,
+    /// Local domain or alias (lowercase) -> node addresses.
+    pub nodes: HashMap<String, Vec<SocketAddr>>,
+    /// Local domains (lowercase).
+    pub domains: Vec<String>,
+    /// Chat node aliases (lowercase).
+    pub aliases: Vec<String>,
+    /// The dialback secret.
+    pub dialback_secret: String,
+}
+
+/// Read, parse and validate. Relative paths are taken from the file's directory.
+pub fn load(path: &Path) -> anyhow::Result<Validated> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let mut raw: CoreConfig =
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [
+        &mut raw.tunnel.cert,
+        &mut raw.tunnel.key,
+        &mut raw.tunnel.ca,
+        &mut raw.s2s.cert,
+        &mut raw.s2s.key,
+    ] {
+        *p = base.join(&*p);
+    }
+    if let Some(p) = raw.s2s.dialback_secret_file.as_mut() {
+        *p = base.join(&*p);
+    }
+    validate(raw)
+}
+
+fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
+    for (key, p) in [
+        ("tunnel.cert", &raw.tunnel.cert),
+        ("tunnel.key", &raw.tunnel.key),
+        ("tunnel.ca", &raw.tunnel.ca),
+        ("s2s.cert", &raw.s2s.cert),
+        ("s2s.key", &raw.s2s.key),
+    ] {
+        if !p.is_file() {
+            bail!("{key}: file {} does not exist", p.display());
+        }
+    }
+    let dialback_secret = causeway_app::resolve_secret(
+        "s2s",
+        raw.s2s.dialback_secret.as_deref(),
+        raw.s2s.dialback_secret_file.as_deref(),
+    )?;
+    if raw.domains.is_empty() {
+        bail!("domains: at least one [[domains]] entry is needed");
+    }
+    let mut nodes: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+    let mut domains = Vec::new();
+    let mut aliases = Vec::new();
+    for (i, d) in raw.domains.iter().enumerate() {
+        let name = causeway_xmpp::addr::normalize_domain(&d.name)
+            .map_err(|e| anyhow::anyhow!("domains[{i}].name: {e}"))?;
+        if d.nodes.is_empty() {
+            bail!("domains[{i}].nodes: at least one IM&P node address");
+        }
+        insert_unique(&mut nodes, &name, &d.nodes, &format!("domains[{i}].name"))?;
+        domains.push(name);
+        for (j, a) in d.chat_node_aliases.iter().enumerate() {
+            let key = format!("domains[{i}].chat_node_aliases[{j}]");
+            let alias = causeway_xmpp::addr::normalize_domain(a)
+                .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            insert_unique(&mut nodes, &alias, &d.nodes, &key)?;
+            aliases.push(alias);
+        }
+    }
+    match raw.log.format.as_str() {
+        "text" | "json" => {}
+        other => bail!("log.format: {other:?} is not text or json"),
+    }
+    Ok(Validated {
+        raw,
+        nodes,
+        domains,
+        aliases,
+        dialback_secret,
+    })
+}
+
+fn insert_unique(
+    map: &mut HashMap<String, Vec<SocketAddr>>,
+    name: &str,
+    nodes: &[SocketAddr],
+    key: &str,
+) -> anyhow::Result<()> {
+    if map.insert(name.to_owned(), nodes.to_vec()).is_some() {
+        bail!("{key}: {name} is configured twice");
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The edge daemon as a library: federation sockets on the internet side, the traversal tunnel
+//! to the cores on the other.
+//!
+//! Inbound: s2s stanza from a federated server -> [`EdgeHost::deliver`] -> the tunnel to the core
+//! that announced the `to` domain. Outbound: tunnel stanza from a core -> checks (the core
+//! announced the `from` domain; the privacy policy allows the `to` domain) -> [`S2s::send`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use causeway_policy::{Policy, Verdict};
+use causeway_s2s::{
+    BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
+};
+use causeway_tunnel::{EdgeEvent, EdgeTunnel, TlsFiles, TunnelOptions, TunnelStanza};
+use causeway_xmpp::StanzaCondition;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+pub mod cli;
+pub mod config;
+
+/// What the edge knows and decides; the [`Host`] of its s2s service.
+pub struct EdgeHost {
+    /// Local domain or chat node alias -> the core that serves it.
+    domains: RwLock<HashMap<String, String>>,
+    policy: Policy,
+    routes: HashMap<String, Vec<SocketAddr>>,
+    resolver: causeway_dns::Resolver,
+    tunnel: OnceLock<EdgeTunnel>,
+}
+
+impl EdgeHost {
+    fn core_for(&self, domain: &str) -> Option<String> {
+        self.domains.read().ok()?.get(domain).cloned()
+    }
+
+    fn tunnel(&self) -> Option<&EdgeTunnel> {
+        self.tunnel.get()
+    }
+
+    /// Send a stanza towards the inside, to the core serving `to_domain`.
+    async fn to_core(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
+        let (Some(core), Some(tunnel)) = (self.core_for(&to_domain), self.tunnel()) else {
+            warn!(module = LOG_MODULE, to = %to_domain, "no core serves this domain; stanza dropped");
+            return;
+        };
+        let stanza = TunnelStanza {
+            from_domain,
+            to_domain,
+            payload,
+        };
+        if let Err(e) = tunnel.send(&core, stanza).await {
+            warn!(module = LOG_MODULE, core = %core, error = %e, "tunnel send failed; stanza dropped");
+        }
+    }
+
+    fn policy_allows(&self, remote: &str, direction: Direction) -> bool {
+        let dir = match direction {
+            Direction::Inbound => causeway_policy::Direction::Inbound,
+            Direction::Outbound => causeway_policy::Direction::Outbound,
+        };
+        matches!(self.policy.check(remote, dir), Verdict::Allow)
+    }
+}
+
+impl Host for EdgeHost {
+    fn serves(&self, domain: &str) -> bool {
+        self.core_for(domain).is_some()
+    }
+
+    fn peer_allowed(&self, remote: &str, direction: Direction) -> bool {
+        !self.serves(remote) && self.policy_allows(remote, direction)
+    }
+
+    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
+        Box::pin(async move {
+            if let Some(addrs) = self.routes.get(domain) {
+                // A static route never falls back to DNS.
+                return Ok(addrs.clone());
+            }
+            let targets = self
+                .resolver
+                .resolve_xmpp_server(domain)
+                .await
+                .map_err(|e| e.to_string())?;
+            let addrs: Vec<SocketAddr> = targets
+                .iter()
+                .flat_map(|t| t.addrs.iter().map(move |ip| SocketAddr::new(*ip, t.port)))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("no s2s service found for {domain}"));
+            }
+            Ok(addrs)
+        })
+    }
+
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
+        Box::pin(self.to_core(stanza.from_domain, stanza.to_domain, stanza.payload))
+    }
+
+    fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
+                return;
+            };
+            self.to_core(stanza.to_domain, stanza.from_domain, reply).await;
+        })
+    }
+}
+
+/// A running edge.
+pub struct Edge {
+    /// The s2s service.
+    pub s2s: Arc<S2s>,
+    /// Its host state.
+    pub host: Arc<EdgeHost>,
+    /// The tunnel server.
+    pub tunnel: EdgeTunnel,
+    /// Where s2s listens.
+    pub s2s_addr: SocketAddr,
+    /// Where the tunnel listens.
+    pub tunnel_addr: SocketAddr,
+}
+
+/// Start the edge from a validated config: bind both listeners, spawn everything, and return
+/// once bound (a wiring function).
+pub async fn start(
+    cfg: config::Validated,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Edge> {
+    let fed = &cfg.raw.federation;
+    let certs = causeway_pki::load_certs(&fed.cert)?;
+    let key = causeway_pki::load_key(&fed.key)?;
+    let tls_server = causeway_pki::s2s_server_config(certs, key)?;
+    let tls_client = causeway_pki::s2s_client_config_dialback()?;
+    let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
+    s2s_cfg.require_tls = fed.security_mode == config::SecurityMode::TlsRequired;
+    s2s_cfg.limits.max_stanza_bytes = fed.max_stanza_bytes;
+    s2s_cfg.idle_timeout = Duration::from_secs(fed.idle_timeout_secs);
+    s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
+
+    let nameservers = (!cfg.raw.dns.nameservers.is_empty()).then(|| cfg.raw.dns.nameservers.clone());
+    let resolver = causeway_dns::Resolver::new(nameservers)?;
+    let host = Arc::new(EdgeHost {
+        domains: RwLock::new(HashMap::new()),
+        policy: cfg.policy.clone(),
+        routes: cfg.routes.clone(),
+        resolver,
+        tunnel: OnceLock::new(),
+    });
+    let s2s = S2s::new(s2s_cfg, host.clone());
+
+    let s2s_listener = TcpListener::bind(fed.listen)
+        .await
+        .with_context(|| format!("federation.listen {}", fed.listen))?;
+    let tunnel_listener = TcpListener::bind(cfg.raw.tunnel.listen)
+        .await
+        .with_context(|| format!("tunnel.listen {}", cfg.raw.tunnel.listen))?;
+    let s2s_addr = s2s_listener.local_addr()?;
+    let tunnel_addr = tunnel_listener.local_addr()?;
+
+    let tls = TlsFiles {
+        cert_pem: causeway_pki::read_file(&cfg.raw.tunnel.cert)?,
+        key_pem: causeway_pki::read_file(&cfg.raw.tunnel.key)?,
+        ca_pem: causeway_pki::read_file(&cfg.raw.tunnel.ca)?,
+    };
+    let opts = TunnelOptions {
+        window: cfg.raw.tunnel.window,
+        keepalive: Duration::from_secs(cfg.raw.tunnel.keepalive_secs),
+        ..TunnelOptions::default()
+    };
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let (tunnel, _server) = EdgeTunnel::serve(tunnel_listener, tls, opts, events_tx, shutdown.clone())?;
+    let _ = host.tunnel.set(tunnel.clone());
+
+    tokio::spawn(s2s.clone().serve(s2s_listener, shutdown));
+    tokio::spawn(pump_tunnel(host.clone(), s2s.clone(), events_rx));
+    info!(module = LOG_MODULE, s2s = %s2s_addr, tunnel = %tunnel_addr, "edge listening");
+    Ok(Edge {
+        s2s,
+        host,
+        tunnel,
+        s2s_addr,
+        tunnel_addr,
+    })
+}
+
+/// Events from the cores: hellos teach the edge its domains; stanzas go out over s2s.
+async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Receiver<EdgeEvent>) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            EdgeEvent::CoreUp(hello) => {
+                info!(module = LOG_MODULE, core = %hello.core_id, domains = ?hello.domains, aliases = ?hello.chat_node_aliases, "core connected");
+                if let Ok(mut map) = host.domains.write() {
+                    map.retain(|_, core| *core != hello.core_id);
+                    for d in hello.domains.iter().chain(&hello.chat_node_aliases) {
+                        map.insert(d.to_ascii_lowercase(), hello.core_id.clone());
+                    }
+                }
+            }
+            EdgeEvent::CoreDown { core_id } => {
+                // Its domains stay: stanzas for it wait in the tunnel's replay window.
+                warn!(module = LOG_MODULE, core = %core_id, "core disconnected");
+            }
+            EdgeEvent::Stanza { core_id, stanza } => {
+                outbound_from_core(&host, &s2s, &core_id, stanza).await;
+            }
+        }
+    }
+}
+
+async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: TunnelStanza) {
+    if host.core_for(&st.from_domain).as_deref() != Some(core_id) {
+        warn!(module = LOG_MODULE, core = %core_id, from = %st.from_domain, "stanza from a domain this core did not announce: dropped");
+        s2s.counters
+            .stanzas_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    let out = OutboundStanza {
+        from_domain: st.from_domain,
+        to_domain: st.to_domain,
+        payload: st.payload,
+    };
+    if host.serves(&out.to_domain) {
+        // Both ends are local: internal federation is core's job, never a loop through here.
+        warn!(module = LOG_MODULE, core = %core_id, to = %out.to_domain, "stanza between two local domains: dropped");
+        return;
+    }
+    if !host.policy_allows(&out.to_domain, Direction::Outbound) {
+        warn!(module = LOG_MODULE, direction = "outgoing", remote = %out.to_domain, "domain refused by the federation policy; stanza bounced");
+        s2s.counters
+            .stanzas_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        host.bounce(out, StanzaCondition::ServiceUnavailable).await;
+        return;
+    }
+    s2s.send(out).await;
+}

@@ -1,0 +1,497 @@
+//! Inbound s2s streams: we are the receiving server (and the authoritative server for keys we
+//! issued).
+//!
+//! Per connection: stream header and features, STARTTLS (required unless configured otherwise),
+//! then any number of dialback requests (one per (remote, local) pair, verified in background
+//! tasks), `db:verify` answers, and stanzas. A stanza is delivered only when its `from` and `to`
+//! domains form a pair this stream authenticated: that is the anti-spoofing rule.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use causeway_xmpp::addr::{jid_domain, normalize_domain};
+use causeway_xmpp::{
+    dialback, ns, Element, Event, StreamCondition, StreamHeader, TopLevel,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+use crate::verify::Verdict;
+use crate::{Direction, InboundStanza, S2s, SessionEntry, XmlConn, LOG_MODULE};
+
+impl S2s {
+    /// Accept inbound s2s connections on `listener` until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_inbound));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (tcp, addr) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(module = LOG_MODULE, error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        warn!(module = LOG_MODULE, peer = %addr, "too many inbound connections; refused");
+                        continue;
+                    };
+                    let s2s = self.clone();
+                    tokio::spawn(async move { s2s.handle_inbound(tcp, permit).await });
+                }
+            }
+        }
+    }
+
+    async fn handle_inbound(self: Arc<Self>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+        let conn = match XmlConn::new(tcp, self.cfg.limits) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(module = LOG_MODULE, error = %e, "inbound socket unusable");
+                return;
+            }
+        };
+        let entry = self.register(Direction::Inbound, conn.peer);
+        let (verdict_tx, verdict_rx) = mpsc::channel(16);
+        let mut stream = InboundStream {
+            s2s: self.clone(),
+            conn,
+            entry: entry.clone(),
+            stream_id: String::new(),
+            header_sent: false,
+            authed: HashSet::new(),
+            pending: HashSet::new(),
+            verdict_tx,
+        };
+        let end = stream.run(verdict_rx).await;
+        self.unregister(&entry);
+        let pairs = entry.info.lock().map(|i| i.pairs.clone()).unwrap_or_default();
+        info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, reason = %end, "s2s session closed");
+    }
+}
+
+/// A dialback verification result, sent from its task back to the stream.
+struct PairVerdict {
+    remote: String,
+    local: String,
+    verdict: Verdict,
+}
+
+/// What to do after handling one element.
+enum Flow {
+    Continue,
+    /// Close the stream; the string says why (for the log).
+    Close(String),
+}
+
+/// One inbound connection's state.
+struct InboundStream {
+    s2s: Arc<S2s>,
+    conn: XmlConn,
+    entry: Arc<SessionEntry>,
+    /// The id we put on our current stream header (dialback keys are bound to it).
+    stream_id: String,
+    header_sent: bool,
+    /// Authenticated (remote domain, local domain) pairs.
+    authed: HashSet<(String, String)>,
+    /// Pairs whose dialback verification is under way.
+    pending: HashSet<(String, String)>,
+    verdict_tx: mpsc::Sender<PairVerdict>,
+}
+
+impl InboundStream {
+    /// The connection's event loop (a wiring function).
+    async fn run(&mut self, mut verdicts: mpsc::Receiver<PairVerdict>) -> String {
+        let cfg = self.s2s.cfg.clone();
+        let auth_deadline = Instant::now() + cfg.negotiation_timeout;
+        let mut idle_deadline = Instant::now() + cfg.idle_timeout;
+        loop {
+            let deadline = if self.authed.is_empty() {
+                auth_deadline
+            } else {
+                idle_deadline
+            };
+            let flow = tokio::select! {
+                ev = self.conn.next_event() => match ev {
+                    Ok(Event::StreamOpen(h)) => self.on_header(h).await,
+                    Ok(Event::Element(tl)) => {
+                        let is_stanza = is_stanza(&tl.element);
+                        let flow = self.on_element(tl).await;
+                        if is_stanza {
+                            idle_deadline = Instant::now() + cfg.idle_timeout;
+                        }
+                        flow
+                    }
+                    Ok(Event::StreamClose) => {
+                        let _ = self.conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
+                        self.conn.shutdown().await;
+                        Flow::Close("closed by peer".into())
+                    }
+                    Err(crate::ConnError::Frame(e)) => {
+                        let cond = e.condition();
+                        self.fail(cond, &e.to_string()).await
+                    }
+                    Err(e) => Flow::Close(e.to_string()),
+                },
+                Some(v) = verdicts.recv() => self.on_verdict(v).await,
+                _ = sleep_until(deadline) => {
+                    let (cond, why) = if self.authed.is_empty() {
+                        (StreamCondition::ConnectionTimeout, "not authenticated in time")
+                    } else {
+                        (StreamCondition::ConnectionTimeout, "idle")
+                    };
+                    self.fail(cond, why).await
+                }
+            };
+            if let Flow::Close(why) = flow {
+                return why;
+            }
+        }
+    }
+
+    /// A (re)started stream: answer with our header and features.
+    async fn on_header(&mut self, h: StreamHeader) -> Flow {
+        self.stream_id = self.s2s.new_stream_id();
+        let our_from = h.to.clone();
+        let reply = StreamHeader {
+            from: our_from.clone(),
+            to: h.from.clone(),
+            id: Some(self.stream_id.clone()),
+            version: h.version.as_ref().map(|_| "1.0".to_owned()),
+            default_ns: ns::SERVER.into(),
+            ..Default::default()
+        };
+        if let Err(e) = self.conn.send(reply.to_xml().as_bytes()).await {
+            return Flow::Close(e.to_string());
+        }
+        self.header_sent = true;
+        if h.default_ns != ns::SERVER {
+            return self
+                .fail(StreamCondition::InvalidNamespace, "expected jabber:server")
+                .await;
+        }
+        if let Some(to) = &h.to {
+            if !self.s2s.host.serves(&to.to_ascii_lowercase()) {
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, to = %to, "stream to a domain we do not serve");
+                return self
+                    .fail(StreamCondition::HostUnknown, "this domain is not served here")
+                    .await;
+            }
+        }
+        if h.version.as_deref() != Some("1.0") {
+            return Flow::Continue;
+        }
+        let features = self.features();
+        match self.conn.send(features.as_bytes()).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => Flow::Close(e.to_string()),
+        }
+    }
+
+    fn features(&self) -> String {
+        let mut f = Element::new("features", ns::STREAM);
+        if self.conn.tls.is_none() && self.s2s.cfg.tls_server.is_some() {
+            let mut starttls = Element::new("starttls", ns::TLS);
+            if self.s2s.cfg.require_tls {
+                starttls = starttls.with_child(Element::new("required", ns::TLS));
+            }
+            f = f.with_child(starttls);
+        }
+        if self.conn.tls.is_some() || !self.s2s.cfg.require_tls {
+            f = f.with_child(
+                Element::new("dialback", ns::DIALBACK_FEATURE)
+                    .with_child(Element::new("errors", ns::DIALBACK_FEATURE)),
+            );
+        }
+        f.to_xml(ns::SERVER)
+    }
+
+    async fn on_element(&mut self, tl: TopLevel) -> Flow {
+        let el = &tl.element;
+        if el.ns == ns::TLS && el.name == "starttls" {
+            return self.on_starttls().await;
+        }
+        if el.ns == ns::DIALBACK {
+            return match (el.name.as_str(), el.attr("type")) {
+                ("result", None) => self.on_dialback_request(el).await,
+                ("verify", None) => self.on_verify_request(el).await,
+                _ => Flow::Continue,
+            };
+        }
+        if is_stanza(el) {
+            return self.on_stanza(tl).await;
+        }
+        if el.is("error", ns::STREAM) {
+            let (cond, text) = causeway_xmpp::error::parse_stream_error(el);
+            return Flow::Close(format!(
+                "stream error from peer: {} {}",
+                cond.as_str(),
+                text.unwrap_or_default()
+            ));
+        }
+        self.fail(
+            StreamCondition::UnsupportedStanzaType,
+            &format!("unexpected <{}/> in {}", el.name, el.ns),
+        )
+        .await
+    }
+
+    async fn on_starttls(&mut self) -> Flow {
+        let Some(cfg) = self.s2s.cfg.tls_server.clone() else {
+            let _ = self
+                .conn
+                .send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+                .await;
+            return Flow::Close("STARTTLS requested but TLS is not configured".into());
+        };
+        if self.conn.tls.is_some() {
+            return self
+                .fail(StreamCondition::PolicyViolation, "TLS is already active")
+                .await;
+        }
+        if let Err(e) = self
+            .conn
+            .send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+        {
+            return Flow::Close(e.to_string());
+        }
+        match self.conn.accept_tls(cfg).await {
+            Ok(()) => {
+                let tls = self.conn.tls.clone();
+                self.entry.update(|i| i.tls = tls);
+                self.header_sent = false;
+                Flow::Continue
+            }
+            Err(e) => {
+                self.s2s.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, error = %e, "TLS handshake failed");
+                Flow::Close(e.to_string())
+            }
+        }
+    }
+
+    /// `<db:result from=remote to=local>key</db:result>`: verify with remote's authoritative
+    /// server in the background.
+    async fn on_dialback_request(&mut self, el: &Element) -> Flow {
+        if self.s2s.cfg.require_tls && self.conn.tls.is_none() {
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, "dialback on an unencrypted stream refused (TLS required)");
+            return self
+                .fail(
+                    StreamCondition::PolicyViolation,
+                    "TLS is required before authentication",
+                )
+                .await;
+        }
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return self
+                .fail(StreamCondition::ImproperAddressing, "db:result without from/to")
+                .await;
+        };
+        let (remote, local) = match (normalize_domain(from), normalize_domain(to)) {
+            (Ok(r), Ok(l)) => (r, l),
+            _ => {
+                return self
+                    .fail(StreamCondition::ImproperAddressing, "db:result with a bad domain")
+                    .await
+            }
+        };
+        if !self.s2s.host.serves(&local) {
+            let reply = dialback_error(&local, &remote, "item-not-found");
+            return self.send_or_close(&reply).await;
+        }
+        if !self.s2s.host.peer_allowed(&remote, Direction::Inbound) {
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %remote, local = %local, "domain refused by the federation policy");
+            return self
+                .fail(
+                    StreamCondition::PolicyViolation,
+                    &format!("federation with {remote} is not allowed"),
+                )
+                .await;
+        }
+        let pair = (remote.clone(), local.clone());
+        if self.authed.contains(&pair) || !self.pending.insert(pair) {
+            return Flow::Continue;
+        }
+        let key = el.text();
+        let s2s = self.s2s.clone();
+        let tx = self.verdict_tx.clone();
+        let stream_id = self.stream_id.clone();
+        tokio::spawn(async move {
+            let verdict = s2s.verify_key(&local, &remote, &stream_id, &key).await;
+            let _ = tx.send(PairVerdict { remote, local, verdict }).await;
+        });
+        Flow::Continue
+    }
+
+    async fn on_verdict(&mut self, v: PairVerdict) -> Flow {
+        let pair = (v.remote.clone(), v.local.clone());
+        self.pending.remove(&pair);
+        match v.verdict {
+            Verdict::Valid => {
+                self.authed.insert(pair.clone());
+                self.entry.update(|i| {
+                    i.auth = "dialback";
+                    i.pairs.push(pair);
+                });
+                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, tls = self.conn.tls.is_some(), "s2s session authenticated");
+                let reply = dialback::result_response(&v.local, &v.remote, true);
+                self.send_or_close(&reply).await
+            }
+            Verdict::Invalid => {
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, "dialback key invalid");
+                let reply = dialback::result_response(&v.local, &v.remote, false);
+                let _ = self.send_or_close(&reply).await;
+                self.fail(StreamCondition::NotAuthorized, "dialback key invalid")
+                    .await
+            }
+            Verdict::Failed(why) => {
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, reason = %why, "dialback verification failed");
+                let reply = dialback_error(&v.local, &v.remote, "remote-connection-failed");
+                self.send_or_close(&reply).await
+            }
+        }
+    }
+
+    /// `<db:verify from=receiving to=originating id>key</db:verify>`: we are the authoritative
+    /// server for `to`; answer at once, whatever this stream's own state.
+    async fn on_verify_request(&mut self, el: &Element) -> Flow {
+        let (Some(from), Some(to), Some(id)) = (el.attr("from"), el.attr("to"), el.attr("id"))
+        else {
+            return self
+                .fail(StreamCondition::ImproperAddressing, "db:verify without from/to/id")
+                .await;
+        };
+        let originating = to.to_ascii_lowercase();
+        let receiving = from.to_ascii_lowercase();
+        let valid = self.s2s.host.serves(&originating) && {
+            let expected =
+                dialback::dialback_key(&self.s2s.cfg.dialback_secret, &receiving, &originating, id);
+            dialback::keys_equal(&expected, &el.text())
+        };
+        if !valid {
+            self.s2s
+                .counters
+                .dialback_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, receiving = %receiving, originating = %originating, "db:verify for a key we did not issue: invalid");
+        }
+        let reply = dialback::verify_response(to, from, id, valid);
+        self.send_or_close(&reply).await
+    }
+
+    /// A stanza: deliver it if its (from, to) domain pair is authenticated on this stream.
+    async fn on_stanza(&mut self, tl: TopLevel) -> Flow {
+        let el = &tl.element;
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return self
+                .fail(
+                    StreamCondition::ImproperAddressing,
+                    "stanza without from or to",
+                )
+                .await;
+        };
+        let Ok(from_domain) = jid_domain(from) else {
+            return self
+                .fail(StreamCondition::InvalidFrom, "malformed from address")
+                .await;
+        };
+        let to_domain = match jid_domain(to) {
+            Ok(d) => d,
+            Err(_) => {
+                self.refuse(&from_domain, to, "malformed to address");
+                return Flow::Continue;
+            }
+        };
+        let pair = (from_domain, to_domain);
+        if !self.authed.contains(&pair) {
+            if self.authed.iter().any(|(r, _)| *r == pair.0) && !self.s2s.host.serves(&pair.1) {
+                // An authenticated peer addressing a domain we do not serve: drop, keep the
+                // stream (we cannot answer as a domain we do not serve).
+                self.refuse(&pair.0, to, "to a domain not served here");
+                return Flow::Continue;
+            }
+            self.s2s
+                .counters
+                .stanzas_refused
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %from, to = %to, "stanza from a domain this stream did not authenticate: refused");
+            return self
+                .fail(
+                    StreamCondition::InvalidFrom,
+                    &format!("{} is not authenticated on this stream", pair.0),
+                )
+                .await;
+        }
+        self.entry.stanzas_in.fetch_add(1, Ordering::Relaxed);
+        self.entry.touch();
+        self.s2s.counters.stanzas_in.fetch_add(1, Ordering::Relaxed);
+        let stanza = InboundStanza {
+            payload: tl.forwardable(ns::SERVER),
+            from_domain: pair.0,
+            to_domain: pair.1,
+        };
+        self.s2s.host.deliver(stanza).await;
+        Flow::Continue
+    }
+
+    fn refuse(&self, from_domain: &str, to: &str, why: &str) {
+        self.s2s
+            .counters
+            .stanzas_refused
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %from_domain, to = %to, reason = why, "stanza refused");
+    }
+
+    async fn send_or_close(&mut self, el: &Element) -> Flow {
+        match self.conn.send(el.to_xml(ns::SERVER).as_bytes()).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => Flow::Close(e.to_string()),
+        }
+    }
+
+    /// Send a stream error (after a header if none was sent yet) and close.
+    async fn fail(&mut self, cond: StreamCondition, text: &str) -> Flow {
+        let mut out = String::new();
+        if !self.header_sent {
+            let h = StreamHeader {
+                id: Some(self.s2s.new_stream_id()),
+                version: Some("1.0".into()),
+                default_ns: ns::SERVER.into(),
+                ..Default::default()
+            };
+            out.push_str(&h.to_xml());
+        }
+        out.push_str(&causeway_xmpp::error::stream_error(cond, Some(text)));
+        out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
+        let _ = self.conn.send(out.as_bytes()).await;
+        self.conn.shutdown().await;
+        Flow::Close(format!("{}: {text}", cond.as_str()))
+    }
+}
+
+fn is_stanza(el: &Element) -> bool {
+    (el.ns == ns::SERVER || el.ns == ns::CLIENT)
+        && matches!(el.name.as_str(), "message" | "presence" | "iq")
+}
+
+/// `<db:result type='error'>` with an XEP-0220 error condition.
+fn dialback_error(from: &str, to: &str, condition: &str) -> Element {
+    Element::new("result", ns::DIALBACK)
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("type", "error")
+        .with_child(
+            Element::new("error", ns::SERVER)
+                .with_attr("type", "cancel")
+                .with_child(Element::new(condition, ns::STANZA_ERRORS)),
+        )
+}

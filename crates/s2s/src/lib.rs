@@ -1,0 +1,341 @@
+//! XMPP server-to-server sessions (RFC 6120, XEP-0220) driven by tokio.
+//!
+//! Both binaries speak s2s: the edge to the federated internet, core to the internal IM&P nodes.
+//! The protocol is the same; what differs is which domains a side answers for, where a domain's
+//! servers are, and where authenticated stanzas go. That difference is the [`Host`] trait.
+//!
+//! * [`S2s::serve`] accepts inbound streams: STARTTLS, dialback as receiving server (verifying
+//!   keys with the peer's authoritative server through [`verify`]) and as authoritative server
+//!   (answering `db:verify` for keys we issued), anti-spoofing of every stanza.
+//! * [`S2s::send`] routes a stanza over an outgoing session per (from, to) domain pair, opening
+//!   it on demand (resolve, connect, STARTTLS, dialback) and queueing while it opens.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use causeway_xmpp::{Limits, StanzaCondition};
+
+pub mod inbound;
+pub mod outbound;
+pub mod transport;
+pub mod verify;
+
+pub use transport::{ConnError, TlsInfo, XmlConn};
+
+/// The module name carried by every federation log event.
+pub const LOG_MODULE: &str = "XMPPFederation";
+
+/// A boxed future, for the object-safe [`Host`] trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which way a connection or stanza goes, seen from this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The peer opened the connection to us.
+    Inbound,
+    /// We opened the connection to the peer.
+    Outbound,
+}
+
+impl Direction {
+    /// "incoming" / "outgoing", as administrators read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "incoming",
+            Direction::Outbound => "outgoing",
+        }
+    }
+}
+
+/// A stanza that arrived on an authenticated inbound stream and passed the address checks.
+#[derive(Debug, Clone)]
+pub struct InboundStanza {
+    /// The authenticated domain of the sender (domain part of `from`).
+    pub from_domain: String,
+    /// The domain part of `to`, one this side serves.
+    pub to_domain: String,
+    /// The stanza, serialized so it can be written verbatim into another jabber:server stream.
+    pub payload: Bytes,
+}
+
+/// A stanza to send to a remote domain.
+#[derive(Debug, Clone)]
+pub struct OutboundStanza {
+    /// The domain we send as (must be one [`Host::serves`]).
+    pub from_domain: String,
+    /// The remote domain.
+    pub to_domain: String,
+    /// The serialized stanza (jabber:server namespace, self-contained).
+    pub payload: Bytes,
+}
+
+/// What an application tells the s2s layer about itself.
+pub trait Host: Send + Sync + 'static {
+    /// Do we answer for `domain`: accept streams addressed to it, originate and vouch for
+    /// dialback keys as it?
+    fn serves(&self, domain: &str) -> bool;
+    /// May we federate with `remote` in this direction? (privacy policy)
+    fn peer_allowed(&self, remote: &str, direction: Direction) -> bool;
+    /// Socket addresses of `domain`'s s2s service, in the order to try them.
+    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>>;
+    /// An authenticated, address-checked inbound stanza. Awaiting it is backpressure: the
+    /// connection is not read while this is pending.
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()>;
+    /// A stanza we could not send; `condition` says why. The host should answer the sender
+    /// with a stanza error where RFC 6120 asks for one.
+    fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) -> BoxFuture<'_, ()>;
+}
+
+/// s2s settings, parsed from config before anything binds.
+#[derive(Clone)]
+pub struct S2sConfig {
+    /// Secret for XEP-0185 dialback keys; every instance of a tier must share it.
+    pub dialback_secret: String,
+    /// Offered to inbound peers for STARTTLS. None: TLS is never offered.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Used for STARTTLS on outgoing connections.
+    pub tls_client: Arc<rustls::ClientConfig>,
+    /// Refuse to exchange stanzas or dialback over an unencrypted stream.
+    pub require_tls: bool,
+    /// Size and depth limits on received XML.
+    pub limits: Limits,
+    /// TCP connect timeout, per address.
+    pub connect_timeout: Duration,
+    /// Time allowed from TCP connect to an authenticated stream.
+    pub negotiation_timeout: Duration,
+    /// Close an outgoing or incoming session with no stanza for this long.
+    pub idle_timeout: Duration,
+    /// Send a whitespace keepalive after this long without writing.
+    pub keepalive: Duration,
+    /// Stanzas queued per outgoing session (backpressure beyond).
+    pub queue_per_session: usize,
+    /// Most inbound connections at once.
+    pub max_inbound: usize,
+}
+
+impl S2sConfig {
+    /// Defaults around the given secret and TLS configs.
+    pub fn new(
+        dialback_secret: String,
+        tls_server: Option<Arc<rustls::ServerConfig>>,
+        tls_client: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            dialback_secret,
+            tls_server,
+            tls_client,
+            require_tls: true,
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(10),
+            negotiation_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            keepalive: Duration::from_secs(60),
+            queue_per_session: 1024,
+            max_inbound: 10_000,
+        }
+    }
+}
+
+/// A snapshot of one session, for status views.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Unique within the process.
+    pub id: u64,
+    /// Who opened it.
+    pub direction: Direction,
+    /// The remote socket address.
+    pub peer: SocketAddr,
+    /// Authenticated (remote domain, local domain) pairs.
+    pub pairs: Vec<(String, String)>,
+    /// TLS version and cipher, if encrypted.
+    pub tls: Option<TlsInfo>,
+    /// "dialback" or "" while unauthenticated.
+    pub auth: &'static str,
+    /// Stanzas received on it.
+    pub stanzas_in: u64,
+    /// Stanzas sent on it.
+    pub stanzas_out: u64,
+    /// When it started.
+    pub started: SystemTime,
+    /// Time since the last stanza either way.
+    pub idle: Duration,
+}
+
+/// Live state of one session, shared between its task and the registry.
+pub(crate) struct SessionEntry {
+    pub(crate) info: Mutex<SessionInfo>,
+    pub(crate) stanzas_in: AtomicU64,
+    pub(crate) stanzas_out: AtomicU64,
+    pub(crate) last_activity: Mutex<Instant>,
+}
+
+impl SessionEntry {
+    pub(crate) fn touch(&self) {
+        if let Ok(mut t) = self.last_activity.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut SessionInfo)) {
+        if let Ok(mut info) = self.info.lock() {
+            f(&mut info);
+        }
+    }
+}
+
+/// Counters across all sessions.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Stanzas accepted from peers and delivered to the host.
+    pub stanzas_in: AtomicU64,
+    /// Stanzas written to peers.
+    pub stanzas_out: AtomicU64,
+    /// Stanzas refused (spoofed, unroutable, policy).
+    pub stanzas_refused: AtomicU64,
+    /// Stanzas bounced back to their sender.
+    pub stanzas_bounced: AtomicU64,
+    /// TLS handshakes that failed.
+    pub tls_failures: AtomicU64,
+    /// Dialback verifications that said invalid or failed.
+    pub dialback_failures: AtomicU64,
+}
+
+/// The s2s service of one process: inbound listener and outgoing session pool.
+pub struct S2s {
+    pub(crate) cfg: S2sConfig,
+    pub(crate) host: Arc<dyn Host>,
+    pub(crate) sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
+    pub(crate) outgoing: Mutex<HashMap<(String, String), outbound::SessionHandle>>,
+    next_id: AtomicU64,
+    /// Counters for status and metrics.
+    pub counters: Counters,
+}
+
+impl S2s {
+    /// A new service; nothing runs until [`S2s::serve`] or [`S2s::send`].
+    pub fn new(cfg: S2sConfig, host: Arc<dyn Host>) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            host,
+            sessions: Mutex::new(HashMap::new()),
+            outgoing: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &S2sConfig {
+        &self.cfg
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let entries: Vec<Arc<SessionEntry>> = match self.sessions.lock() {
+            Ok(map) => map.values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out: Vec<SessionInfo> = entries
+            .iter()
+            .filter_map(|e| {
+                let mut info = e.info.lock().ok()?.clone();
+                info.stanzas_in = e.stanzas_in.load(Ordering::Relaxed);
+                info.stanzas_out = e.stanzas_out.load(Ordering::Relaxed);
+                info.idle = e.last_activity.lock().ok()?.elapsed();
+                Some(info)
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    pub(crate) fn register(&self, direction: Direction, peer: SocketAddr) -> Arc<SessionEntry> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(SessionEntry {
+            info: Mutex::new(SessionInfo {
+                id,
+                direction,
+                peer,
+                pairs: Vec::new(),
+                tls: None,
+                auth: "",
+                stanzas_in: 0,
+                stanzas_out: 0,
+                started: SystemTime::now(),
+                idle: Duration::ZERO,
+            }),
+            stanzas_in: AtomicU64::new(0),
+            stanzas_out: AtomicU64::new(0),
+            last_activity: Mutex::new(Instant::now()),
+        });
+        if let Ok(mut map) = self.sessions.lock() {
+            map.insert(id, entry.clone());
+        }
+        entry
+    }
+
+    pub(crate) fn unregister(&self, entry: &SessionEntry) {
+        let id = entry.info.lock().map(|i| i.id).unwrap_or(0);
+        if let Ok(mut map) = self.sessions.lock() {
+            map.remove(&id);
+        }
+    }
+
+    pub(crate) fn new_stream_id(&self) -> String {
+        use rand::Rng;
+        let n: u128 = rand::rng().random();
+        format!("{n:032x}")
+    }
+}
+
+/// Connect to the first reachable address within `timeout` each.
+pub(crate) async fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, String> {
+    let mut last = String::from("no addresses");
+    for addr in addrs {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: connect timed out"),
+        }
+    }
+    Err(last)
+}
+
+/// Parse one serialized jabber:server stanza (as carried by [`OutboundStanza::payload`]).
+pub fn parse_stanza(payload: &[u8]) -> Option<causeway_xmpp::Element> {
+    let mut framer = causeway_xmpp::Framer::new(Limits {
+        max_stanza_bytes: payload.len() + 1,
+        ..Limits::default()
+    });
+    let header = causeway_xmpp::StreamHeader {
+        default_ns: causeway_xmpp::ns::SERVER.into(),
+        ..Default::default()
+    };
+    framer.push(header.to_xml().as_bytes());
+    framer.push(payload);
+    let mut element = None;
+    while let Ok(Some(ev)) = framer.next_event() {
+        if let causeway_xmpp::Event::Element(tl) = ev {
+            element = Some(tl.element);
+            break;
+        }
+    }
+    element
+}
+
+/// The RFC 6120 error reply to a serialized stanza, serialized; None when none is owed (the
+/// stanza is itself an error, or unparsable).
+pub fn error_reply(payload: &[u8], condition: StanzaCondition) -> Option<Bytes> {
+    let original = parse_stanza(payload)?;
+    let reply = causeway_xmpp::error::stanza_error_reply(&original, condition, None)?;
+    Some(Bytes::from(reply.to_xml(causeway_xmpp::ns::SERVER)))
+}

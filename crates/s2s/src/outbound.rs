@@ -1,0 +1,415 @@
+//! Outgoing s2s: one session per (local domain, remote domain) pair, opened on demand.
+//!
+//! [`S2s::send`] finds or spawns the pair's session task and queues the stanza on its bounded
+//! channel (awaiting room: backpressure). The task resolves and connects, negotiates STARTTLS,
+//! authenticates with dialback (XEP-0220, keys per XEP-0185), then writes queued stanzas in
+//! batches. If the session cannot be opened, queued stanzas are bounced to the [`crate::Host`]
+//! with `remote-server-not-found` or `remote-server-timeout`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use causeway_xmpp::{dialback, ns, Element, Event, StanzaCondition, StreamCondition, StreamHeader};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+use crate::{connect_any, Direction, OutboundStanza, S2s, SessionEntry, XmlConn, LOG_MODULE};
+
+/// The pool's reference to a live session task.
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    tx: mpsc::Sender<OutboundStanza>,
+    generation: u64,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug)]
+pub(crate) struct OpenError {
+    pub(crate) condition: StanzaCondition,
+    pub(crate) reason: String,
+}
+
+impl OpenError {
+    fn not_found(reason: impl Into<String>) -> Self {
+        Self {
+            condition: StanzaCondition::RemoteServerNotFound,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<std::io::Error> for OpenError {
+    fn from(e: std::io::Error) -> Self {
+        OpenError::not_found(e.to_string())
+    }
+}
+
+impl From<crate::ConnError> for OpenError {
+    fn from(e: crate::ConnError) -> Self {
+        OpenError::not_found(e.to_string())
+    }
+}
+
+impl S2s {
+    /// Send a stanza to a remote domain, opening a session if needed. Awaits room in the
+    /// session's queue. A stanza that cannot be delivered is handed to [`crate::Host::bounce`].
+    pub async fn send(self: &Arc<Self>, stanza: OutboundStanza) {
+        let mut stanza = stanza;
+        for _ in 0..3 {
+            let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
+            match handle.tx.send(stanza).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    // The session ended between lookup and send; forget it and retry.
+                    self.forget_session(&back.from_domain, &back.to_domain, handle.generation);
+                    stanza = back;
+                }
+            }
+        }
+        self.counters.stanzas_bounced.fetch_add(1, Ordering::Relaxed);
+        self.host
+            .bounce(stanza, StanzaCondition::RemoteServerNotFound)
+            .await;
+    }
+
+    /// Number of outgoing sessions open or opening.
+    pub fn outgoing_count(&self) -> usize {
+        self.outgoing.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn session_for(self: &Arc<Self>, from: &str, to: &str) -> SessionHandle {
+        let key = (from.to_owned(), to.to_owned());
+        let mut map = match self.outgoing.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(h) = map.get(&key) {
+            if !h.tx.is_closed() {
+                return h.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.queue_per_session.max(1));
+        let generation = rand::random::<u64>();
+        let handle = SessionHandle { tx, generation };
+        map.insert(key, handle.clone());
+        let s2s = self.clone();
+        let (from, to) = (from.to_owned(), to.to_owned());
+        tokio::spawn(async move { s2s.run_session(from, to, rx, generation).await });
+        handle
+    }
+
+    fn forget_session(&self, from: &str, to: &str, generation: u64) {
+        let mut map = match self.outgoing.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = (from.to_owned(), to.to_owned());
+        if map.get(&key).map(|h| h.generation) == Some(generation) {
+            map.remove(&key);
+        }
+    }
+
+    /// The life of one outgoing session (a wiring function: open, stream, drain).
+    async fn run_session(
+        self: Arc<Self>,
+        from: String,
+        to: String,
+        mut rx: mpsc::Receiver<OutboundStanza>,
+        generation: u64,
+    ) {
+        let opened =
+            tokio::time::timeout(self.cfg.negotiation_timeout, self.establish(&from, &to)).await;
+        let (conn, entry) = match opened {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => return self.fail_queue(&from, &to, rx, generation, e).await,
+            Err(_) => {
+                let e = OpenError {
+                    condition: StanzaCondition::RemoteServerTimeout,
+                    reason: "s2s negotiation timed out".into(),
+                };
+                return self.fail_queue(&from, &to, rx, generation, e).await;
+            }
+        };
+        let end = self.stream_stanzas(conn, &entry, &mut rx).await;
+        self.unregister(&entry);
+        self.forget_session(&from, &to, generation);
+        info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %end, "s2s session closed");
+        // Stanzas still queued go out on a fresh session.
+        rx.close();
+        let mut leftovers = Vec::new();
+        while let Some(st) = rx.recv().await {
+            leftovers.push(st);
+        }
+        if !leftovers.is_empty() {
+            let s2s = self.clone();
+            tokio::spawn(async move {
+                for st in leftovers {
+                    s2s.send(st).await;
+                }
+            });
+        }
+    }
+
+    async fn fail_queue(
+        &self,
+        from: &str,
+        to: &str,
+        mut rx: mpsc::Receiver<OutboundStanza>,
+        generation: u64,
+        e: OpenError,
+    ) {
+        warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %e.reason, "s2s session failed");
+        self.forget_session(from, to, generation);
+        rx.close();
+        while let Some(st) = rx.recv().await {
+            self.counters.stanzas_bounced.fetch_add(1, Ordering::Relaxed);
+            self.host.bounce(st, e.condition).await;
+        }
+    }
+
+    /// Resolve, connect, secure and authenticate an outgoing stream as `from` to `to`.
+    async fn establish(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(XmlConn, Arc<SessionEntry>), OpenError> {
+        if !self.host.peer_allowed(to, Direction::Outbound) {
+            return Err(OpenError {
+                condition: StanzaCondition::ServiceUnavailable,
+                reason: format!("{to} is not allowed by the federation policy"),
+            });
+        }
+        let (mut conn, header, _features) = self.open_stream(from, to).await?;
+        let entry = self.register(Direction::Outbound, conn.peer);
+        let tls = conn.tls.clone();
+        entry.update(|i| i.tls = tls);
+        let result = self.authenticate(&mut conn, &header, from, to).await;
+        match result {
+            Ok(()) => {
+                entry.update(|i| {
+                    i.auth = "dialback";
+                    i.pairs.push((to.to_owned(), from.to_owned()));
+                });
+                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = conn.tls.is_some(), "s2s session authenticated");
+                Ok((conn, entry))
+            }
+            Err(e) => {
+                self.unregister(&entry);
+                Err(e)
+            }
+        }
+    }
+
+    /// Connect to `to`'s servers and negotiate STARTTLS; returns the stream after the last
+    /// restart with the peer's header and features. Used for sessions and verify connections.
+    pub(crate) async fn open_stream(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(XmlConn, StreamHeader, Option<Element>), OpenError> {
+        let addrs = self.host.resolve(to).await.map_err(OpenError::not_found)?;
+        let tcp = connect_any(&addrs, self.cfg.connect_timeout)
+            .await
+            .map_err(OpenError::not_found)?;
+        let mut conn = XmlConn::new(tcp, self.cfg.limits)?;
+        let (header, features) = exchange_headers(&mut conn, from, to).await?;
+        let offers_tls = features
+            .as_ref()
+            .is_some_and(|f| f.child("starttls", ns::TLS).is_some());
+        if !offers_tls {
+            if self.cfg.require_tls {
+                close_with(&mut conn, StreamCondition::PolicyViolation, "TLS is required").await;
+                return Err(OpenError::not_found(format!(
+                    "{to} ({}) does not offer STARTTLS and TLS is required",
+                    conn.peer
+                )));
+            }
+            return Ok((conn, header, features));
+        }
+        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await?;
+        match next_element(&mut conn).await? {
+            el if el.is("proceed", ns::TLS) => {}
+            el => {
+                return Err(OpenError::not_found(format!(
+                    "STARTTLS refused by {to}: <{}/>",
+                    el.name
+                )))
+            }
+        }
+        if let Err(e) = conn.connect_tls(self.cfg.tls_client.clone(), to).await {
+            self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        let (header, features) = exchange_headers(&mut conn, from, to).await?;
+        Ok((conn, header, features))
+    }
+
+    /// Dialback as originating server: send our key, await the verdict.
+    async fn authenticate(
+        &self,
+        conn: &mut XmlConn,
+        header: &StreamHeader,
+        from: &str,
+        to: &str,
+    ) -> Result<(), OpenError> {
+        let id = header
+            .id
+            .as_deref()
+            .ok_or_else(|| OpenError::not_found(format!("{to} sent no stream id")))?;
+        let key = dialback::dialback_key(&self.cfg.dialback_secret, to, from, id);
+        let request = dialback::result_request(from, to, &key).to_xml(ns::SERVER);
+        conn.send(request.as_bytes()).await?;
+        loop {
+            let el = next_element(conn).await?;
+            if !el.is("result", ns::DIALBACK) {
+                debug!(module = LOG_MODULE, remote = %to, element = %el.name, "ignored while awaiting dialback result");
+                continue;
+            }
+            return match el.attr("type") {
+                Some("valid") => Ok(()),
+                Some("invalid") => {
+                    self.counters.dialback_failures.fetch_add(1, Ordering::Relaxed);
+                    Err(OpenError::not_found(format!(
+                        "{to} refused our dialback key for {from}"
+                    )))
+                }
+                other => Err(OpenError::not_found(format!(
+                    "dialback error from {to}: type={other:?} {}",
+                    el.elements()
+                        .flat_map(|e| e.elements())
+                        .map(|e| e.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ))),
+            };
+        }
+    }
+
+    /// Write queued stanzas until the stream ends, the session idles out, or the pool is gone.
+    /// Returns why it ended.
+    async fn stream_stanzas(
+        &self,
+        mut conn: XmlConn,
+        entry: &SessionEntry,
+        rx: &mut mpsc::Receiver<OutboundStanza>,
+    ) -> String {
+        let mut idle_deadline = Instant::now() + self.cfg.idle_timeout;
+        let mut keepalive_deadline = Instant::now() + self.cfg.keepalive;
+        let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
+        loop {
+            tokio::select! {
+                ev = conn.next_event() => match ev {
+                    Ok(Event::Element(tl)) if tl.element.is("error", ns::STREAM) => {
+                        let (cond, text) = causeway_xmpp::error::parse_stream_error(&tl.element);
+                        return format!("stream error from peer: {} {}", cond.as_str(), text.unwrap_or_default());
+                    }
+                    Ok(Event::Element(_)) => continue,
+                    Ok(Event::StreamClose) => {
+                        let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
+                        conn.shutdown().await;
+                        return "closed by peer".into();
+                    }
+                    Ok(Event::StreamOpen(_)) => return "unexpected stream restart".into(),
+                    Err(e) => return e.to_string(),
+                },
+                first = rx.recv() => {
+                    let Some(first) = first else { return "pool closed".into() };
+                    batch.clear();
+                    batch.extend_from_slice(&first.payload);
+                    let mut n = 1u64;
+                    while batch.len() < 64 * 1024 {
+                        match rx.try_recv() {
+                            Ok(st) => { batch.extend_from_slice(&st.payload); n += 1; }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = conn.send(&batch).await {
+                        return format!("write failed: {e}");
+                    }
+                    entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
+                    self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
+                    entry.touch();
+                    idle_deadline = Instant::now() + self.cfg.idle_timeout;
+                    keepalive_deadline = Instant::now() + self.cfg.keepalive;
+                },
+                _ = sleep_until(keepalive_deadline) => {
+                    if let Err(e) = conn.send(b" ").await {
+                        return format!("keepalive write failed: {e}");
+                    }
+                    keepalive_deadline = Instant::now() + self.cfg.keepalive;
+                },
+                _ = sleep_until(idle_deadline) => {
+                    let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
+                    conn.shutdown().await;
+                    return "idle".into();
+                },
+            }
+        }
+    }
+}
+
+/// Send our header, read the peer's header and (for version 1.0) its features.
+async fn exchange_headers(
+    conn: &mut XmlConn,
+    from: &str,
+    to: &str,
+) -> Result<(StreamHeader, Option<Element>), OpenError> {
+    let ours = StreamHeader {
+        to: Some(to.to_owned()),
+        from: Some(from.to_owned()),
+        version: Some("1.0".into()),
+        default_ns: ns::SERVER.into(),
+        ..Default::default()
+    };
+    conn.send(ours.to_xml().as_bytes()).await?;
+    let theirs = match conn.next_event().await? {
+        Event::StreamOpen(h) => h,
+        _ => return Err(OpenError::not_found("expected a stream header")),
+    };
+    if theirs.version.as_deref() != Some("1.0") {
+        return Ok((theirs, None));
+    }
+    let features = next_element(conn).await?;
+    if !features.is("features", ns::STREAM) {
+        if features.is("error", ns::STREAM) {
+            let (cond, text) = causeway_xmpp::error::parse_stream_error(&features);
+            return Err(OpenError::not_found(format!(
+                "stream error from {to}: {} {}",
+                cond.as_str(),
+                text.unwrap_or_default()
+            )));
+        }
+        return Err(OpenError::not_found(format!(
+            "expected stream features from {to}, got <{}/>",
+            features.name
+        )));
+    }
+    Ok((theirs, Some(features)))
+}
+
+/// The next top-level element; a stream error or close is an error.
+pub(crate) async fn next_element(conn: &mut XmlConn) -> Result<Element, OpenError> {
+    match conn.next_event().await? {
+        Event::Element(tl) if tl.element.is("error", ns::STREAM) => {
+            let (cond, text) = causeway_xmpp::error::parse_stream_error(&tl.element);
+            Err(OpenError::not_found(format!(
+                "stream error: {} {}",
+                cond.as_str(),
+                text.unwrap_or_default()
+            )))
+        }
+        Event::Element(tl) => Ok(tl.element),
+        Event::StreamClose => Err(OpenError::not_found("stream closed by peer")),
+        Event::StreamOpen(_) => Err(OpenError::not_found("unexpected stream header")),
+    }
+}
+
+/// Send a stream error and close (the header was already exchanged).
+pub(crate) async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: &str) {
+    let mut out = causeway_xmpp::error::stream_error(cond, Some(text));
+    out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
+    let _ = conn.send(out.as_bytes()).await;
+    conn.shutdown().await;
+}

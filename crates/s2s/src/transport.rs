@@ -1,0 +1,218 @@
+//! A TCP connection that may be upgraded to TLS, framed as an XMPP stream.
+//!
+//! [`XmlConn`] owns the socket and the [`Framer`]; it reads until the framer yields an event and
+//! writes whole strings. STARTTLS is an in-place upgrade followed by a stream restart.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use causeway_xmpp::{Event, FrameError, Framer, Limits};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+
+/// Errors on one XML connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The socket failed.
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a valid XMPP stream.
+    #[error("bad XML from peer: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer closed the TCP connection.
+    #[error("connection closed by peer")]
+    Eof,
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    Tls(String),
+}
+
+/// Plain TCP or TLS over TCP.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while a TLS handshake is in progress (the stream is moved out).
+    Upgrading,
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What TLS gave a connection, for status views and policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. "TLSv1_3".
+    pub version: String,
+    /// e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+}
+
+/// An XMPP stream over one TCP connection.
+pub struct XmlConn {
+    io: Transport,
+    framer: Framer,
+    /// The remote socket address.
+    pub peer: SocketAddr,
+    /// Set once TLS is up.
+    pub tls: Option<TlsInfo>,
+}
+
+impl XmlConn {
+    /// Wrap a connected socket. Sets TCP_NODELAY: stream restarts are latency-bound.
+    pub fn new(tcp: TcpStream, limits: Limits) -> io::Result<Self> {
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        Ok(Self {
+            io: Transport::Plain(tcp),
+            framer: Framer::new(limits),
+            peer,
+            tls: None,
+        })
+    }
+
+    /// The next stream event. Cancel-safe: bytes already read stay in the framer.
+    pub async fn next_event(&mut self) -> Result<Event, ConnError> {
+        loop {
+            if let Some(ev) = self.framer.next_event()? {
+                return Ok(ev);
+            }
+            let n = self.io.read_buf(self.framer.buffer_mut()).await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+        }
+    }
+
+    /// Write and flush.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        self.io.write_all(data).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Write without flushing (batching); call [`XmlConn::flush`] after.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        self.io.write_all(data).await?;
+        Ok(())
+    }
+
+    /// Flush buffered writes.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Best-effort close: flush and shut the write side.
+    pub async fn shutdown(&mut self) {
+        let _ = self.io.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Server side of STARTTLS, after `<proceed/>` was sent. The stream restarts.
+    pub async fn accept_tls(&mut self, cfg: Arc<rustls::ServerConfig>) -> Result<(), ConnError> {
+        let tcp = self.take_plain()?;
+        let tls = TlsAcceptor::from(cfg)
+            .accept(tcp)
+            .await
+            .map_err(|e| ConnError::Tls(e.to_string()))?;
+        let (_, session) = tls.get_ref();
+        self.tls = Some(tls_info(
+            session.protocol_version(),
+            session.negotiated_cipher_suite(),
+        ));
+        self.io = Transport::Tls(Box::new(TlsStream::Server(tls)));
+        self.framer.reset();
+        Ok(())
+    }
+
+    /// Client side of STARTTLS, after `<proceed/>` was received. The stream restarts.
+    pub async fn connect_tls(
+        &mut self,
+        cfg: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<(), ConnError> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| ConnError::Tls(format!("server name {server_name:?}: {e}")))?;
+        let tcp = self.take_plain()?;
+        let tls = TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnError::Tls(e.to_string()))?;
+        let (_, session) = tls.get_ref();
+        self.tls = Some(tls_info(
+            session.protocol_version(),
+            session.negotiated_cipher_suite(),
+        ));
+        self.io = Transport::Tls(Box::new(TlsStream::Client(tls)));
+        self.framer.reset();
+        Ok(())
+    }
+
+    fn take_plain(&mut self) -> Result<TcpStream, ConnError> {
+        match std::mem::replace(&mut self.io, Transport::Upgrading) {
+            Transport::Plain(tcp) => Ok(tcp),
+            other => {
+                self.io = other;
+                Err(ConnError::Tls("TLS is already active".into()))
+            }
+        }
+    }
+}
+
+fn tls_info(
+    version: Option<rustls::ProtocolVersion>,
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> TlsInfo {
+    TlsInfo {
+        version: version.map(|v| format!("{v:?}")).unwrap_or_default(),
+        cipher: suite
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,346 @@
+//! Core side: dials the edge, keeps the session alive, reconnects with
+//! exponential backoff and resumes without loss.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use causeway_api::traversal::traversal_client::TraversalClient;
+use causeway_api::traversal::{frame, Hello};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+
+use crate::edge::error_chain;
+use crate::link::{
+    hello_frame, random_instance, status_text, Link, Session, SessionEnd, OUTBOUND_BUFFER,
+};
+use crate::{
+    tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,
+};
+
+/// Capacity of the channel that delivers the edge's stanzas to the core.
+pub const CORE_DELIVERY_BUFFER: usize = 256;
+
+/// Configuration of a [`CoreTunnel`].
+#[derive(Debug, Clone)]
+pub struct CoreTunnelConfig {
+    /// Where to dial: `"host:port"` or `"ip:port"`.
+    pub edge_addr: String,
+    /// The DNS name expected in the edge's server certificate.
+    pub edge_name: String,
+    /// This core's certificate and key, and the traversal CA.
+    pub tls: TlsFiles,
+    /// What to announce; `core_id` must match this core's certificate.
+    pub hello: CoreHello,
+    /// Window, keepalive and backoff settings.
+    pub opts: TunnelOptions,
+}
+
+/// Handle to the core's side of the tunnel. Cheap to clone.
+#[derive(Clone)]
+pub struct CoreTunnel {
+    inner: Arc<CoreInner>,
+}
+
+struct CoreInner {
+    link: Arc<Link>,
+    state: watch::Sender<TunnelState>,
+    cancel: CancellationToken,
+    edge_name: String,
+    instance: u64,
+}
+
+impl CoreTunnel {
+    /// Spawns the connect/reconnect loop. Stanzas from the edge are delivered
+    /// exactly once and in order to the returned receiver (capacity
+    /// [`CORE_DELIVERY_BUFFER`]); when it is full the tunnel stops reading
+    /// (backpressure). The loop runs until [`shutdown`](Self::shutdown) or
+    /// until the receiver is dropped.
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn start(cfg: CoreTunnelConfig) -> (CoreTunnel, mpsc::Receiver<TunnelStanza>) {
+        let (deliver_tx, deliver_rx) = mpsc::channel(CORE_DELIVERY_BUFFER);
+        let (state, _) = watch::channel(TunnelState::Connecting {
+            last_error: None,
+            attempts: 0,
+        });
+        let inner = Arc::new(CoreInner {
+            link: Arc::new(Link::new(cfg.opts.window)),
+            state,
+            cancel: CancellationToken::new(),
+            edge_name: cfg.edge_name.clone(),
+            instance: random_instance(),
+        });
+        tokio::spawn(run_loop(inner.clone(), cfg, deliver_tx));
+        (CoreTunnel { inner }, deliver_rx)
+    }
+
+    /// Queues a stanza for the edge, waiting for room in the replay window.
+    /// Works while disconnected: the stanza is sent when a session is up and
+    /// replayed after reconnects until the edge acknowledges it.
+    ///
+    /// Errors: [`TunnelError::Closed`] after [`shutdown`](Self::shutdown).
+    pub async fn send(&self, stanza: TunnelStanza) -> Result<(), TunnelError> {
+        self.inner.link.send(stanza).await
+    }
+
+    /// Current connection state.
+    pub fn state(&self) -> TunnelState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A receiver that observes every state change.
+    pub fn watch_state(&self) -> watch::Receiver<TunnelState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Counters, keyed by the edge's name.
+    pub fn stats(&self) -> TunnelStats {
+        TunnelStats {
+            links: [(self.inner.edge_name.clone(), self.inner.link.stats())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Waits up to `timeout` for a session to be established; true if it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.state.subscribe();
+        let connected = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| matches!(s, TunnelState::Connected { .. })),
+        )
+        .await;
+        matches!(connected, Ok(Ok(_)))
+    }
+
+    /// This core's random instance id (changes at every start).
+    pub fn instance(&self) -> u64 {
+        self.inner.instance
+    }
+
+    /// Stops the tunnel: ends the session, stops reconnecting and makes
+    /// pending and future sends fail with [`TunnelError::Closed`].
+    pub fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.link.close();
+    }
+}
+
+/// Outcome of one connection attempt.
+enum Attempt {
+    /// A session was established and has now ended.
+    Ended(SessionEnd),
+    /// No session could be established.
+    Failed(TunnelError),
+}
+
+async fn run_loop(
+    inner: Arc<CoreInner>,
+    cfg: CoreTunnelConfig,
+    deliver: mpsc::Sender<TunnelStanza>,
+) {
+    let backoff_min = cfg.opts.backoff_min.max(Duration::from_millis(1));
+    let backoff_max = cfg.opts.backoff_max.max(backoff_min);
+    let mut delay = backoff_min;
+    let mut attempts: u32 = 0;
+    let mut last_error: Option<String> = None;
+
+    while !inner.cancel.is_cancelled() {
+        attempts = attempts.saturating_add(1);
+        inner.state.send_replace(TunnelState::Connecting {
+            last_error: last_error.clone(),
+            attempts,
+        });
+        match attempt(&inner, &cfg, &deliver).await {
+            Attempt::Ended(end) => {
+                info!(edge = %cfg.edge_addr, reason = %end.describe(), "tunnel session ended");
+                if matches!(end, SessionEnd::DeliveryClosed) {
+                    break;
+                }
+                last_error = Some(end.describe());
+                attempts = 0;
+                delay = backoff_min;
+            }
+            Attempt::Failed(e) => {
+                debug!(edge = %cfg.edge_addr, error = %e, attempts, "tunnel connect failed");
+                if attempts == 1 || attempts.is_power_of_two() {
+                    warn!(edge = %cfg.edge_addr, error = %e, attempts, "cannot reach edge");
+                }
+                last_error = Some(e.to_string());
+            }
+        }
+        if inner.cancel.is_cancelled() {
+            break;
+        }
+        inner.state.send_replace(TunnelState::Connecting {
+            last_error: last_error.clone(),
+            attempts,
+        });
+        let pause = jitter(delay);
+        delay = (delay * 2).min(backoff_max);
+        tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    inner.link.close();
+    inner.link.set_connected(false);
+    inner.state.send_replace(TunnelState::Stopped);
+}
+
+/// A random delay in `[d/2, d]`.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    let extra_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(rand::rng().random_range(0..=extra_ns))
+}
+
+fn transport_error(text: String) -> TunnelError {
+    if tls::looks_like_tls(&text) {
+        TunnelError::Tls(text)
+    } else {
+        TunnelError::Transport(text)
+    }
+}
+
+async fn attempt(
+    inner: &Arc<CoreInner>,
+    cfg: &CoreTunnelConfig,
+    deliver: &mpsc::Sender<TunnelStanza>,
+) -> Attempt {
+    tokio::select! {
+        biased;
+        _ = inner.cancel.cancelled() => Attempt::Ended(SessionEnd::Cancelled),
+        r = establish(inner, cfg) => match r {
+            Err(e) => Attempt::Failed(e),
+            Ok(est) => Attempt::Ended(run_session(inner, cfg, deliver, est).await),
+        },
+    }
+}
+
+/// An established session, hellos exchanged.
+struct Established {
+    // Keeps the connection alive for the duration of the session.
+    _client: TraversalClient<tonic::transport::Channel>,
+    inbound: tonic::Streaming<causeway_api::traversal::Frame>,
+    out_tx: mpsc::Sender<causeway_api::traversal::Frame>,
+    peer: Hello,
+}
+
+async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Established, TunnelError> {
+    tls::validate(&cfg.tls)?;
+    let keepalive = cfg.opts.keepalive_or_min();
+    let dead_after = cfg.opts.dead_after();
+    let endpoint = Endpoint::from_shared(format!("https://{}", cfg.edge_addr))
+        .map_err(|e| TunnelError::Transport(format!("bad edge address: {}", error_chain(&e))))?
+        .tls_config(tls::client_config(&cfg.tls, &cfg.edge_name).timeout(dead_after))
+        .map_err(|e| TunnelError::Tls(error_chain(&e)))?
+        .connect_timeout(dead_after)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive * 2)
+        .keep_alive_while_idle(true);
+
+    let channel = match tokio::time::timeout(dead_after, endpoint.connect()).await {
+        Err(_) => return Err(TunnelError::Timeout(dead_after)),
+        Ok(Err(e)) => return Err(transport_error(error_chain(&e))),
+        Ok(Ok(c)) => c,
+    };
+    let mut client = TraversalClient::new(channel);
+
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let h = &cfg.hello;
+    let hello = hello_frame(
+        &inner.link,
+        inner.instance,
+        h.core_id.clone(),
+        h.version.clone(),
+        h.domains.clone(),
+        h.chat_node_aliases.clone(),
+    );
+    out_tx
+        .try_send(hello)
+        .map_err(|_| TunnelError::Protocol("cannot queue hello".into()))?;
+
+    let response =
+        match tokio::time::timeout(dead_after, client.connect(ReceiverStream::new(out_rx))).await {
+            Err(_) => return Err(TunnelError::Timeout(dead_after)),
+            Ok(Err(status)) => {
+                return Err(match status.code() {
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                        TunnelError::Refused(status_text(&status))
+                    }
+                    _ => transport_error(status_text(&status)),
+                })
+            }
+            Ok(Ok(r)) => r,
+        };
+    let mut inbound = response.into_inner();
+    let first = match tokio::time::timeout(dead_after, inbound.message()).await {
+        Err(_) => return Err(TunnelError::Timeout(dead_after)),
+        Ok(Err(status)) => return Err(transport_error(status_text(&status))),
+        Ok(Ok(None)) => {
+            return Err(TunnelError::Protocol(
+                "edge closed the stream before its hello".into(),
+            ))
+        }
+        Ok(Ok(Some(f))) => f,
+    };
+    let peer = match first.kind {
+        Some(frame::Kind::Hello(h)) if h.instance != 0 => h,
+        Some(frame::Kind::Hello(_)) => {
+            return Err(TunnelError::Protocol("edge hello has instance 0".into()))
+        }
+        _ => {
+            return Err(TunnelError::Protocol(
+                "first frame from the edge is not a hello".into(),
+            ))
+        }
+    };
+    Ok(Established {
+        _client: client,
+        inbound,
+        out_tx,
+        peer,
+    })
+}
+
+async fn run_session(
+    inner: &Arc<CoreInner>,
+    cfg: &CoreTunnelConfig,
+    deliver: &mpsc::Sender<TunnelStanza>,
+    est: Established,
+) -> SessionEnd {
+    let Established {
+        _client,
+        inbound,
+        out_tx,
+        peer,
+    } = est;
+    let resume = inner.link.resume_from(&peer, inner.instance);
+    inner.link.set_connected(true);
+    inner.state.send_replace(TunnelState::Connected {
+        since: SystemTime::now(),
+    });
+    info!(edge = %cfg.edge_addr, edge_version = %peer.version, "tunnel connected");
+    let end = Session {
+        link: inner.link.clone(),
+        inbound,
+        out_tx,
+        deliver: deliver.clone(),
+        wrap: Arc::new(|s| s),
+        resume,
+        keepalive: cfg.opts.keepalive_or_min(),
+        dead_after: cfg.opts.dead_after(),
+        cancel: inner.cancel.clone(),
+    }
+    .run()
+    .await;
+    inner.link.set_connected(false);
+    drop(_client);
+    end
+}

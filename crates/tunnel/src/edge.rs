@@ -1,0 +1,367 @@
+//! Edge side: the gRPC server that cores dial into.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use causeway_api::traversal::traversal_server::{Traversal, TraversalServer};
+use causeway_api::traversal::{frame, Frame, Hello};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::link::{hello_frame, lock, random_instance, Link, Session, OUTBOUND_BUFFER};
+use crate::{tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelStats};
+
+/// Something that happened on the edge's side of the tunnel. Events of one
+/// core arrive in order: `CoreUp`, its stanzas, `CoreDown`, `CoreUp`, ...
+#[derive(Debug)]
+pub enum EdgeEvent {
+    /// A core completed its hello (first connect or reconnect).
+    CoreUp(CoreHello),
+    /// A core's session ended. Its queued stanzas are kept for its reconnect.
+    CoreDown {
+        /// The core whose session ended.
+        core_id: String,
+    },
+    /// A stanza from a core, delivered exactly once and in order.
+    Stanza {
+        /// The sending core.
+        core_id: String,
+        /// The stanza.
+        stanza: TunnelStanza,
+    },
+}
+
+/// Handle to a running edge tunnel server. Cheap to clone.
+#[derive(Clone)]
+pub struct EdgeTunnel {
+    inner: Arc<EdgeInner>,
+}
+
+struct EdgeInner {
+    instance: u64,
+    opts: TunnelOptions,
+    events: mpsc::Sender<EdgeEvent>,
+    cores: Mutex<HashMap<String, Arc<CoreEntry>>>,
+    cancel: CancellationToken,
+}
+
+/// Per-core state, kept for the life of the edge process.
+struct CoreEntry {
+    core_id: String,
+    link: Arc<Link>,
+    hello: Mutex<Option<CoreHello>>,
+    session: tokio::sync::Mutex<Option<ActiveSession>>,
+}
+
+struct ActiveSession {
+    cancel: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl EdgeTunnel {
+    /// Serves the Traversal service with mutual TLS on `listener` until
+    /// `shutdown` resolves.
+    ///
+    /// Clients must present a certificate signed by `tls.ca_pem`; the first
+    /// DNS name (or CN) of that certificate is the core's identity, and its
+    /// hello's `core_id` must equal it. Events (in order per core) go to
+    /// `events`; when that channel is full the tunnel stops reading from the
+    /// core (backpressure). Returns the handle immediately plus the server
+    /// task, which ends after `shutdown` (and the draining of connections).
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        tls: TlsFiles,
+        opts: TunnelOptions,
+        events: mpsc::Sender<EdgeEvent>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(EdgeTunnel, JoinHandle<Result<(), TunnelError>>), TunnelError> {
+        tls::validate(&tls)?;
+        let keepalive = opts.keepalive_or_min();
+        let mut builder = Server::builder()
+            .tls_config(tls::server_config(&tls))
+            .map_err(|e| TunnelError::Tls(error_chain(&e)))?
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive * 2));
+        let inner = Arc::new(EdgeInner {
+            instance: random_instance(),
+            opts,
+            events,
+            cores: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+        });
+        let router = builder.add_service(TraversalServer::new(TraversalService {
+            inner: inner.clone(),
+        }));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server_inner = inner.clone();
+        let handle = tokio::spawn(async move {
+            let cancel = server_inner.cancel.clone();
+            let signal_inner = server_inner.clone();
+            let signal = async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = cancel.cancelled() => {}
+                }
+                signal_inner.stop();
+            };
+            let result = router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .map_err(|e| TunnelError::Transport(error_chain(&e)));
+            server_inner.stop();
+            result
+        });
+        Ok((EdgeTunnel { inner }, handle))
+    }
+
+    /// Queues a stanza for the core `core_id`, waiting for room in its replay
+    /// window. The stanza is kept (and replayed) across that core's
+    /// reconnects until acknowledged.
+    ///
+    /// Errors: [`TunnelError::UnknownCore`] if that core never completed a
+    /// hello, [`TunnelError::Closed`] after shutdown.
+    pub async fn send(&self, core_id: &str, stanza: TunnelStanza) -> Result<(), TunnelError> {
+        let link = lock(&self.inner.cores)
+            .get(core_id)
+            .map(|e| e.link.clone())
+            .ok_or_else(|| TunnelError::UnknownCore(core_id.to_owned()))?;
+        link.send(stanza).await
+    }
+
+    /// The hellos of the cores that currently have a session.
+    pub fn connected_cores(&self) -> Vec<CoreHello> {
+        let mut out: Vec<CoreHello> = lock(&self.inner.cores)
+            .values()
+            .filter(|e| e.link.stats().connected)
+            .filter_map(|e| lock(&e.hello).clone())
+            .collect();
+        out.sort_by(|a, b| a.core_id.cmp(&b.core_id));
+        out
+    }
+
+    /// Per-core counters, keyed by core_id (every core that ever said hello).
+    pub fn stats(&self) -> TunnelStats {
+        let cores = lock(&self.inner.cores);
+        TunnelStats {
+            links: cores
+                .iter()
+                .map(|(id, e)| (id.clone(), e.link.stats()))
+                .collect(),
+        }
+    }
+
+    /// This edge's random instance id (changes at every start).
+    pub fn instance(&self) -> u64 {
+        self.inner.instance
+    }
+
+    /// Stops the server as if `shutdown` had resolved.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+}
+
+impl EdgeInner {
+    /// Cancels every session and makes pending and future sends fail.
+    fn stop(&self) {
+        self.cancel.cancel();
+        for entry in lock(&self.cores).values() {
+            entry.link.close();
+        }
+    }
+
+    fn entry(&self, core_id: &str) -> Arc<CoreEntry> {
+        lock(&self.cores)
+            .entry(core_id.to_owned())
+            .or_insert_with(|| {
+                let link = Arc::new(Link::new(self.opts.window));
+                if self.cancel.is_cancelled() {
+                    link.close();
+                }
+                Arc::new(CoreEntry {
+                    core_id: core_id.to_owned(),
+                    link,
+                    hello: Mutex::new(None),
+                    session: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+}
+
+struct TraversalService {
+    inner: Arc<EdgeInner>,
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Traversal for TraversalService {
+    type ConnectStream = FrameStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let inner = &self.inner;
+        if inner.cancel.is_cancelled() || inner.events.is_closed() {
+            return Err(Status::unavailable("edge tunnel is shutting down"));
+        }
+        let remote = request.remote_addr();
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let identity =
+            tls::peer_identity(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+
+        let mut inbound = request.into_inner();
+        let dead_after = inner.opts.dead_after();
+        let first = match tokio::time::timeout(dead_after, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no hello received")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before hello")),
+            Ok(Ok(Some(frame))) => frame,
+        };
+        let hello: Hello = match first.kind {
+            Some(frame::Kind::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("first frame must be a hello")),
+        };
+        if hello.core_id != identity {
+            warn!(
+                ?remote,
+                cert_identity = %identity,
+                hello_core_id = %hello.core_id,
+                "refusing core: hello core_id does not match its certificate"
+            );
+            return Err(Status::permission_denied(format!(
+                "core_id {:?} does not match the client certificate identity {:?}",
+                hello.core_id, identity
+            )));
+        }
+        if hello.instance == 0 {
+            return Err(Status::invalid_argument("hello instance must be non-zero"));
+        }
+
+        let entry = inner.entry(&hello.core_id);
+        // One session per core: end the previous one (e.g. a connection that
+        // died without us noticing yet) before resuming.
+        let mut slot = entry.session.lock().await;
+        if let Some(old) = slot.take() {
+            debug!(core_id = %entry.core_id, "replacing previous session");
+            old.cancel.cancel();
+            let _ = old.done.await;
+        }
+        if inner.cancel.is_cancelled() {
+            return Err(Status::unavailable("edge tunnel is shutting down"));
+        }
+
+        let core_hello = CoreHello {
+            core_id: hello.core_id.clone(),
+            domains: hello.domains.clone(),
+            chat_node_aliases: hello.chat_node_aliases.clone(),
+            version: hello.version.clone(),
+        };
+        let resume = entry.link.resume_from(&hello, inner.instance);
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let our_hello = hello_frame(
+            &entry.link,
+            inner.instance,
+            String::new(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+            Vec::new(),
+            Vec::new(),
+        );
+        out_tx
+            .try_send(our_hello)
+            .map_err(|_| Status::internal("cannot queue hello"))?;
+        *lock(&entry.hello) = Some(core_hello.clone());
+
+        let cancel = inner.cancel.child_token();
+        let core_id = hello.core_id.clone();
+        let wrap_id = core_id.clone();
+        let session = Session {
+            link: entry.link.clone(),
+            inbound,
+            out_tx,
+            deliver: inner.events.clone(),
+            wrap: Arc::new(move |stanza| EdgeEvent::Stanza {
+                core_id: wrap_id.clone(),
+                stanza,
+            }),
+            resume,
+            keepalive: inner.opts.keepalive_or_min(),
+            dead_after,
+            cancel: cancel.clone(),
+        };
+        info!(%core_id, ?remote, version = %hello.version, "core connected");
+        let done = tokio::spawn(run_edge_session(
+            inner.events.clone(),
+            entry.clone(),
+            core_hello,
+            session,
+        ));
+        *slot = Some(ActiveSession { cancel, done });
+        drop(slot);
+
+        let stream: FrameStream = Box::pin(ReceiverStream::new(out_rx).map(Ok));
+        Ok(Response::new(stream))
+    }
+}
+
+async fn run_edge_session(
+    events: mpsc::Sender<EdgeEvent>,
+    entry: Arc<CoreEntry>,
+    hello: CoreHello,
+    session: Session<EdgeEvent>,
+) {
+    let cancel = session.cancel.clone();
+    entry.link.set_connected(true);
+    let up = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        r = events.send(EdgeEvent::CoreUp(hello)) => r.is_ok(),
+    };
+    if !up {
+        // Cancelled or nobody listens: the session never started.
+        entry.link.set_connected(false);
+        return;
+    }
+    let end = session.run().await;
+    entry.link.set_connected(false);
+    info!(core_id = %entry.core_id, reason = %end.describe(), "core session ended");
+    let _ = events
+        .send(EdgeEvent::CoreDown {
+            core_id: entry.core_id.clone(),
+        })
+        .await;
+}
+
+/// Text of an error and all its sources.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,32 @@
+//! causeway-tunnel: the mutually authenticated gRPC tunnel between Causeway's
+//! `core` (inside, dials out) and `edge` (DMZ, listens).
+//!
+//! Stanzas flow both ways with exactly-once, in-order delivery across TCP cuts
+//! and reconnects:
+//! * each sender keeps every stanza in a bounded [`window::ReplayWindow`] until
+//!   the peer acknowledges it cumulatively, and replays the unacknowledged tail
+//!   after a reconnect;
+//! * each receiver filters by sequence number with a [`window::Dedup`] that
+//!   restarts when the peer's random per-process `instance` changes;
+//! * `send` waits for window room (backpressure) instead of dropping;
+//! * keepalives flow every [`TunnelOptions::keepalive`]; silence for three
+//!   intervals closes the connection, and the core redials with jittered
+//!   exponential backoff.
+//!
+//! The edge side is [`EdgeTunnel`], the core side [`CoreTunnel`].
+
+mod core_side;
+mod edge;
+mod error;
+mod link;
+mod tls;
+mod types;
+pub mod window;
+
+pub use core_side::{CoreTunnel, CoreTunnelConfig, CORE_DELIVERY_BUFFER};
+pub use edge::{EdgeEvent, EdgeTunnel};
+pub use error::TunnelError;
+pub use tls::peer_identity;
+pub use types::{
+    CoreHello, LinkStats, TlsFiles, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,
+};

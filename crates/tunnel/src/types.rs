@@ -1,0 +1,133 @@
+//! Plain data types shared by the edge and core sides.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+/// One XMPP stanza carried through the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelStanza {
+    /// Domain of the stanza's sender.
+    pub from_domain: String,
+    /// Domain of the stanza's recipient.
+    pub to_domain: String,
+    /// The serialized stanza.
+    pub payload: bytes::Bytes,
+}
+
+/// PEM-encoded TLS material of one side of the tunnel.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// This side's certificate chain (leaf first).
+    pub cert_pem: Vec<u8>,
+    /// This side's private key.
+    pub key_pem: Vec<u8>,
+    /// The traversal CA that must have signed the peer's certificate.
+    pub ca_pem: Vec<u8>,
+}
+
+/// Tunables shared by both sides.
+#[derive(Debug, Clone)]
+pub struct TunnelOptions {
+    /// Maximum number of unacknowledged stanzas per direction and peer;
+    /// `send` waits when it is reached. Default 4096.
+    pub window: usize,
+    /// Interval between keepalive frames (and HTTP/2 pings). A connection with
+    /// no frame received for three intervals is closed. Default 10 s.
+    pub keepalive: Duration,
+    /// First reconnect delay of the core. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Upper bound of the core's reconnect delay. Default 10 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for TunnelOptions {
+    fn default() -> Self {
+        Self {
+            window: 4096,
+            keepalive: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TunnelOptions {
+    /// How long without any received frame before a connection is declared dead.
+    pub fn dead_after(&self) -> Duration {
+        self.keepalive_or_min() * 3
+    }
+
+    pub(crate) fn keepalive_or_min(&self) -> Duration {
+        self.keepalive.max(Duration::from_millis(10))
+    }
+}
+
+/// What a core announces in its hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreHello {
+    /// The core's identity; must equal the first DNS name (or CN) of its client certificate.
+    pub core_id: String,
+    /// XMPP domains served by the core.
+    pub domains: Vec<String>,
+    /// Chat (MUC) node aliases served by the core.
+    pub chat_node_aliases: Vec<String>,
+    /// The core's software version.
+    pub version: String,
+}
+
+/// Counters for one peer (one core on the edge; the edge on a core).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// A session with the peer is currently established.
+    pub connected: bool,
+    /// Stanzas queued towards the peer and not yet acknowledged.
+    pub unacked: usize,
+    /// Stanzas accepted by `send`.
+    pub queued: u64,
+    /// Stanza frames written to the wire, including replays.
+    pub sent: u64,
+    /// Stanza frames written again after a reconnect.
+    pub replayed: u64,
+    /// Stanzas acknowledged by the peer.
+    pub acked: u64,
+    /// Stanzas received and delivered (after duplicate removal).
+    pub received: u64,
+    /// Received stanzas dropped as duplicates.
+    pub duplicates: u64,
+    /// Sessions established after the first one.
+    pub reconnects: u64,
+}
+
+/// Statistics of a tunnel, keyed by peer: core_id on the edge, the edge's
+/// name (`CoreTunnelConfig::edge_name`) on a core.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    /// Per-peer counters.
+    pub links: BTreeMap<String, LinkStats>,
+}
+
+impl TunnelStats {
+    /// Counters of one peer, if known.
+    pub fn link(&self, peer: &str) -> Option<&LinkStats> {
+        self.links.get(peer)
+    }
+}
+
+/// Connection state of a [`CoreTunnel`](crate::CoreTunnel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelState {
+    /// Not connected; dialling or waiting to redial.
+    Connecting {
+        /// Why the previous attempt or session ended, if any.
+        last_error: Option<String>,
+        /// Connection attempts since the last established session.
+        attempts: u32,
+    },
+    /// A session with the edge is established.
+    Connected {
+        /// When the session was established.
+        since: SystemTime,
+    },
+    /// `shutdown` was called (or the stanza receiver was dropped).
+    Stopped,
+}

@@ -1,0 +1,375 @@
+//! RFC 6120 stream and stanza error conditions in one place.
+
+use crate::element::{escape_text, Element};
+use crate::ns;
+
+/// Defines a condition enum with its wire names.
+macro_rules! conditions {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $(
+                #[doc = concat!("`<", $text, "/>`")]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// Every condition, in RFC order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The element name of the condition, e.g. `"not-well-formed"`.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The condition with this element name, if defined.
+            pub fn from_str_opt(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+conditions! {
+    /// Stream error conditions (RFC 6120 4.9.3).
+    StreamCondition {
+        BadFormat => "bad-format",
+        BadNamespacePrefix => "bad-namespace-prefix",
+        Conflict => "conflict",
+        ConnectionTimeout => "connection-timeout",
+        HostGone => "host-gone",
+        HostUnknown => "host-unknown",
+        ImproperAddressing => "improper-addressing",
+        InternalServerError => "internal-server-error",
+        InvalidFrom => "invalid-from",
+        InvalidNamespace => "invalid-namespace",
+        InvalidXml => "invalid-xml",
+        NotAuthorized => "not-authorized",
+        NotWellFormed => "not-well-formed",
+        PolicyViolation => "policy-violation",
+        RemoteConnectionFailed => "remote-connection-failed",
+        Reset => "reset",
+        ResourceConstraint => "resource-constraint",
+        RestrictedXml => "restricted-xml",
+        SeeOtherHost => "see-other-host",
+        SystemShutdown => "system-shutdown",
+        UndefinedCondition => "undefined-condition",
+        UnsupportedEncoding => "unsupported-encoding",
+        UnsupportedFeature => "unsupported-feature",
+        UnsupportedStanzaType => "unsupported-stanza-type",
+        UnsupportedVersion => "unsupported-version",
+    }
+}
+
+conditions! {
+    /// Stanza error conditions (RFC 6120 8.3.3).
+    StanzaCondition {
+        BadRequest => "bad-request",
+        Conflict => "conflict",
+        FeatureNotImplemented => "feature-not-implemented",
+        Forbidden => "forbidden",
+        Gone => "gone",
+        InternalServerError => "internal-server-error",
+        ItemNotFound => "item-not-found",
+        JidMalformed => "jid-malformed",
+        NotAcceptable => "not-acceptable",
+        NotAllowed => "not-allowed",
+        NotAuthorized => "not-authorized",
+        PolicyViolation => "policy-violation",
+        RecipientUnavailable => "recipient-unavailable",
+        Redirect => "redirect",
+        RegistrationRequired => "registration-required",
+        RemoteServerNotFound => "remote-server-not-found",
+        RemoteServerTimeout => "remote-server-timeout",
+        ResourceConstraint => "resource-constraint",
+        ServiceUnavailable => "service-unavailable",
+        SubscriptionRequired => "subscription-required",
+        UndefinedCondition => "undefined-condition",
+        UnexpectedRequest => "unexpected-request",
+    }
+}
+
+/// Stanza error types (RFC 6120 8.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StanzaErrorType {
+    /// Retry after providing credentials.
+    Auth,
+    /// Do not retry (the error cannot be remedied).
+    Cancel,
+    /// Proceed (the condition was only a warning).
+    Continue,
+    /// Retry after changing the data sent.
+    Modify,
+    /// Retry after waiting (the error is temporary).
+    Wait,
+}
+
+impl StanzaErrorType {
+    /// The `type` attribute value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StanzaErrorType::Auth => "auth",
+            StanzaErrorType::Cancel => "cancel",
+            StanzaErrorType::Continue => "continue",
+            StanzaErrorType::Modify => "modify",
+            StanzaErrorType::Wait => "wait",
+        }
+    }
+
+    /// The error type with this attribute value, if defined.
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        match s {
+            "auth" => Some(StanzaErrorType::Auth),
+            "cancel" => Some(StanzaErrorType::Cancel),
+            "continue" => Some(StanzaErrorType::Continue),
+            "modify" => Some(StanzaErrorType::Modify),
+            "wait" => Some(StanzaErrorType::Wait),
+            _ => None,
+        }
+    }
+}
+
+impl StanzaCondition {
+    /// The error type RFC 6120 8.3.3 associates with the condition (the first one named
+    /// where it allows several; `undefined-condition` has none and gets `cancel`).
+    pub fn default_type(&self) -> StanzaErrorType {
+        use StanzaCondition as C;
+        use StanzaErrorType as T;
+        match self {
+            C::BadRequest
+            | C::JidMalformed
+            | C::NotAcceptable
+            | C::PolicyViolation
+            | C::Redirect => T::Modify,
+            C::Forbidden | C::NotAuthorized | C::RegistrationRequired | C::SubscriptionRequired => {
+                T::Auth
+            }
+            C::RecipientUnavailable
+            | C::RemoteServerTimeout
+            | C::ResourceConstraint
+            | C::UnexpectedRequest => T::Wait,
+            C::Conflict
+            | C::FeatureNotImplemented
+            | C::Gone
+            | C::InternalServerError
+            | C::ItemNotFound
+            | C::NotAllowed
+            | C::RemoteServerNotFound
+            | C::ServiceUnavailable
+            | C::UndefinedCondition => T::Cancel,
+        }
+    }
+}
+
+/// Serialize a stream error, e.g. `<stream:error><not-well-formed
+/// xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text
+/// xmlns='urn:ietf:params:xml:ns:xmpp-streams'>...</text></stream:error>`.
+/// Does not include the closing `</stream:stream>`.
+pub fn stream_error(cond: StreamCondition, text: Option<&str>) -> String {
+    let mut out = format!(
+        "<stream:error><{} xmlns='{}'/>",
+        cond.as_str(),
+        ns::STREAM_ERRORS
+    );
+    if let Some(text) = text {
+        out.push_str("<text xmlns='");
+        out.push_str(ns::STREAM_ERRORS);
+        out.push_str("'>");
+        out.push_str(&escape_text(text));
+        out.push_str("</text>");
+    }
+    out.push_str("</stream:error>");
+    out
+}
+
+/// Parse a received `<stream:error>`: its condition ([`StreamCondition::UndefinedCondition`]
+/// when missing or unknown) and its text, if any.
+pub fn parse_stream_error(el: &Element) -> (StreamCondition, Option<String>) {
+    let mut cond = None;
+    let mut text = None;
+    for child in el.elements().filter(|c| c.ns == ns::STREAM_ERRORS) {
+        if child.name == "text" {
+            text.get_or_insert_with(|| child.text());
+        } else if cond.is_none() {
+            cond = StreamCondition::from_str_opt(&child.name);
+        }
+    }
+    (cond.unwrap_or(StreamCondition::UndefinedCondition), text)
+}
+
+/// The error reply to a stanza (RFC 6120 8.3). `None` when the original is itself of type
+/// `error` (never answer an error with an error) or is not a message, presence or iq in the
+/// jabber:server or jabber:client namespace. The reply swaps `from` and `to`, keeps `id`, has
+/// type `error` and carries only `<error type=..><cond/>[<text/>]</error>`.
+pub fn stanza_error_reply(
+    original: &Element,
+    cond: StanzaCondition,
+    text: Option<&str>,
+) -> Option<Element> {
+    let is_stanza = matches!(original.name.as_str(), "message" | "presence" | "iq")
+        && (original.ns == ns::SERVER || original.ns == ns::CLIENT);
+    if !is_stanza || original.attr("type") == Some("error") {
+        return None;
+    }
+    let mut reply = Element::new(&original.name, &original.ns);
+    if let Some(to) = original.attr("to") {
+        reply.set_attr("from", to);
+    }
+    if let Some(from) = original.attr("from") {
+        reply.set_attr("to", from);
+    }
+    if let Some(id) = original.attr("id") {
+        reply.set_attr("id", id);
+    }
+    reply.set_attr("type", "error");
+    Some(reply.with_child(error_element(&original.ns, cond, text)))
+}
+
+/// `<error type=..><cond xmlns=STANZA_ERRORS/>[<text xmlns=STANZA_ERRORS>..</text>]</error>`.
+fn error_element(stanza_ns: &str, cond: StanzaCondition, text: Option<&str>) -> Element {
+    let mut error = Element::new("error", stanza_ns)
+        .with_attr("type", cond.default_type().as_str())
+        .with_child(Element::new(cond.as_str(), ns::STANZA_ERRORS));
+    if let Some(text) = text {
+        error.push_child(Element::new("text", ns::STANZA_ERRORS).with_text(text));
+    }
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_names_round_trip() {
+        assert_eq!(StreamCondition::ALL.len(), 25);
+        for c in StreamCondition::ALL {
+            assert_eq!(StreamCondition::from_str_opt(c.as_str()), Some(*c));
+        }
+        assert_eq!(StanzaCondition::ALL.len(), 22);
+        for c in StanzaCondition::ALL {
+            assert_eq!(StanzaCondition::from_str_opt(c.as_str()), Some(*c));
+        }
+        assert_eq!(StreamCondition::NotWellFormed.as_str(), "not-well-formed");
+        assert_eq!(
+            StanzaCondition::RemoteServerNotFound.as_str(),
+            "remote-server-not-found"
+        );
+        assert_eq!(StreamCondition::from_str_opt("bogus"), None);
+    }
+
+    #[test]
+    fn error_types() {
+        assert_eq!(
+            StanzaCondition::BadRequest.default_type(),
+            StanzaErrorType::Modify
+        );
+        assert_eq!(
+            StanzaCondition::Forbidden.default_type(),
+            StanzaErrorType::Auth
+        );
+        assert_eq!(
+            StanzaCondition::RemoteServerTimeout.default_type(),
+            StanzaErrorType::Wait
+        );
+        assert_eq!(
+            StanzaCondition::ServiceUnavailable.default_type(),
+            StanzaErrorType::Cancel
+        );
+        assert_eq!(StanzaErrorType::Continue.as_str(), "continue");
+        assert_eq!(
+            StanzaErrorType::from_str_opt("wait"),
+            Some(StanzaErrorType::Wait)
+        );
+    }
+
+    #[test]
+    fn stream_error_xml() {
+        assert_eq!(
+            stream_error(StreamCondition::HostUnknown, None),
+            "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+        );
+        assert_eq!(
+            stream_error(StreamCondition::PolicyViolation, Some("a<b")),
+            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>a&lt;b</text></stream:error>"
+        );
+    }
+
+    #[test]
+    fn parse_stream_error_known_unknown_and_text() {
+        let el = Element::new("error", ns::STREAM)
+            .with_child(Element::new("text", ns::STREAM_ERRORS).with_text("bye"))
+            .with_child(Element::new("system-shutdown", ns::STREAM_ERRORS))
+            .with_child(Element::new("app", "urn:app"));
+        assert_eq!(
+            parse_stream_error(&el),
+            (StreamCondition::SystemShutdown, Some("bye".into()))
+        );
+        let el =
+            Element::new("error", ns::STREAM).with_child(Element::new("nope", ns::STREAM_ERRORS));
+        assert_eq!(
+            parse_stream_error(&el),
+            (StreamCondition::UndefinedCondition, None)
+        );
+    }
+
+    #[test]
+    fn iq_error_reply_swaps_and_drops_payload() {
+        let iq = Element::new("iq", ns::SERVER)
+            .with_attr("from", "a@x/r")
+            .with_attr("to", "y")
+            .with_attr("id", "q1")
+            .with_attr("type", "get")
+            .with_child(Element::new("ping", ns::PING));
+        let reply = stanza_error_reply(&iq, StanzaCondition::ServiceUnavailable, Some("no"))
+            .expect("reply");
+        assert_eq!(
+            reply.to_xml(ns::SERVER),
+            "<iq from='y' to='a@x/r' id='q1' type='error'><error type='cancel'>\
+             <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>no</text></error></iq>"
+        );
+    }
+
+    #[test]
+    fn message_error_reply_keeps_only_error() {
+        let msg = Element::new("message", ns::CLIENT)
+            .with_attr("from", "a@x")
+            .with_attr("to", "b@y")
+            .with_child(Element::new("body", ns::CLIENT).with_text("secret"));
+        let reply =
+            stanza_error_reply(&msg, StanzaCondition::RemoteServerNotFound, None).expect("reply");
+        assert_eq!(reply.ns, ns::CLIENT);
+        assert_eq!(reply.elements().count(), 1);
+        let error = reply.child("error", ns::CLIENT).expect("error");
+        assert_eq!(error.attr("type"), Some("cancel"));
+        assert!(error
+            .child("remote-server-not-found", ns::STANZA_ERRORS)
+            .is_some());
+        assert!(reply.attr("id").is_none());
+    }
+
+    #[test]
+    fn no_reply_to_errors_or_non_stanzas() {
+        let err = Element::new("message", ns::SERVER).with_attr("type", "error");
+        assert!(stanza_error_reply(&err, StanzaCondition::BadRequest, None).is_none());
+        let other = Element::new("result", ns::DIALBACK);
+        assert!(stanza_error_reply(&other, StanzaCondition::BadRequest, None).is_none());
+        let foreign = Element::new("message", "urn:other");
+        assert!(stanza_error_reply(&foreign, StanzaCondition::BadRequest, None).is_none());
+    }
+}

@@ -1,0 +1,24 @@
+//! causeway-xmpp: the pure XMPP layer of Causeway.
+//!
+//! Everything here is free of I/O and clocks: a small owned DOM ([`Element`]), an incremental
+//! framer that turns untrusted bytes into stream events ([`Framer`]), stream headers and errors
+//! (RFC 6120), server dialback keys and elements (XEP-0220, XEP-0185) and address validation.
+
+#![warn(missing_docs)]
+
+pub mod addr;
+pub mod dialback;
+pub mod element;
+pub mod error;
+pub mod framer;
+pub mod ns;
+pub mod stream;
+
+mod parse;
+mod scan;
+mod xmltext;
+
+pub use element::{escape_attr, escape_text, Element, Node};
+pub use error::{StanzaCondition, StanzaErrorType, StreamCondition};
+pub use framer::{Event, FrameError, Framer, Limits, TopLevel};
+pub use stream::StreamHeader;
