@@ -1,1 +1,9 @@
+//! End-to-end tests: real Prosody, ejabberd, dnsmasq and slixmpp clients on loopback, with the
+//! real `edge` and `core` binaries between them. One test binary; each test has its own
+//! 127.N.0.0/24 subnet so they run side by side.
 
+mod support;
+
+mod federation;
+mod tunnel;
+mod security;

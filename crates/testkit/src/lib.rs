@@ -31,6 +31,7 @@ mod certs;
 mod client;
 mod dns;
 mod ejabberd;
+pub mod lab;
 mod process;
 mod prosody;
 pub mod relay;

@@ -15,7 +15,8 @@ use tracing::{debug, info, warn};
 
 use crate::edge::error_chain;
 use crate::link::{
-    hello_frame, random_instance, status_text, Link, Session, SessionEnd, OUTBOUND_BUFFER,
+    hello_frame, random_instance, status_text, Link, Session, SessionEnd, MAX_FRAME_BYTES,
+    OUTBOUND_BUFFER,
 };
 use crate::{
     tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,
@@ -250,7 +251,7 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
         Ok(Err(e)) => return Err(transport_error(error_chain(&e))),
         Ok(Ok(c)) => c,
     };
-    let mut client = TraversalClient::new(channel);
+    let mut client = TraversalClient::new(channel).max_decoding_message_size(MAX_FRAME_BYTES);
 
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
     let h = &cfg.hello;

@@ -18,7 +18,9 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::link::{hello_frame, lock, random_instance, Link, Session, OUTBOUND_BUFFER};
+use crate::link::{
+    hello_frame, lock, random_instance, Link, Session, MAX_FRAME_BYTES, OUTBOUND_BUFFER,
+};
 use crate::{tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelStats};
 
 /// Something that happened on the edge's side of the tunnel. Events of one
@@ -101,9 +103,11 @@ impl EdgeTunnel {
             cores: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
         });
-        let router = builder.add_service(TraversalServer::new(TraversalService {
+        let service = TraversalServer::new(TraversalService {
             inner: inner.clone(),
-        }));
+        })
+        .max_decoding_message_size(MAX_FRAME_BYTES);
+        let router = builder.add_service(service);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server_inner = inner.clone();
         let handle = tokio::spawn(async move {
@@ -226,8 +230,8 @@ impl Traversal for TraversalService {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let identity =
-            tls::peer_identity(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let identity = tls::peer_identity(leaf.as_ref())
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
 
         let mut inbound = request.into_inner();
         let dead_after = inner.opts.dead_after();

@@ -23,6 +23,15 @@ pub enum TunnelError {
     /// core_id does not match the client certificate).
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// The stanza is larger than [`MAX_STANZA_BYTES`](crate::MAX_STANZA_BYTES)
+    /// and was not queued.
+    #[error("stanza of {size} bytes exceeds the tunnel limit of {max} bytes")]
+    TooLarge {
+        /// Size of the rejected stanza (payload plus domains).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// No frame arrived within three keepalive intervals.
     #[error("peer silent for {0:?}, connection considered dead")]
     Timeout(std::time::Duration),

@@ -28,6 +28,10 @@ use crate::TunnelError;
 pub(crate) const ACK_EVERY: u64 = 32;
 /// ... or this long after the first unacknowledged delivery.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(20);
+/// Largest stanza accepted by `send` (payload plus both domain names).
+pub const MAX_STANZA_BYTES: usize = 8 * 1024 * 1024;
+/// gRPC decoding limit: the largest stanza plus framing slack.
+pub(crate) const MAX_FRAME_BYTES: usize = MAX_STANZA_BYTES + 64 * 1024;
 /// Capacity of the channel feeding the gRPC stream.
 pub(crate) const OUTBOUND_BUFFER: usize = 64;
 
@@ -103,6 +107,15 @@ impl Link {
     /// Queues a stanza, waiting for window room. Cancel-safe: if the future is
     /// dropped before it resolves, nothing was queued.
     pub(crate) async fn send(&self, stanza: TunnelStanza) -> Result<(), TunnelError> {
+        let size = stanza.payload.len() + stanza.from_domain.len() + stanza.to_domain.len();
+        if size > MAX_STANZA_BYTES {
+            // Never queue what the peer would refuse to decode: it would break
+            // every session on replay.
+            return Err(TunnelError::TooLarge {
+                size,
+                max: MAX_STANZA_BYTES,
+            });
+        }
         let permit = self.room.acquire().await.map_err(|_| TunnelError::Closed)?;
         let pushed = lock(&self.window).push(stanza);
         match pushed {

@@ -20,10 +20,14 @@ pub(crate) fn validate(tls: &TlsFiles) -> Result<(), TunnelError> {
         Ok(n)
     };
     if count(&tls.cert_pem, "own certificate")? == 0 {
-        return Err(TunnelError::Tls("own certificate: no PEM certificate found".into()));
+        return Err(TunnelError::Tls(
+            "own certificate: no PEM certificate found".into(),
+        ));
     }
     if count(&tls.ca_pem, "traversal CA")? == 0 {
-        return Err(TunnelError::Tls("traversal CA: no PEM certificate found".into()));
+        return Err(TunnelError::Tls(
+            "traversal CA: no PEM certificate found".into(),
+        ));
     }
     PrivateKeyDer::from_pem_slice(&tls.key_pem)
         .map_err(|e| TunnelError::Tls(format!("own private key: {e}")))?;
@@ -72,7 +76,14 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<String, TunnelError> {
 /// Heuristic: does this error text describe a TLS / certificate failure?
 pub(crate) fn looks_like_tls(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    ["certificate", "tls", "alert", "handshake", "unknownissuer", "unknownca"]
-        .iter()
-        .any(|k| t.contains(k))
+    [
+        "certificate",
+        "tls",
+        "alert",
+        "handshake",
+        "unknownissuer",
+        "unknownca",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
 }

@@ -195,7 +195,12 @@ impl Edge {
     }
 }
 
-pub fn core_config(addr: SocketAddr, tls: TlsFiles, core_id: &str, opts: TunnelOptions) -> CoreTunnelConfig {
+pub fn core_config(
+    addr: SocketAddr,
+    tls: TlsFiles,
+    core_id: &str,
+    opts: TunnelOptions,
+) -> CoreTunnelConfig {
     CoreTunnelConfig {
         edge_addr: addr.to_string(),
         edge_name: EDGE_NAME.into(),
@@ -222,6 +227,7 @@ pub fn start_core(
 pub struct Relay {
     pub addr: SocketAddr,
     target: Arc<Mutex<SocketAddr>>,
+    freeze: tokio::sync::watch::Sender<u64>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -232,18 +238,27 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let target = Arc::new(Mutex::new(target));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (t, c) = (target.clone(), conns.clone());
+        let (freeze, _) = tokio::sync::watch::channel(0u64);
+        let (t, c, f) = (target.clone(), conns.clone(), freeze.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 let dest = *t.lock().unwrap();
+                let mut frozen = f.subscribe();
+                frozen.mark_unchanged();
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(dest).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = frozen.changed() => {
+                                // Black hole: keep both sockets open, forward nothing.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     }
                 });
                 let mut conns = c.lock().unwrap();
@@ -254,6 +269,7 @@ impl Relay {
         Relay {
             addr,
             target,
+            freeze,
             conns,
             accept,
         }
@@ -261,6 +277,12 @@ impl Relay {
 
     pub fn set_target(&self, target: SocketAddr) {
         *self.target.lock().unwrap() = target;
+    }
+
+    /// Existing connections silently stop forwarding (sockets stay open, as
+    /// with a dead middlebox); new connections work normally.
+    pub fn black_hole(&self) {
+        self.freeze.send_modify(|g| *g += 1);
     }
 
     /// Drops every relayed connection (both sockets); returns how many were live.

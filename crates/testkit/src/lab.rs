@@ -1,0 +1,343 @@
+//! The lab federation topology on one loopback subnet `127.N.0.0/24`:
+//!
+//! ```text
+//!  alice@example.com                                             bob@partner.test
+//!  Prosody example.com .11 --s2s--> core .3 ==tunnel==> edge .2 <--s2s--> Prosody partner.test .21
+//!  (route plugin -> core)          (relay .4 optional)          <--s2s--> ejabberd partner2.test .31
+//!                                                     dnsmasq .53 (SRV for every domain)
+//! ```
+//!
+//! Each test uses its own `N`, so labs run side by side. The edge and core binaries are given
+//! by path (integration tests pass `CARGO_BIN_EXE_edge` / `CARGO_BIN_EXE_core`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::{
+    Client, ChildGuard, DnsRecord, DnsServer, Ejabberd, EjabberdSpec, Prosody, ProsodySpec,
+    Relay, TempDir,
+};
+
+/// The internal domain.
+pub const LOCAL: &str = "example.com";
+/// Its MUC service (a chat node alias).
+pub const LOCAL_MUC: &str = "conference.example.com";
+/// The external Prosody's domain.
+pub const PARTNER: &str = "partner.test";
+/// The external ejabberd's domain.
+pub const PARTNER2: &str = "partner2.test";
+/// Every account's password is its localpart followed by this.
+pub const PASSWORD_SUFFIX: &str = "-secret";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// The `N` of `127.N.0.0/24` (1..=254).
+    pub subnet: u8,
+    /// Also start ejabberd serving partner2.test.
+    pub ejabberd: bool,
+    /// Put a fault-injecting relay between core and edge.
+    pub relay: bool,
+    /// The `edge` binary.
+    pub edge_bin: PathBuf,
+    /// The `core` binary.
+    pub core_bin: PathBuf,
+    /// Prosody/ejabberd log level (`info` for load, `debug` for diagnosis).
+    pub peer_log_level: String,
+    /// Extra `RUST_LOG` for edge and core (default "info").
+    pub rust_log: String,
+}
+
+impl LabOptions {
+    /// Defaults for a subnet.
+    pub fn new(subnet: u8, edge_bin: impl Into<PathBuf>, core_bin: impl Into<PathBuf>) -> Self {
+        Self {
+            subnet,
+            ejabberd: false,
+            relay: false,
+            edge_bin: edge_bin.into(),
+            core_bin: core_bin.into(),
+            peer_log_level: "info".into(),
+            rust_log: "info".into(),
+        }
+    }
+}
+
+/// A running lab; everything stops when it is dropped.
+pub struct Lab {
+    /// Options it was started with.
+    pub opts: LabOptions,
+    /// Configs, certificates, logs.
+    pub dir: TempDir,
+    /// Core's side of the tunnel dials this (the relay, or the edge).
+    pub tunnel_target: SocketAddr,
+    /// The relay between core and edge, if asked for.
+    pub relay: Option<Relay>,
+    /// The edge process.
+    pub edge: Option<ChildGuard>,
+    /// The core process.
+    pub core: Option<ChildGuard>,
+    /// Internal Prosody (example.com, conference.example.com).
+    pub internal: Prosody,
+    /// External Prosody (partner.test).
+    pub partner: Prosody,
+    /// External ejabberd (partner2.test).
+    pub partner2: Option<Ejabberd>,
+    /// The internet view's DNS.
+    pub dns: DnsServer,
+}
+
+impl Lab {
+    /// `127.N.0.host`.
+    pub fn ip(subnet: u8, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, subnet, 0, host)
+    }
+
+    /// Start the whole topology and wait until core's tunnel is up (a wiring function).
+    pub fn start(opts: LabOptions) -> Result<Self> {
+        let n = opts.subnet;
+        let dir = crate::temp_dir(&format!("causeway-lab{n}-"))?;
+        let pki = dir.path().join("pki");
+        write_pki(&pki)?;
+
+        let edge_s2s = SocketAddr::from((Self::ip(n, 2), 5269));
+        let edge_tunnel = SocketAddr::from((Self::ip(n, 2), 7400));
+        let core_s2s = SocketAddr::from((Self::ip(n, 3), 5269));
+        let relay_addr = SocketAddr::from((Self::ip(n, 4), 7400));
+
+        let mut internal = ProsodySpec::new(Self::ip(n, 11), LOCAL)
+            .user("alice", &password("alice"))
+            .user("dave", &password("dave"));
+        internal.muc = Some(LOCAL_MUC.into());
+        internal.route_s2s_to = Some(core_s2s);
+        internal.log_level = opts.peer_log_level.clone();
+        let mut partner = ProsodySpec::new(Self::ip(n, 21), PARTNER).user("bob", &password("bob"));
+        partner.muc = Some(format!("conference.{PARTNER}"));
+        partner.log_level = opts.peer_log_level.clone();
+
+        let dns_ip = Self::ip(n, 53);
+        let ejabberd_ip = Self::ip(n, 31);
+        let ejabberd_spec = opts.ejabberd.then(|| {
+            let mut s = EjabberdSpec::new(ejabberd_ip, PARTNER2, SocketAddr::from((dns_ip, 53)))
+                .user("carol", &password("carol"));
+            s.loglevel = opts.peer_log_level.clone();
+            s
+        });
+        let edge_ip = Self::ip(n, 2).to_string();
+        let mut records = vec![
+            DnsRecord::xmpp_server(LOCAL, &edge_ip, 5269),
+            DnsRecord::xmpp_server(LOCAL_MUC, &edge_ip, 5269),
+            DnsRecord::xmpp_server(PARTNER, &partner.ip.to_string(), partner.s2s_port),
+            DnsRecord::xmpp_server(
+                &format!("conference.{PARTNER}"),
+                &partner.ip.to_string(),
+                partner.s2s_port,
+            ),
+        ];
+        if let Some(s) = &ejabberd_spec {
+            records.push(DnsRecord::xmpp_server(
+                PARTNER2,
+                &ejabberd_ip.to_string(),
+                s.s2s_port,
+            ));
+        }
+        let dns = DnsServer::start(dns_ip, &records)?;
+        partner.dns = Some(dns.addr);
+
+        let tunnel_target = if opts.relay { relay_addr } else { edge_tunnel };
+        std::fs::write(
+            dir.path().join("edge.toml"),
+            edge_config(edge_s2s, edge_tunnel, dns.addr),
+        )?;
+        std::fs::write(
+            dir.path().join("core.toml"),
+            core_config(core_s2s, tunnel_target, internal.ip, internal.s2s_port),
+        )?;
+
+        let edge = spawn_daemon(&opts.edge_bin, "edge", dir.path(), &opts.rust_log)?;
+        let relay = if opts.relay {
+            Some(Relay::start(relay_addr, edge_tunnel)?)
+        } else {
+            None
+        };
+        let core = spawn_daemon(&opts.core_bin, "core", dir.path(), &opts.rust_log)?;
+        let internal = Prosody::start(internal)?;
+        let partner = Prosody::start(partner)?;
+        let partner2 = ejabberd_spec.map(Ejabberd::start).transpose()?;
+        let lab = Self {
+            opts,
+            dir,
+            tunnel_target,
+            relay,
+            edge: Some(edge),
+            core: Some(core),
+            internal,
+            partner,
+            partner2,
+            dns,
+        };
+        lab.wait_tunnel_up(Duration::from_secs(20))?;
+        Ok(lab)
+    }
+
+    /// Wait until the edge logged that core connected (since it last started).
+    pub fn wait_tunnel_up(&self, timeout: Duration) -> Result<()> {
+        let log = self.dir.path().join("edge.log");
+        let ok = crate::wait_until(timeout, || {
+            std::fs::read_to_string(&log)
+                .map(|s| s.contains("core connected"))
+                .unwrap_or(false)
+        });
+        anyhow::ensure!(ok, "core never connected to edge:\n{}", self.diagnostics());
+        Ok(())
+    }
+
+    /// A logged-in client for `user` at its server (alice: internal; bob: partner; carol:
+    /// ejabberd).
+    pub fn client(&self, user: &str) -> Result<Client> {
+        let (domain, addr) = match user {
+            "alice" | "dave" => (LOCAL, self.internal.c2s_addr()),
+            "bob" => (PARTNER, self.partner.c2s_addr()),
+            "carol" => (
+                PARTNER2,
+                self.partner2
+                    .as_ref()
+                    .context("ejabberd not started")?
+                    .c2s_addr(),
+            ),
+            other => anyhow::bail!("no such lab user {other}"),
+        };
+        Client::connect(&format!("{user}@{domain}"), &password(user), addr)
+    }
+
+    /// Path of the lab's edge or core config file.
+    pub fn config_path(&self, which: &str) -> PathBuf {
+        self.dir.path().join(format!("{which}.toml"))
+    }
+
+    /// Kill and restart core (same config).
+    pub fn restart_core(&mut self) -> Result<()> {
+        drop(self.core.take());
+        self.core = Some(spawn_daemon(
+            &self.opts.core_bin,
+            "core",
+            self.dir.path(),
+            &self.opts.rust_log,
+        )?);
+        Ok(())
+    }
+
+    /// Logs of everything, for a failing test's message.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for (name, guard) in [("edge", &self.edge), ("core", &self.core)] {
+            if let Some(g) = guard {
+                out.push_str(&format!("---- {name} ----\n{}\n", g.log_tail(40)));
+            }
+        }
+        out.push_str(&format!(
+            "---- prosody example.com ----\n{}\n",
+            self.internal.log_tail(30)
+        ));
+        out.push_str(&format!(
+            "---- prosody partner.test ----\n{}\n",
+            self.partner.log_tail(30)
+        ));
+        if let Some(e) = &self.partner2 {
+            out.push_str(&format!("---- ejabberd ----\n{}\n", e.log_tail(30)));
+        }
+        out
+    }
+}
+
+/// The lab password of a user.
+pub fn password(user: &str) -> String {
+    format!("{user}{PASSWORD_SUFFIX}")
+}
+
+/// Lab PKI plus the two dialback secrets.
+fn write_pki(pki: &Path) -> Result<()> {
+    causeway_pki::lab_init(
+        pki,
+        &["edge.example.com"],
+        "core1.example.com",
+        &[LOCAL, LOCAL_MUC],
+        &["core1.example.com"],
+        true,
+    )?;
+    std::fs::write(pki.join("dialback-secret"), "lab-edge-dialback-secret-0001\n")?;
+    std::fs::write(pki.join("core-dialback-secret"), "lab-core-dialback-secret-0001\n")?;
+    Ok(())
+}
+
+/// The edge's config for the lab.
+pub fn edge_config(s2s: SocketAddr, tunnel: SocketAddr, dns: SocketAddr) -> String {
+    format!(
+        r#"[tunnel]
+listen = "{tunnel}"
+cert = "pki/edge-tunnel.crt"
+key = "pki/edge-tunnel.key"
+ca = "pki/traversal-ca.crt"
+keepalive_secs = 2
+
+[federation]
+listen = "{s2s}"
+cert = "pki/edge-federation.crt"
+key = "pki/edge-federation.key"
+dialback_secret_file = "pki/dialback-secret"
+
+[dns]
+nameservers = ["{dns}"]
+
+[policy]
+privacy_mode = "allow-list"
+allow = ["{PARTNER}", "conference.{PARTNER}", "{PARTNER2}"]
+"#
+    )
+}
+
+/// core's config for the lab.
+pub fn core_config(s2s: SocketAddr, edge: SocketAddr, node_ip: Ipv4Addr, node_port: u16) -> String {
+    format!(
+        r#"[core]
+id = "core1.example.com"
+
+[tunnel]
+edge = "{edge}"
+edge_name = "edge.example.com"
+cert = "pki/core-tunnel.crt"
+key = "pki/core-tunnel.key"
+ca = "pki/traversal-ca.crt"
+keepalive_secs = 2
+
+[s2s]
+listen = "{s2s}"
+cert = "pki/core-s2s.crt"
+key = "pki/core-s2s.key"
+dialback_secret_file = "pki/core-dialback-secret"
+
+[[domains]]
+name = "{LOCAL}"
+nodes = ["{node_ip}:{node_port}"]
+chat_node_aliases = ["{LOCAL_MUC}"]
+"#
+    )
+}
+
+/// Start `edge run` or `core run` in `dir` and wait for its ready line.
+pub fn spawn_daemon(bin: &Path, name: &str, dir: &Path, rust_log: &str) -> Result<ChildGuard> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(dir.join(format!("{name}.toml")))
+        .env("RUST_LOG", rust_log)
+        .current_dir(dir);
+    let log = dir.join(format!("{name}.log"));
+    let (guard, _line) =
+        ChildGuard::spawn_ready(name, cmd, &log, "\"event\":\"ready\"", Duration::from_secs(20))?;
+    Ok(guard)
+}
