@@ -50,6 +50,10 @@ pub struct LabOptions {
     pub peer_log_level: String,
     /// Extra `RUST_LOG` for edge and core (default "info").
     pub rust_log: String,
+    /// More domains on the edge's allow list.
+    pub extra_allow: Vec<String>,
+    /// More records in the internet view's DNS.
+    pub extra_dns: Vec<DnsRecord>,
 }
 
 impl LabOptions {
@@ -63,6 +67,8 @@ impl LabOptions {
             core_bin: core_bin.into(),
             peer_log_level: "info".into(),
             rust_log: "info".into(),
+            extra_allow: Vec::new(),
+            extra_dns: Vec::new(),
         }
     }
 }
@@ -145,13 +151,14 @@ impl Lab {
                 s.s2s_port,
             ));
         }
+        records.extend(opts.extra_dns.iter().cloned());
         let dns = DnsServer::start(dns_ip, &records)?;
         partner.dns = Some(dns.addr);
 
         let tunnel_target = if opts.relay { relay_addr } else { edge_tunnel };
         std::fs::write(
             dir.path().join("edge.toml"),
-            edge_config(edge_s2s, edge_tunnel, dns.addr),
+            edge_config(edge_s2s, edge_tunnel, dns.addr, &opts.extra_allow),
         )?;
         std::fs::write(
             dir.path().join("core.toml"),
@@ -275,7 +282,8 @@ fn write_pki(pki: &Path) -> Result<()> {
 }
 
 /// The edge's config for the lab.
-pub fn edge_config(s2s: SocketAddr, tunnel: SocketAddr, dns: SocketAddr) -> String {
+pub fn edge_config(s2s: SocketAddr, tunnel: SocketAddr, dns: SocketAddr, extra_allow: &[String]) -> String {
+    let extra: String = extra_allow.iter().map(|d| format!(", \"{d}\"")).collect();
     format!(
         r#"[tunnel]
 listen = "{tunnel}"
@@ -295,7 +303,7 @@ nameservers = ["{dns}"]
 
 [policy]
 privacy_mode = "allow-list"
-allow = ["{PARTNER}", "conference.{PARTNER}", "{PARTNER2}"]
+allow = ["{PARTNER}", "conference.{PARTNER}", "{PARTNER2}"{extra}]
 "#
     )
 }
