@@ -5,5 +5,5 @@
 mod support;
 
 mod federation;
-mod tunnel;
 mod security;
+mod tunnel;

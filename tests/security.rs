@@ -51,13 +51,19 @@ fn evil_server(subnet: u8, rt: &tokio::runtime::Runtime) -> Arc<S2s> {
     )
     .expect("tls server");
     let tls_client = causeway_pki::s2s_client_config_dialback().expect("tls client");
-    let cfg = S2sConfig::new("evil-dialback-secret-000".into(), Some(tls_server), tls_client);
+    let cfg = S2sConfig::new(
+        "evil-dialback-secret-000".into(),
+        Some(tls_server),
+        tls_client,
+    );
     let host = Arc::new(EvilHost {
         edge: SocketAddr::from((Lab::ip(subnet, 2), 5269)),
     });
     let s2s = S2s::new(cfg, host);
     let listen = SocketAddr::from((Lab::ip(subnet, 41), 5269));
-    let listener = rt.block_on(tokio::net::TcpListener::bind(listen)).expect("bind evil");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .expect("bind evil");
     rt.spawn(s2s.clone().serve(listener, std::future::pending()));
     s2s
 }
@@ -97,12 +103,16 @@ fn a_stanza_with_a_spoofed_from_is_not_delivered() {
         .step(&lab, "the honest stanza from an authenticated peer arrives");
     send("<message from='ceo@partner.test' to='alice@example.com' type='chat'><body>spoofed</body></message>");
 
-    bob.send_message("alice@example.com", "genuine bob").step(&lab, "send");
+    bob.send_message("alice@example.com", "genuine bob")
+        .step(&lab, "send");
     alice
         .expect_message(&format!("bob@{PARTNER}"), "genuine bob", PATIENCE)
         .step(&lab, "legitimate traffic beside the spoof");
     let spoofed = alice.collect_messages("ceo@partner.test", 1, Duration::from_secs(2));
-    assert!(spoofed.is_err(), "the spoofed stanza was delivered: {spoofed:?}");
+    assert!(
+        spoofed.is_err(),
+        "the spoofed stanza was delivered: {spoofed:?}"
+    );
     let edge_log = std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default();
     assert!(
         edge_log.contains("did not authenticate: refused"),
@@ -115,7 +125,8 @@ fn a_stanza_with_a_spoofed_from_is_not_delivered() {
 /// until it closed the connection.
 fn raw_exchange(edge: SocketAddr, payload: &[u8]) -> String {
     let mut s = TcpStream::connect(edge).expect("connect to edge");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
         to='example.com' from='evil.test' version='1.0'>";
@@ -136,18 +147,35 @@ fn bad_xml_gets_the_right_stream_error_and_nothing_is_lost() {
     let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     let mut bob = lab.client("bob").step(&lab, "bob connects");
-    bob.send_message("alice@example.com", "before").step(&lab, "send");
+    bob.send_message("alice@example.com", "before")
+        .step(&lab, "send");
     alice
         .expect_message(&format!("bob@{PARTNER}"), "before", PATIENCE)
         .step(&lab, "before the attacks");
 
     let cases: [(&str, Vec<u8>, &str); 4] = [
-        ("malformed", b"<message to='alice@example.com'><body>x</bod></message>".to_vec(), "not-well-formed"),
-        ("dtd", b"<!DOCTYPE lol [<!ENTITY a 'aaaa'>]><message/>".to_vec(), "restricted-xml"),
-        ("entity", b"<message to='alice@example.com'>&lol;</message>".to_vec(), "restricted-xml"),
+        (
+            "malformed",
+            b"<message to='alice@example.com'><body>x</bod></message>".to_vec(),
+            "not-well-formed",
+        ),
+        (
+            "dtd",
+            b"<!DOCTYPE lol [<!ENTITY a 'aaaa'>]><message/>".to_vec(),
+            "restricted-xml",
+        ),
+        (
+            "entity",
+            b"<message to='alice@example.com'>&lol;</message>".to_vec(),
+            "restricted-xml",
+        ),
         (
             "oversized",
-            format!("<message to='alice@example.com'><body>{}</body></message>", "A".repeat(300_000)).into_bytes(),
+            format!(
+                "<message to='alice@example.com'><body>{}</body></message>",
+                "A".repeat(300_000)
+            )
+            .into_bytes(),
             "policy-violation",
         ),
     ];
@@ -167,10 +195,14 @@ fn bad_xml_gets_the_right_stream_error_and_nothing_is_lost() {
         "an unauthenticated stanza must be refused: {unauthenticated}"
     );
 
-    bob.send_message("alice@example.com", "after").step(&lab, "send");
+    bob.send_message("alice@example.com", "after")
+        .step(&lab, "send");
     alice
         .expect_message(&format!("bob@{PARTNER}"), "after", PATIENCE)
         .step(&lab, "federation still works after the attacks");
     let leaked = alice.collect_messages(&format!("bob@{PARTNER}"), 1, Duration::from_secs(1));
-    assert!(leaked.is_err(), "an attack stanza reached alice: {leaked:?}");
+    assert!(
+        leaked.is_err(),
+        "an attack stanza reached alice: {leaked:?}"
+    );
 }

@@ -18,9 +18,13 @@ fn cutting_the_tunnel_mid_stream_loses_and_duplicates_nothing() {
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     let mut bob = lab.client("bob").step(&lab, "bob connects");
     alice.send_message(&bob_jid, "warm-up").step(&lab, "send");
-    bob.expect_message("alice@example.com", "warm-up", PATIENCE).step(&lab, "warm-up a->b");
-    bob.send_message("alice@example.com", "warm-up").step(&lab, "send");
-    alice.expect_message(&bob_jid, "warm-up", PATIENCE).step(&lab, "warm-up b->a");
+    bob.expect_message("alice@example.com", "warm-up", PATIENCE)
+        .step(&lab, "warm-up a->b");
+    bob.send_message("alice@example.com", "warm-up")
+        .step(&lab, "send");
+    alice
+        .expect_message(&bob_jid, "warm-up", PATIENCE)
+        .step(&lab, "warm-up b->a");
     let before = relay.total_accepted();
 
     let cuts = std::thread::scope(|s| {
@@ -32,17 +36,27 @@ fn cutting_the_tunnel_mid_stream_loses_and_duplicates_nothing() {
             }
             cuts
         });
-        alice.send_burst_prefixed(&bob_jid, 1000, "a2b-").step(&lab, "alice's burst");
-        bob.send_burst_prefixed("alice@example.com", 1000, "b2a-").step(&lab, "bob's burst");
+        alice
+            .send_burst_prefixed(&bob_jid, 1000, "a2b-")
+            .step(&lab, "alice's burst");
+        bob.send_burst_prefixed("alice@example.com", 1000, "b2a-")
+            .step(&lab, "bob's burst");
         cutter.join().expect("cutter thread")
     });
-    let at_bob = bob.collect_messages("alice@example.com", 1000, PATIENCE * 3).step(&lab, "bob collects");
-    let at_alice = alice.collect_messages(&bob_jid, 1000, PATIENCE * 3).step(&lab, "alice collects");
+    let at_bob = bob
+        .collect_messages("alice@example.com", 1000, PATIENCE * 3)
+        .step(&lab, "bob collects");
+    let at_alice = alice
+        .collect_messages(&bob_jid, 1000, PATIENCE * 3)
+        .step(&lab, "alice collects");
     let expect = |p: &str| (0..1000).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
     assert_eq!(at_bob, expect("a2b-"), "alice -> bob across tunnel cuts");
     assert_eq!(at_alice, expect("b2a-"), "bob -> alice across tunnel cuts");
     assert!(cuts >= 1, "the relay never had a connection to cut");
-    assert!(relay.total_accepted() > before, "core never reconnected after a cut");
+    assert!(
+        relay.total_accepted() > before,
+        "core never reconnected after a cut"
+    );
     let extra = bob.collect_messages("alice@example.com", 1, Duration::from_secs(1));
     assert!(extra.is_err(), "bob got a duplicate: {extra:?}");
     let extra = alice.collect_messages(&bob_jid, 1, Duration::from_secs(1));
@@ -84,7 +98,9 @@ fn a_core_with_a_certificate_from_another_ca_is_refused() {
     );
     std::fs::write(rogue_dir.join("core.toml"), config).expect("rogue config");
     let edge_log_path = lab.dir.path().join("edge.log");
-    let seen_before = std::fs::read_to_string(&edge_log_path).unwrap_or_default().len();
+    let seen_before = std::fs::read_to_string(&edge_log_path)
+        .unwrap_or_default()
+        .len();
     let rogue = causeway_testkit::lab::spawn_daemon(
         std::path::Path::new(env!("CARGO_BIN_EXE_core")),
         "core",
@@ -96,7 +112,10 @@ fn a_core_with_a_certificate_from_another_ca_is_refused() {
         rogue.log_tail(50).contains("cannot reach edge")
     });
     let rogue_log = rogue.log_tail(50);
-    assert!(refused, "the rogue core never reported a refused tunnel:\n{rogue_log}");
+    assert!(
+        refused,
+        "the rogue core never reported a refused tunnel:\n{rogue_log}"
+    );
     assert!(
         !rogue_log.contains("tunnel connected"),
         "rogue core claims a tunnel:\n{rogue_log}"

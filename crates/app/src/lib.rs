@@ -94,7 +94,10 @@ mod tests {
         let ok = resolve_secret("s", Some(" 0123456789abcdef \n"), None);
         assert_eq!(ok.ok().as_deref(), Some("0123456789abcdef"));
         let missing = resolve_secret("fed", None, Some(Path::new("/nonexistent/secret")));
-        let msg = format!("{:#}", missing.err().map(|e| e.to_string()).unwrap_or_default());
+        let msg = format!(
+            "{:#}",
+            missing.err().map(|e| e.to_string()).unwrap_or_default()
+        );
         assert!(msg.contains("fed.dialback_secret_file"), "{msg}");
     }
 }

@@ -33,25 +33,25 @@ pub enum PkiCommand {
 /// Run a `pki` subcommand.
 pub fn run(command: PkiCommand) -> anyhow::Result<()> {
     match command {
-    PkiCommand::Init {
-        dir,
-        edge_names,
-        core_name,
-        domains,
-        core_s2s_names,
-        force,
-    } => {
-        let e: Vec<&str> = edge_names.iter().map(String::as_str).collect();
-        let d: Vec<&str> = domains.iter().map(String::as_str).collect();
-        let mut c: Vec<&str> = core_s2s_names.iter().map(String::as_str).collect();
-        if c.is_empty() {
-            c.push(&core_name);
+        PkiCommand::Init {
+            dir,
+            edge_names,
+            core_name,
+            domains,
+            core_s2s_names,
+            force,
+        } => {
+            let e: Vec<&str> = edge_names.iter().map(String::as_str).collect();
+            let d: Vec<&str> = domains.iter().map(String::as_str).collect();
+            let mut c: Vec<&str> = core_s2s_names.iter().map(String::as_str).collect();
+            if c.is_empty() {
+                c.push(&core_name);
+            }
+            let written = causeway_pki::lab_init(&dir, &e, &core_name, &d, &c, force)?;
+            for p in written {
+                println!("{}", p.display());
+            }
+            Ok(())
         }
-        let written = causeway_pki::lab_init(&dir, &e, &core_name, &d, &c, force)?;
-        for p in written {
-            println!("{}", p.display());
-        }
-        Ok(())
-    }
     }
 }

@@ -15,7 +15,9 @@ use anyhow::Context;
 use causeway_s2s::{
     BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
 };
-use causeway_tunnel::{CoreHello, CoreTunnel, CoreTunnelConfig, TlsFiles, TunnelOptions, TunnelStanza};
+use causeway_tunnel::{
+    CoreHello, CoreTunnel, CoreTunnelConfig, TlsFiles, TunnelOptions, TunnelStanza,
+};
 use causeway_xmpp::StanzaCondition;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -87,7 +89,8 @@ impl Host for CoreHost {
             let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
                 return;
             };
-            self.to_edge(stanza.to_domain, stanza.from_domain, reply).await;
+            self.to_edge(stanza.to_domain, stanza.from_domain, reply)
+                .await;
         })
     }
 }

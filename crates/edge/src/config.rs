@@ -238,7 +238,10 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         if r.addresses.is_empty() {
             bail!("static_routes[{i}].addresses: at least one address");
         }
-        routes.entry(d).or_default().extend(r.addresses.iter().copied());
+        routes
+            .entry(d)
+            .or_default()
+            .extend(r.addresses.iter().copied());
     }
     let check_list = |key: &str, list: &[String]| -> anyhow::Result<Vec<String>> {
         list.iter()

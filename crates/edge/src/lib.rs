@@ -108,7 +108,8 @@ impl Host for EdgeHost {
             let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
                 return;
             };
-            self.to_core(stanza.to_domain, stanza.from_domain, reply).await;
+            self.to_core(stanza.to_domain, stanza.from_domain, reply)
+                .await;
         })
     }
 }
@@ -144,7 +145,8 @@ pub async fn start(
     s2s_cfg.idle_timeout = Duration::from_secs(fed.idle_timeout_secs);
     s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
 
-    let nameservers = (!cfg.raw.dns.nameservers.is_empty()).then(|| cfg.raw.dns.nameservers.clone());
+    let nameservers =
+        (!cfg.raw.dns.nameservers.is_empty()).then(|| cfg.raw.dns.nameservers.clone());
     let resolver = causeway_dns::Resolver::new(nameservers)?;
     let host = Arc::new(EdgeHost {
         domains: RwLock::new(HashMap::new()),
@@ -176,7 +178,8 @@ pub async fn start(
     };
     let (events_tx, events_rx) = mpsc::channel(1024);
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let (tunnel, _server) = EdgeTunnel::serve(tunnel_listener, tls, opts, events_tx, shutdown.clone())?;
+    let (tunnel, _server) =
+        EdgeTunnel::serve(tunnel_listener, tls, opts, events_tx, shutdown.clone())?;
     let _ = host.tunnel.set(tunnel.clone());
 
     tokio::spawn(s2s.clone().serve(s2s_listener, shutdown));

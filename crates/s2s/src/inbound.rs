@@ -12,9 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
-use causeway_xmpp::{
-    dialback, ns, Element, Event, StreamCondition, StreamHeader, TopLevel,
-};
+use causeway_xmpp::{dialback, ns, Element, Event, StreamCondition, StreamHeader, TopLevel};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
@@ -73,7 +71,11 @@ impl S2s {
         };
         let end = stream.run(verdict_rx).await;
         self.unregister(&entry);
-        let pairs = entry.info.lock().map(|i| i.pairs.clone()).unwrap_or_default();
+        let pairs = entry
+            .info
+            .lock()
+            .map(|i| i.pairs.clone())
+            .unwrap_or_default();
         info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, reason = %end, "s2s session closed");
     }
 }
@@ -182,7 +184,10 @@ impl InboundStream {
             if !self.s2s.host.serves(&to.to_ascii_lowercase()) {
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, to = %to, "stream to a domain we do not serve");
                 return self
-                    .fail(StreamCondition::HostUnknown, "this domain is not served here")
+                    .fail(
+                        StreamCondition::HostUnknown,
+                        "this domain is not served here",
+                    )
                     .await;
             }
         }
@@ -272,7 +277,10 @@ impl InboundStream {
                 Flow::Continue
             }
             Err(e) => {
-                self.s2s.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                self.s2s
+                    .counters
+                    .tls_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, error = %e, "TLS handshake failed");
                 Flow::Close(e.to_string())
             }
@@ -293,14 +301,20 @@ impl InboundStream {
         }
         let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
             return self
-                .fail(StreamCondition::ImproperAddressing, "db:result without from/to")
+                .fail(
+                    StreamCondition::ImproperAddressing,
+                    "db:result without from/to",
+                )
                 .await;
         };
         let (remote, local) = match (normalize_domain(from), normalize_domain(to)) {
             (Ok(r), Ok(l)) => (r, l),
             _ => {
                 return self
-                    .fail(StreamCondition::ImproperAddressing, "db:result with a bad domain")
+                    .fail(
+                        StreamCondition::ImproperAddressing,
+                        "db:result with a bad domain",
+                    )
                     .await
             }
         };
@@ -327,7 +341,13 @@ impl InboundStream {
         let stream_id = self.stream_id.clone();
         tokio::spawn(async move {
             let verdict = s2s.verify_key(&local, &remote, &stream_id, &key).await;
-            let _ = tx.send(PairVerdict { remote, local, verdict }).await;
+            let _ = tx
+                .send(PairVerdict {
+                    remote,
+                    local,
+                    verdict,
+                })
+                .await;
         });
         Flow::Continue
     }
@@ -367,7 +387,10 @@ impl InboundStream {
         let (Some(from), Some(to), Some(id)) = (el.attr("from"), el.attr("to"), el.attr("id"))
         else {
             return self
-                .fail(StreamCondition::ImproperAddressing, "db:verify without from/to/id")
+                .fail(
+                    StreamCondition::ImproperAddressing,
+                    "db:verify without from/to/id",
+                )
                 .await;
         };
         let originating = to.to_ascii_lowercase();

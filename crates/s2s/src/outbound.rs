@@ -67,7 +67,9 @@ impl S2s {
                 }
             }
         }
-        self.counters.stanzas_bounced.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .stanzas_bounced
+            .fetch_add(1, Ordering::Relaxed);
         self.host
             .bounce(stanza, StanzaCondition::RemoteServerNotFound)
             .await;
@@ -163,7 +165,9 @@ impl S2s {
         self.forget_session(from, to, generation);
         rx.close();
         while let Some(st) = rx.recv().await {
-            self.counters.stanzas_bounced.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .stanzas_bounced
+                .fetch_add(1, Ordering::Relaxed);
             self.host.bounce(st, e.condition).await;
         }
     }
@@ -219,7 +223,12 @@ impl S2s {
             .is_some_and(|f| f.child("starttls", ns::TLS).is_some());
         if !offers_tls {
             if self.cfg.require_tls {
-                close_with(&mut conn, StreamCondition::PolicyViolation, "TLS is required").await;
+                close_with(
+                    &mut conn,
+                    StreamCondition::PolicyViolation,
+                    "TLS is required",
+                )
+                .await;
                 return Err(OpenError::not_found(format!(
                     "{to} ({}) does not offer STARTTLS and TLS is required",
                     conn.peer
@@ -270,7 +279,9 @@ impl S2s {
             return match el.attr("type") {
                 Some("valid") => Ok(()),
                 Some("invalid") => {
-                    self.counters.dialback_failures.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .dialback_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     Err(OpenError::not_found(format!(
                         "{to} refused our dialback key for {from}"
                     )))

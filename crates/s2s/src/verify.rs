@@ -22,7 +22,13 @@ pub enum Verdict {
 impl S2s {
     /// Verify `key`, received on our stream `stream_id` from `remote` for `local`, by opening a
     /// connection to `remote`'s servers and sending `<db:verify/>`.
-    pub async fn verify_key(&self, local: &str, remote: &str, stream_id: &str, key: &str) -> Verdict {
+    pub async fn verify_key(
+        &self,
+        local: &str,
+        remote: &str,
+        stream_id: &str,
+        key: &str,
+    ) -> Verdict {
         let attempt = tokio::time::timeout(
             self.cfg.negotiation_timeout,
             self.verify_inner(local, remote, stream_id, key),
@@ -30,7 +36,9 @@ impl S2s {
         .await;
         let verdict = attempt.unwrap_or_else(|_| Verdict::Failed("verification timed out".into()));
         if verdict != Verdict::Valid {
-            self.counters.dialback_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .dialback_failures
+                .fetch_add(1, Ordering::Relaxed);
         }
         verdict
     }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::{
-    Client, ChildGuard, DnsRecord, DnsServer, Ejabberd, EjabberdSpec, Prosody, ProsodySpec,
-    Relay, TempDir,
+    ChildGuard, Client, DnsRecord, DnsServer, Ejabberd, EjabberdSpec, Prosody, ProsodySpec, Relay,
+    TempDir,
 };
 
 /// The internal domain.
@@ -276,13 +276,24 @@ fn write_pki(pki: &Path) -> Result<()> {
         &["core1.example.com"],
         true,
     )?;
-    std::fs::write(pki.join("dialback-secret"), "lab-edge-dialback-secret-0001\n")?;
-    std::fs::write(pki.join("core-dialback-secret"), "lab-core-dialback-secret-0001\n")?;
+    std::fs::write(
+        pki.join("dialback-secret"),
+        "lab-edge-dialback-secret-0001\n",
+    )?;
+    std::fs::write(
+        pki.join("core-dialback-secret"),
+        "lab-core-dialback-secret-0001\n",
+    )?;
     Ok(())
 }
 
 /// The edge's config for the lab.
-pub fn edge_config(s2s: SocketAddr, tunnel: SocketAddr, dns: SocketAddr, extra_allow: &[String]) -> String {
+pub fn edge_config(
+    s2s: SocketAddr,
+    tunnel: SocketAddr,
+    dns: SocketAddr,
+    extra_allow: &[String],
+) -> String {
     let extra: String = extra_allow.iter().map(|d| format!(", \"{d}\"")).collect();
     format!(
         r#"[tunnel]
@@ -345,7 +356,12 @@ pub fn spawn_daemon(bin: &Path, name: &str, dir: &Path, rust_log: &str) -> Resul
         .env("RUST_LOG", rust_log)
         .current_dir(dir);
     let log = dir.join(format!("{name}.log"));
-    let (guard, _line) =
-        ChildGuard::spawn_ready(name, cmd, &log, "\"event\":\"ready\"", Duration::from_secs(20))?;
+    let (guard, _line) = ChildGuard::spawn_ready(
+        name,
+        cmd,
+        &log,
+        "\"event\":\"ready\"",
+        Duration::from_secs(20),
+    )?;
     Ok(guard)
 }
