@@ -4,6 +4,7 @@
 
 mod support;
 
+mod config;
 mod federation;
 mod security;
 mod tunnel;

@@ -3,69 +3,21 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use causeway_s2s::{BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig};
 use causeway_testkit::lab::{Lab, PARTNER};
+use causeway_testkit::synthetic::SyntheticServer;
 use causeway_testkit::DnsRecord;
-use causeway_xmpp::StanzaCondition;
 
 use crate::support::{options, start, Step, PATIENCE};
 
 /// A federated server of our own making: it authenticates honestly as evil.test (it answers
 /// dialback for it), then writes whatever stanzas the test gives it.
-struct EvilHost {
-    edge: SocketAddr,
-}
-
-impl Host for EvilHost {
-    fn serves(&self, domain: &str) -> bool {
-        domain == "evil.test"
-    }
-    fn peer_allowed(&self, _remote: &str, _direction: Direction) -> bool {
-        true
-    }
-    fn resolve<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
-        let edge = self.edge;
-        Box::pin(async move { Ok(vec![edge]) })
-    }
-    fn deliver(&self, _stanza: InboundStanza) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn bounce(&self, _stanza: OutboundStanza, _condition: StanzaCondition) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-}
-
-fn evil_server(subnet: u8, rt: &tokio::runtime::Runtime) -> Arc<S2s> {
-    let cert = causeway_pki::self_signed(&["evil.test"], 30).expect("evil cert");
-    let dir = causeway_testkit::temp_dir("evil-").expect("dir");
-    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::write(&c, &cert.cert_pem).expect("write cert");
-    std::fs::write(&k, &cert.key_pem).expect("write key");
-    let tls_server = causeway_pki::s2s_server_config(
-        causeway_pki::load_certs(&c).expect("certs"),
-        causeway_pki::load_key(&k).expect("key"),
-    )
-    .expect("tls server");
-    let tls_client = causeway_pki::s2s_client_config_dialback().expect("tls client");
-    let cfg = S2sConfig::new(
-        "evil-dialback-secret-000".into(),
-        Some(tls_server),
-        tls_client,
-    );
-    let host = Arc::new(EvilHost {
-        edge: SocketAddr::from((Lab::ip(subnet, 2), 5269)),
-    });
-    let s2s = S2s::new(cfg, host);
+fn evil_server(subnet: u8, rt: &tokio::runtime::Runtime) -> SyntheticServer {
     let listen = SocketAddr::from((Lab::ip(subnet, 41), 5269));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(listen))
-        .expect("bind evil");
-    rt.spawn(s2s.clone().serve(listener, std::future::pending()));
-    s2s
+    let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
+    rt.block_on(SyntheticServer::start("evil.test", listen, edge, false))
+        .expect("evil server")
 }
 
 fn evil_lab(subnet: u8) -> Lab {
@@ -90,13 +42,7 @@ fn a_stanza_with_a_spoofed_from_is_not_delivered() {
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     let mut bob = lab.client("bob").step(&lab, "bob connects");
 
-    let send = |xml: &str| {
-        rt.block_on(evil.send(OutboundStanza {
-            from_domain: "evil.test".into(),
-            to_domain: "example.com".into(),
-            payload: Bytes::from(xml.to_owned()),
-        }))
-    };
+    let send = |xml: &str| rt.block_on(evil.send("example.com", xml.to_owned()));
     send("<message from='mallory@evil.test' to='alice@example.com' type='chat'><body>honest</body></message>");
     alice
         .expect_message("mallory@evil.test", "honest", PATIENCE)

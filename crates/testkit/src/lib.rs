@@ -35,6 +35,7 @@ pub mod lab;
 mod process;
 mod prosody;
 pub mod relay;
+pub mod synthetic;
 mod util;
 
 pub use certs::{CertFiles, Certs};

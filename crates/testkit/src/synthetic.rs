@@ -1,0 +1,131 @@
+//! A synthetic XMPP server built on our own s2s crate: it authenticates honestly as its domain
+//! (answering dialback for it), sends whatever stanzas it is given to one address, and counts
+//! what it receives. Tests use it as a hostile peer; the benchmark as load generator and sink.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use causeway_s2s::{BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig};
+use causeway_xmpp::StanzaCondition;
+
+use crate::TempDir;
+
+/// What a [`SyntheticServer`] saw.
+#[derive(Default)]
+pub struct Received {
+    /// Stanzas delivered to it.
+    pub count: AtomicU64,
+    /// Kept payloads (only when `keep` was asked for).
+    pub kept: Mutex<Vec<Bytes>>,
+    /// Stanzas bounced back to it (could not be sent).
+    pub bounced: AtomicU64,
+}
+
+struct SyntheticHost {
+    domain: String,
+    route: SocketAddr,
+    keep: bool,
+    received: Arc<Received>,
+}
+
+impl Host for SyntheticHost {
+    fn serves(&self, domain: &str) -> bool {
+        domain == self.domain
+    }
+    fn peer_allowed(&self, _remote: &str, _direction: Direction) -> bool {
+        true
+    }
+    fn resolve<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
+        let route = self.route;
+        Box::pin(async move { Ok(vec![route]) })
+    }
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
+        self.received.count.fetch_add(1, Ordering::Relaxed);
+        if self.keep {
+            if let Ok(mut kept) = self.received.kept.lock() {
+                kept.push(stanza.payload);
+            }
+        }
+        Box::pin(async {})
+    }
+    fn bounce(&self, _stanza: OutboundStanza, _condition: StanzaCondition) -> BoxFuture<'_, ()> {
+        self.received.bounced.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async {})
+    }
+}
+
+/// A running synthetic server (inside the caller's tokio runtime).
+pub struct SyntheticServer {
+    /// Its s2s service.
+    pub s2s: Arc<S2s>,
+    /// Where it listens (for dialback verification and inbound stanzas).
+    pub addr: SocketAddr,
+    /// What it received.
+    pub received: Arc<Received>,
+    domain: String,
+    _dir: TempDir,
+}
+
+impl SyntheticServer {
+    /// Serve `domain` on `listen`; every domain it talks to is reached at `route`. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(
+        domain: &str,
+        listen: SocketAddr,
+        route: SocketAddr,
+        keep: bool,
+    ) -> Result<Self> {
+        let dir = crate::temp_dir("synthetic-")?;
+        let pair = causeway_pki::self_signed(&[domain], 30)?;
+        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&c, &pair.cert_pem)?;
+        std::fs::write(&k, &pair.key_pem)?;
+        let tls_server = causeway_pki::s2s_server_config(
+            causeway_pki::load_certs(&c)?,
+            causeway_pki::load_key(&k)?,
+        )?;
+        let tls_client = causeway_pki::s2s_client_config_dialback()?;
+        let secret = format!("synthetic-secret-for-{domain}");
+        let mut cfg = S2sConfig::new(secret, Some(tls_server), tls_client);
+        cfg.queue_per_session = 4096;
+        let received = Arc::new(Received::default());
+        let host = Arc::new(SyntheticHost {
+            domain: domain.to_owned(),
+            route,
+            keep,
+            received: received.clone(),
+        });
+        let s2s = S2s::new(cfg, host);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("synthetic server {domain} binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(s2s.clone().serve(listener, std::future::pending()));
+        Ok(Self {
+            s2s,
+            addr,
+            received,
+            domain: domain.to_owned(),
+            _dir: dir,
+        })
+    }
+
+    /// Send a serialized stanza to `to_domain` as this server's domain. Awaits queue room.
+    pub async fn send(&self, to_domain: &str, xml: impl Into<Bytes>) {
+        self.s2s
+            .send(OutboundStanza {
+                from_domain: self.domain.clone(),
+                to_domain: to_domain.to_owned(),
+                payload: xml.into(),
+            })
+            .await;
+    }
+
+    /// Stanzas received so far.
+    pub fn count(&self) -> u64 {
+        self.received.count.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,164 @@
+//! Config files: every shipped example validates, and bad settings are refused with a message
+//! naming the setting, before anything binds.
+
+use std::path::Path;
+use std::process::Command;
+
+fn lab_pki(dir: &Path) {
+    let pki = dir.join("pki");
+    causeway_pki::lab_init(
+        &pki,
+        &["edge.example.com"],
+        "core1.example.com",
+        &["example.com", "conference.example.com"],
+        &["core1.example.com"],
+        true,
+    )
+    .expect("lab pki");
+    std::fs::write(pki.join("dialback-secret"), "example-edge-secret-000\n").expect("secret");
+    std::fs::write(
+        pki.join("core-dialback-secret"),
+        "example-core-secret-000\n",
+    )
+    .expect("secret");
+}
+
+/// Run `<bin> check -c <file>`; (success, stdout + stderr).
+fn check(bin: &str, file: &Path) -> (bool, String) {
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+const CORE: &str = env!("CARGO_BIN_EXE_core");
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(name);
+    std::fs::read_to_string(&path).expect("example config")
+}
+
+#[test]
+fn the_shipped_example_configs_validate() {
+    let dir = causeway_testkit::temp_dir("cfg-").expect("dir");
+    lab_pki(dir.path());
+    for (bin, name) in [(EDGE, "edge.example.toml"), (CORE, "core.example.toml")] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, example(name)).expect("write");
+        let (ok, text) = check(bin, &file);
+        assert!(ok, "{name} does not validate: {text}");
+    }
+}
+
+/// Each bad edge setting is refused, and the message names it.
+#[test]
+fn bad_edge_settings_are_named() {
+    let dir = causeway_testkit::temp_dir("cfg-").expect("dir");
+    lab_pki(dir.path());
+    let good = example("edge.example.toml");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            good.replace("[dns]", "[dns]\nnameserverz = []"),
+            "nameserverz",
+        ),
+        (
+            "allowed and denied",
+            good.replace("deny = []", "deny = [\"Partner.test\"]"),
+            "both allowed and denied",
+        ),
+        (
+            "bad domain",
+            good.replace("allow = [\"partner.test\"", "allow = [\"-bad.test\""),
+            "policy.allow[0]",
+        ),
+        (
+            "missing certificate",
+            good.replace("pki/edge-federation.crt", "pki/nope.crt"),
+            "federation.cert",
+        ),
+        (
+            "bad security mode",
+            good.replace("\"tls-required\"", "\"sometimes\""),
+            "security_mode",
+        ),
+        (
+            "short secret",
+            good.replace(
+                "dialback_secret_file = \"pki/dialback-secret\"",
+                "dialback_secret = \"short\"",
+            ),
+            "dialback_secret",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        assert_ne!(text, good, "{what}: the case did not change the config");
+        let file = dir.path().join("bad-edge.toml");
+        std::fs::write(&file, text).expect("write");
+        let (ok, out) = check(EDGE, &file);
+        assert!(!ok, "{what}: accepted");
+        assert!(
+            out.contains(needle),
+            "{what}: message does not name {needle:?}: {out}"
+        );
+    }
+}
+
+/// Each bad core setting is refused, and the message names it.
+#[test]
+fn bad_core_settings_are_named() {
+    let dir = causeway_testkit::temp_dir("cfg-").expect("dir");
+    lab_pki(dir.path());
+    let good = example("core.example.toml");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            good.replace("[core]", "[core]\ncolour = \"blue\""),
+            "colour",
+        ),
+        (
+            "alias twice",
+            good.replace(
+                "chat_node_aliases = [\"conference.example.com\"]",
+                "chat_node_aliases = [\"conference.example.com\", \"Conference.Example.com\"]",
+            ),
+            "configured twice",
+        ),
+        (
+            "bad domain",
+            good.replace("name = \"example.com\"", "name = \"exa_mple.com\""),
+            "domains[0].name",
+        ),
+        (
+            "missing key",
+            good.replace("pki/core-tunnel.key", "pki/none.key"),
+            "tunnel.key",
+        ),
+        (
+            "no nodes",
+            good.replace("nodes = [\"10.0.0.11:5269\"]", "nodes = []"),
+            "domains[0].nodes",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        assert_ne!(text, good, "{what}: the case did not change the config");
+        let file = dir.path().join("bad-core.toml");
+        std::fs::write(&file, text).expect("write");
+        let (ok, out) = check(CORE, &file);
+        assert!(!ok, "{what}: accepted");
+        assert!(
+            out.contains(needle),
+            "{what}: message does not name {needle:?}: {out}"
+        );
+    }
+}
