@@ -157,3 +157,31 @@ fn a_thousand_messages_each_way_in_order() {
     let extra = bob.collect_messages("alice@example.com", 1, std::time::Duration::from_secs(1));
     assert!(extra.is_err(), "bob got an extra message: {extra:?}");
 }
+
+/// Stanzas that cannot be delivered come back to the sender as RFC 6120 stanza errors: a domain
+/// the privacy policy refuses (service-unavailable) and an allowed domain with no server
+/// (remote-server-not-found).
+#[test]
+fn undeliverable_messages_bounce_with_the_right_error() {
+    let mut opts = options(106);
+    opts.extra_allow = vec!["nowhere.test".into()];
+    let lab = start(opts);
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    for (to, condition) in [
+        ("someone@not-allowed.test", "service-unavailable"),
+        ("someone@nowhere.test", "remote-server-not-found"),
+    ] {
+        alice.send_message(to, "anyone there?").step(&lab, "send");
+        let bounced = alice
+            .wait_for(PATIENCE, |ev| {
+                matches!(ev, causeway_testkit::ClientEvent::Message { from, mtype, xml, .. }
+                    if from == to && mtype == "error" && xml.contains(condition))
+            })
+            .step(&lab, "wait for the bounce");
+        assert!(
+            bounced.is_some(),
+            "no {condition} error for {to}\n{}",
+            lab.diagnostics()
+        );
+    }
+}

@@ -80,6 +80,9 @@ impl S2s {
     }
 }
 
+/// Dialback verifications one stream may have under way at once (each opens a connection).
+const MAX_PENDING_VERIFICATIONS: usize = 16;
+
 /// A dialback verification result, sent from its task back to the stream.
 struct PairVerdict {
     remote: String,
@@ -332,9 +335,18 @@ impl InboundStream {
                 .await;
         }
         let pair = (remote.clone(), local.clone());
-        if self.authed.contains(&pair) || !self.pending.insert(pair) {
+        if self.authed.contains(&pair) || self.pending.contains(&pair) {
             return Flow::Continue;
         }
+        if self.pending.len() >= MAX_PENDING_VERIFICATIONS {
+            return self
+                .fail(
+                    StreamCondition::PolicyViolation,
+                    "too many dialback requests at once",
+                )
+                .await;
+        }
+        self.pending.insert(pair);
         let key = el.text();
         let s2s = self.s2s.clone();
         let tx = self.verdict_tx.clone();

@@ -219,9 +219,15 @@ async fn exactly_once_in_order_across_relay_cuts() {
         let threshold = (2 * N) * k as u64 / (CUTS as u64 + 1);
         let p = progress.clone();
         eventually("progress", || p.load(Ordering::Relaxed) >= threshold).await;
-        // Retry until the cut hits a live connection (the core may still be
-        // redialling after the previous cut).
-        eventually("a live connection to cut", || relay.cut() > 0).await;
+        // Cut only once the session that followed the previous cut is up,
+        // so every cut ends an established session.
+        let c = core.clone();
+        eventually("the session before the next cut", || {
+            let s = c.stats().link(EDGE_NAME).cloned().unwrap();
+            s.connected && s.reconnects >= k as u64 - 1
+        })
+        .await;
+        assert!(relay.cut() > 0, "no live connection to cut");
     }
 
     let (core_got, mut core_rx) = tokio::time::timeout(Duration::from_secs(120), core_receiver)
@@ -243,15 +249,24 @@ async fn exactly_once_in_order_across_relay_cuts() {
     assert_eq!(edge.tunnel.stats().link(CORE_ID).unwrap().queued, N);
 
     // Each cut ends in a reconnect on both sides, and everything gets acked.
-    eventually("reconnects and drained", || {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
         let c = core.stats().link(EDGE_NAME).cloned().unwrap();
         let e = edge.tunnel.stats().link(CORE_ID).cloned().unwrap();
-        c.reconnects >= CUTS as u64
+        if c.reconnects >= CUTS as u64
             && e.reconnects >= CUTS as u64
             && c.unacked == 0
             && e.unacked == 0
-    })
-    .await;
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: core {c:?} edge {e:?} state {:?}",
+            core.state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(core_rx.try_recv().is_err(), "extra stanza after the last");
     core.shutdown();
     edge.stop().await.unwrap();
@@ -275,7 +290,7 @@ async fn silent_connection_is_detected_and_resumed() {
         assert_eq!(stanza_num(&recv_edge_stanza(&mut edge).await.1), i);
     }
     // The path goes silent without any FIN/RST; stanzas keep being queued.
-    relay.black_hole();
+    relay.black_hole().await;
     for i in N / 2..N {
         core.send(stanza(i)).await.unwrap();
         edge.tunnel.send(CORE_ID, stanza(i)).await.unwrap();

@@ -228,6 +228,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     target: Arc<Mutex<SocketAddr>>,
     freeze: tokio::sync::watch::Sender<u64>,
+    frozen: Arc<std::sync::atomic::AtomicUsize>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -239,25 +240,34 @@ impl Relay {
         let target = Arc::new(Mutex::new(target));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (freeze, _) = tokio::sync::watch::channel(0u64);
-        let (t, c, f) = (target.clone(), conns.clone(), freeze.clone());
+        let frozen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (t, c, f, fz) = (
+            target.clone(),
+            conns.clone(),
+            freeze.clone(),
+            frozen.clone(),
+        );
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 let dest = *t.lock().unwrap();
-                let mut frozen = f.subscribe();
-                frozen.mark_unchanged();
+                let mut freezing = f.subscribe();
+                freezing.mark_unchanged();
+                let fz = fz.clone();
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(dest).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = frozen.changed() => {
+                            biased;
+                            _ = freezing.changed() => {
                                 // Black hole: keep both sockets open, forward nothing.
+                                fz.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 std::future::pending::<()>().await;
                             }
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         }
                     }
                 });
@@ -270,6 +280,7 @@ impl Relay {
             addr,
             target,
             freeze,
+            frozen,
             conns,
             accept,
         }
@@ -281,8 +292,21 @@ impl Relay {
 
     /// Existing connections silently stop forwarding (sockets stay open, as
     /// with a dead middlebox); new connections work normally.
-    pub fn black_hole(&self) {
+    /// Returns once every live connection has stopped forwarding.
+    pub async fn black_hole(&self) {
+        use std::sync::atomic::Ordering;
+        let live = self
+            .conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| !h.is_finished())
+            .count();
+        let before = self.frozen.load(Ordering::SeqCst);
         self.freeze.send_modify(|g| *g += 1);
+        while self.frozen.load(Ordering::SeqCst) < before + live {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Drops every relayed connection (both sockets); returns how many were live.
