@@ -51,6 +51,25 @@ impl CoreHost {
             warn!(module = LOG_MODULE, error = %e, "tunnel send failed; stanza dropped");
         }
     }
+
+    /// Like [`CoreHost::to_edge`] but in a task of its own: bounces may be raised by the task
+    /// that drains the tunnel, which must never wait for tunnel window room (if both windows
+    /// were full, neither side would drain: deadlock).
+    fn to_edge_detached(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
+        let Some(tunnel) = self.tunnel.get().cloned() else {
+            return;
+        };
+        let stanza = TunnelStanza {
+            from_domain,
+            to_domain,
+            payload,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = tunnel.send(stanza).await {
+                warn!(module = LOG_MODULE, error = %e, "tunnel send failed; bounce dropped");
+            }
+        });
+    }
 }
 
 impl Host for CoreHost {
@@ -89,8 +108,7 @@ impl Host for CoreHost {
             let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
                 return;
             };
-            self.to_edge(stanza.to_domain, stanza.from_domain, reply)
-                .await;
+            self.to_edge_detached(stanza.to_domain, stanza.from_domain, reply);
         })
     }
 }

@@ -66,6 +66,26 @@ impl EdgeHost {
         };
         matches!(self.policy.check(remote, dir), Verdict::Allow)
     }
+
+    /// Like [`EdgeHost::to_core`] but in a task of its own: bounces may be raised by the task
+    /// that drains the tunnel, which must never wait for tunnel window room (if both windows
+    /// were full, neither side would drain: deadlock).
+    fn to_core_detached(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
+        let (Some(core), Some(tunnel)) = (self.core_for(&to_domain), self.tunnel().cloned()) else {
+            warn!(module = LOG_MODULE, to = %to_domain, "no core serves this domain; bounce dropped");
+            return;
+        };
+        let stanza = TunnelStanza {
+            from_domain,
+            to_domain,
+            payload,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = tunnel.send(&core, stanza).await {
+                warn!(module = LOG_MODULE, core = %core, error = %e, "tunnel send failed; bounce dropped");
+            }
+        });
+    }
 }
 
 impl Host for EdgeHost {
@@ -108,8 +128,7 @@ impl Host for EdgeHost {
             let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
                 return;
             };
-            self.to_core(stanza.to_domain, stanza.from_domain, reply)
-                .await;
+            self.to_core_detached(stanza.to_domain, stanza.from_domain, reply);
         })
     }
 }

@@ -165,7 +165,9 @@ impl Lab {
             core_config(core_s2s, tunnel_target, internal.ip, internal.s2s_port),
         )?;
 
-        let edge = spawn_daemon(&opts.edge_bin, "edge", dir.path(), &opts.rust_log)?;
+        // The edge's "core connected" line is how the lab knows the tunnel is up.
+        let edge_log = format!("{},causeway_edge=info", opts.rust_log);
+        let edge = spawn_daemon(&opts.edge_bin, "edge", dir.path(), &edge_log)?;
         let relay = if opts.relay {
             Some(Relay::start(relay_addr, edge_tunnel)?)
         } else {
