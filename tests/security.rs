@@ -152,3 +152,71 @@ fn bad_xml_gets_the_right_stream_error_and_nothing_is_lost() {
         "an attack stanza reached alice: {leaked:?}"
     );
 }
+
+/// On the inside, core only federates for the local domains, and only when the node that
+/// serves them vouches for the dialback key: an intruder claiming another domain is refused,
+/// and one claiming example.com (without being its server) never authenticates.
+#[test]
+fn core_refuses_intruders_on_the_internal_network() {
+    let subnet = 112;
+    let lab = start(options(subnet));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let core = SocketAddr::from((Lab::ip(subnet, 3), 5269));
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+
+    // Claims a domain core does not serve locally.
+    let intruder = rt
+        .block_on(SyntheticServer::start(
+            "intruder.test",
+            SocketAddr::from((Lab::ip(subnet, 42), 5269)),
+            core,
+            false,
+        ))
+        .expect("intruder");
+    rt.block_on(intruder.send(
+        PARTNER,
+        "<message from='x@intruder.test' to='bob@partner.test'><body>intruder</body></message>",
+    ));
+    // Claims example.com, but core verifies the key with the real example.com server.
+    let impostor = rt
+        .block_on(SyntheticServer::start(
+            "example.com",
+            SocketAddr::from((Lab::ip(subnet, 43), 5269)),
+            core,
+            false,
+        ))
+        .expect("impostor");
+    rt.block_on(impostor.send(
+        PARTNER,
+        "<message from='alice@example.com' to='bob@partner.test'><body>impostor</body></message>",
+    ));
+    let bounced = |s: &SyntheticServer| {
+        s.received
+            .bounced
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let refused = causeway_testkit::wait_until(PATIENCE, || {
+        bounced(&intruder) == 1 && bounced(&impostor) == 1
+    });
+    assert!(
+        refused,
+        "intruder bounced {}, impostor bounced {}\n{}",
+        bounced(&intruder),
+        bounced(&impostor),
+        lab.diagnostics()
+    );
+
+    alice
+        .send_message(&format!("bob@{PARTNER}"), "the real alice")
+        .step(&lab, "send");
+    bob.expect_message("alice@example.com", "the real alice", PATIENCE)
+        .step(&lab, "the real node still federates");
+    let leaked = bob.collect_messages("alice@example.com", 1, Duration::from_secs(1));
+    assert!(leaked.is_err(), "bob got an impostor's message: {leaked:?}");
+    let leaked = bob.collect_messages("x@intruder.test", 1, Duration::from_secs(1));
+    assert!(
+        leaked.is_err(),
+        "bob got the intruder's message: {leaked:?}"
+    );
+}
