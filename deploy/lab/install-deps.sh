@@ -12,11 +12,10 @@ done
 if [ -n "$need" ]; then
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends $need
+  # The packages start their system services; the lab and tests run their own instances.
+  for svc in prosody ejabberd dnsmasq; do
+    $SUDO systemctl stop "$svc" 2>/dev/null || $SUDO service "$svc" stop 2>/dev/null || true
+    $SUDO systemctl disable "$svc" 2>/dev/null || true
+  done
 fi
-for svc in prosody ejabberd dnsmasq; do
-  $SUDO systemctl stop "$svc" 2>/dev/null || $SUDO service "$svc" stop 2>/dev/null || true
-done
-$SUDO pkill -x prosody 2>/dev/null || true
-$SUDO pkill -f 'beam.*ejabberd' 2>/dev/null || true
-$SUDO pkill -x dnsmasq 2>/dev/null || true
 exit 0

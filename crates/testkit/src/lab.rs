@@ -351,6 +351,9 @@ chat_node_aliases = ["{LOCAL_MUC}"]
 
 /// Start `edge run` or `core run` in `dir` and wait for its ready line.
 pub fn spawn_daemon(bin: &Path, name: &str, dir: &Path, rust_log: &str) -> Result<ChildGuard> {
+    // The daemon runs in `dir`; a relative binary path must not follow it there.
+    let bin =
+        std::fs::canonicalize(bin).with_context(|| format!("{name} binary {}", bin.display()))?;
     let mut cmd = Command::new(bin);
     cmd.arg("run")
         .arg("--config")
