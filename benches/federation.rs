@@ -9,7 +9,7 @@
 //!    and partner Prosody, paced at 200 messages/s; baseline: the same load over direct
 //!    Prosody -> Prosody federation. Figures: p50/p99 latency and the pair's added p99.
 //!
-//! Environment: CAUSEWAY_BENCH_STANZAS (default 100000), CAUSEWAY_BENCH_MESSAGES (2000),
+//! Environment: CAUSEWAY_BENCH_STANZAS (default 100000), CAUSEWAY_BENCH_MESSAGES (4000),
 //! CAUSEWAY_BENCH_RATE (200), CAUSEWAY_BENCH_PART (all | pair | real).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,7 +37,7 @@ fn main() {
         }
     }
     if part == "all" || part == "real" {
-        let n = env_num("CAUSEWAY_BENCH_MESSAGES", 2000) as usize;
+        let n = env_num("CAUSEWAY_BENCH_MESSAGES", 4000) as usize;
         let rate = env_num("CAUSEWAY_BENCH_RATE", 200) as f64;
         if let Err(e) = real_path(n, rate) {
             eprintln!("real-path benchmark failed: {e:#}");
@@ -149,6 +149,7 @@ fn pair_alone(n: u64) -> Result<()> {
         SocketAddr::from((ip(2), 7400)),
         SocketAddr::from((ip(53), 53)),
         &[],
+        "",
     );
     edge_cfg.push_str(&format!(
         "\n[[static_routes]]\ndomain = \"{PARTNER}\"\naddresses = [\"{gen_addr}\"]\n"

@@ -6,5 +6,7 @@ mod support;
 
 mod config;
 mod federation;
+mod hostile;
+mod modes;
 mod security;
 mod tunnel;

@@ -134,7 +134,11 @@ pub async fn start(
     let tls_server = causeway_pki::s2s_server_config(certs, key)?;
     let tls_client = causeway_pki::s2s_client_config_dialback()?;
     let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
-    s2s_cfg.require_tls = s.require_tls;
+    s2s_cfg.tls_mode = if s.require_tls {
+        causeway_s2s::TlsMode::Required
+    } else {
+        causeway_s2s::TlsMode::Optional
+    };
     s2s_cfg.limits.max_stanza_bytes = s.max_stanza_bytes;
     s2s_cfg.idle_timeout = Duration::from_secs(s.idle_timeout_secs);
 

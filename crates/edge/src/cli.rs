@@ -56,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "edge",
                 serde_json::json!({
                     "s2s": edge.s2s_addr.to_string(),
+                    "direct_tls": edge.direct_tls_addr.map(|a| a.to_string()),
                     "tunnel": edge.tunnel_addr.to_string(),
                 }),
             );

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use causeway_policy::{Policy, PrivacyMode};
+use causeway_policy::{Policy, PrivacyMode, Rule, RuleConfig};
 use serde::Deserialize;
 
 /// How TLS is used on federation connections.
@@ -17,6 +17,19 @@ pub enum SecurityMode {
     TlsRequired,
     /// Offer and try TLS; continue without it when the peer cannot.
     TlsOptional,
+    /// Never negotiate TLS (for labs and peers that cannot; not for the internet).
+    NoTls,
+}
+
+impl SecurityMode {
+    /// The s2s layer's equivalent.
+    pub fn tls_mode(self) -> causeway_s2s::TlsMode {
+        match self {
+            SecurityMode::TlsRequired => causeway_s2s::TlsMode::Required,
+            SecurityMode::TlsOptional => causeway_s2s::TlsMode::Optional,
+            SecurityMode::NoTls => causeway_s2s::TlsMode::Disabled,
+        }
+    }
 }
 
 /// The whole file.
@@ -69,6 +82,12 @@ pub struct FederationSection {
     /// s2s listen address (default 0.0.0.0:5269).
     #[serde(default = "default_s2s_listen")]
     pub listen: SocketAddr,
+    /// Direct TLS (XEP-0368) s2s listen address, e.g. 0.0.0.0:5270. Off unless set.
+    #[serde(default)]
+    pub direct_tls_listen: Option<SocketAddr>,
+    /// Try a remote domain's `_xmpps-server._tcp` (direct TLS) endpoints before STARTTLS.
+    #[serde(default = "default_true")]
+    pub direct_tls_outbound: bool,
     /// Federation certificate chain (PEM), presented to peers.
     pub cert: PathBuf,
     /// Its private key (PEM).
@@ -82,6 +101,19 @@ pub struct FederationSection {
     /// TLS use.
     #[serde(default)]
     pub security_mode: SecurityMode,
+    /// CAs trusted for federation peers' certificates (PEM bundle). Without it no peer
+    /// certificate is trusted: SASL EXTERNAL is never offered and peers use dialback.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) checked against peers' certificates.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Refuse peers without a valid certificate naming their domain (needs `ca_bundle`).
+    #[serde(default)]
+    pub require_client_certs: bool,
+    /// Offer and use SASL EXTERNAL (XEP-0178) where certificates allow; dialback otherwise.
+    #[serde(default = "default_true")]
+    pub sasl_external: bool,
     /// Largest stanza accepted, in bytes.
     #[serde(default = "default_max_stanza")]
     pub max_stanza_bytes: usize,
@@ -109,12 +141,13 @@ pub struct PolicySection {
     /// off, allow-list (default), deny-list.
     #[serde(default)]
     pub privacy_mode: PrivacyMode,
-    /// Domains allowed in allow-list mode.
+    /// Allowed in allow-list mode: "partner.test", "*.partner.test" (the domain and its
+    /// subdomains), or { domain = "...", direction = "incoming" | "outgoing" | "all" }.
     #[serde(default)]
-    pub allow: Vec<String>,
-    /// Domains refused in deny-list mode.
+    pub allow: Vec<RuleConfig>,
+    /// Refused (in either list mode; a deny always wins): same forms as `allow`.
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub deny: Vec<RuleConfig>,
 }
 
 /// `[[static_routes]]`
@@ -125,6 +158,9 @@ pub struct StaticRoute {
     pub domain: String,
     /// Its servers, tried in turn (ip:port).
     pub addresses: Vec<SocketAddr>,
+    /// Those servers speak direct TLS (XEP-0368) rather than STARTTLS.
+    #[serde(default)]
+    pub direct_tls: bool,
 }
 
 /// `[log]`
@@ -153,6 +189,9 @@ fn default_tunnel_listen() -> SocketAddr {
 }
 fn default_s2s_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 5269))
+}
+fn default_true() -> bool {
+    true
 }
 fn default_window() -> usize {
     4096
@@ -184,8 +223,12 @@ pub struct Validated {
     pub policy: Policy,
     /// Static routes by lowercased domain.
     pub routes: HashMap<String, Vec<SocketAddr>>,
+    /// Static routes whose servers speak direct TLS.
+    pub direct_tls_routes: std::collections::HashSet<String>,
     /// The dialback secret.
     pub dialback_secret: String,
+    /// Trust for peer certificates, if a CA bundle is configured.
+    pub peer_trust: Option<std::sync::Arc<causeway_pki::PeerTrust>>,
 }
 
 /// Read, parse and validate a config file. Relative paths in it are taken from the file's
@@ -208,6 +251,12 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     if let Some(p) = raw.federation.dialback_secret_file.as_mut() {
         *p = base.join(&*p);
     }
+    if let Some(p) = raw.federation.ca_bundle.as_mut() {
+        *p = base.join(&*p);
+    }
+    for p in raw.federation.crls.iter_mut() {
+        *p = base.join(&*p);
+    }
     validate(raw)
 }
 
@@ -223,6 +272,19 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
             bail!("{key}: file {} does not exist", p.display());
         }
     }
+    let peer_trust = match &raw.federation.ca_bundle {
+        Some(bundle) => Some(std::sync::Arc::new(
+            causeway_pki::PeerTrust::load(bundle, &raw.federation.crls)
+                .map_err(|e| anyhow::anyhow!("federation.ca_bundle / federation.crls: {e}"))?,
+        )),
+        None if !raw.federation.crls.is_empty() => {
+            bail!("federation.crls: needs federation.ca_bundle")
+        }
+        None => None,
+    };
+    if raw.federation.require_client_certs && peer_trust.is_none() {
+        bail!("federation.require_client_certs: needs federation.ca_bundle (the CAs to trust)");
+    }
     let dialback_secret = causeway_app::resolve_secret(
         "federation",
         raw.federation.dialback_secret.as_deref(),
@@ -232,29 +294,33 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         bail!("federation.max_stanza_bytes: at least 10000 (RFC 6120 13.12)");
     }
     let mut routes: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+    let mut direct_tls_routes = std::collections::HashSet::new();
     for (i, r) in raw.static_routes.iter().enumerate() {
         let d = causeway_xmpp::addr::normalize_domain(&r.domain)
             .map_err(|e| anyhow::anyhow!("static_routes[{i}].domain: {e}"))?;
         if r.addresses.is_empty() {
             bail!("static_routes[{i}].addresses: at least one address");
         }
+        if r.direct_tls {
+            direct_tls_routes.insert(d.clone());
+        }
         routes
             .entry(d)
             .or_default()
             .extend(r.addresses.iter().copied());
     }
-    let check_list = |key: &str, list: &[String]| -> anyhow::Result<Vec<String>> {
+    let rules = |key: &str, list: &[RuleConfig]| -> anyhow::Result<Vec<Rule>> {
         list.iter()
             .enumerate()
-            .map(|(i, d)| {
-                causeway_xmpp::addr::normalize_domain(d)
+            .map(|(i, r)| {
+                r.to_rule()
                     .map_err(|e| anyhow::anyhow!("policy.{key}[{i}]: {e}"))
             })
             .collect()
     };
-    let allow = check_list("allow", &raw.policy.allow)?;
-    let deny = check_list("deny", &raw.policy.deny)?;
-    let policy = Policy::new(
+    let allow = rules("allow", &raw.policy.allow)?;
+    let deny = rules("deny", &raw.policy.deny)?;
+    let policy = Policy::from_rules(
         raw.policy.privacy_mode,
         allow,
         deny,
@@ -269,6 +335,8 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         raw,
         policy,
         routes,
+        direct_tls_routes,
         dialback_secret,
+        peer_trust,
     })
 }

@@ -30,6 +30,8 @@ pub struct EdgeHost {
     domains: RwLock<HashMap<String, String>>,
     policy: Policy,
     routes: HashMap<String, Vec<SocketAddr>>,
+    direct_tls_routes: std::collections::HashSet<String>,
+    direct_tls_outbound: bool,
     resolver: causeway_dns::Resolver,
     tunnel: OnceLock<EdgeTunnel>,
 }
@@ -101,6 +103,9 @@ impl Host for EdgeHost {
         Box::pin(async move {
             if let Some(addrs) = self.routes.get(domain) {
                 // A static route never falls back to DNS.
+                if self.direct_tls_routes.contains(domain) {
+                    return Ok(Vec::new());
+                }
                 return Ok(addrs.clone());
             }
             let targets = self
@@ -116,6 +121,31 @@ impl Host for EdgeHost {
                 return Err(format!("no s2s service found for {domain}"));
             }
             Ok(addrs)
+        })
+    }
+
+    fn resolve_direct_tls<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Vec<SocketAddr>> {
+        Box::pin(async move {
+            if let Some(addrs) = self.routes.get(domain) {
+                return if self.direct_tls_routes.contains(domain) {
+                    addrs.clone()
+                } else {
+                    Vec::new()
+                };
+            }
+            if !self.direct_tls_outbound {
+                return Vec::new();
+            }
+            match self.resolver.resolve_xmpps_server(domain).await {
+                Ok(targets) => targets
+                    .iter()
+                    .flat_map(|t| t.addrs.iter().map(move |ip| SocketAddr::new(*ip, t.port)))
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(module = LOG_MODULE, remote = %domain, error = %e, "no direct TLS endpoints");
+                    Vec::new()
+                }
+            }
         })
     }
 
@@ -143,6 +173,8 @@ pub struct Edge {
     pub tunnel: EdgeTunnel,
     /// Where s2s listens.
     pub s2s_addr: SocketAddr,
+    /// Where direct-TLS s2s listens, if configured.
+    pub direct_tls_addr: Option<SocketAddr>,
     /// Where the tunnel listens.
     pub tunnel_addr: SocketAddr,
 }
@@ -156,10 +188,23 @@ pub async fn start(
     let fed = &cfg.raw.federation;
     let certs = causeway_pki::load_certs(&fed.cert)?;
     let key = causeway_pki::load_key(&fed.key)?;
-    let tls_server = causeway_pki::s2s_server_config(certs, key)?;
-    let tls_client = causeway_pki::s2s_client_config_dialback()?;
+    let tls_server = if cfg.peer_trust.is_some() {
+        causeway_pki::s2s_server_config_requesting_client_cert(
+            certs.clone(),
+            key.clone_key(),
+            false,
+        )?
+    } else {
+        causeway_pki::s2s_server_config(certs.clone(), key.clone_key())?
+    };
+    // Our certificate is presented when we initiate, for SASL EXTERNAL.
+    let tls_client = causeway_pki::s2s_client_config_presenting(certs, key, false)?;
     let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
-    s2s_cfg.require_tls = fed.security_mode == config::SecurityMode::TlsRequired;
+    s2s_cfg.peer_trust = cfg.peer_trust.clone();
+    s2s_cfg.require_peer_certs = fed.require_client_certs;
+    s2s_cfg.sasl_external = fed.sasl_external;
+    s2s_cfg.presents_client_cert = true;
+    s2s_cfg.tls_mode = fed.security_mode.tls_mode();
     s2s_cfg.limits.max_stanza_bytes = fed.max_stanza_bytes;
     s2s_cfg.idle_timeout = Duration::from_secs(fed.idle_timeout_secs);
     s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
@@ -171,9 +216,14 @@ pub async fn start(
         domains: RwLock::new(HashMap::new()),
         policy: cfg.policy.clone(),
         routes: cfg.routes.clone(),
+        direct_tls_routes: cfg.direct_tls_routes.clone(),
+        direct_tls_outbound: fed.direct_tls_outbound,
         resolver,
         tunnel: OnceLock::new(),
     });
+    for (allow, deny) in host.policy.shadowed_allow_rules() {
+        warn!(module = LOG_MODULE, %allow, %deny, "policy: this allow rule never applies, a deny rule covers it");
+    }
     let s2s = S2s::new(s2s_cfg, host.clone());
 
     let s2s_listener = TcpListener::bind(fed.listen)
@@ -201,14 +251,26 @@ pub async fn start(
         EdgeTunnel::serve(tunnel_listener, tls, opts, events_tx, shutdown.clone())?;
     let _ = host.tunnel.set(tunnel.clone());
 
+    let direct_tls_addr = match fed.direct_tls_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("federation.direct_tls_listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(s2s.clone().serve_direct_tls(listener, shutdown.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     tokio::spawn(s2s.clone().serve(s2s_listener, shutdown));
     tokio::spawn(pump_tunnel(host.clone(), s2s.clone(), events_rx));
-    info!(module = LOG_MODULE, s2s = %s2s_addr, tunnel = %tunnel_addr, "edge listening");
+    info!(module = LOG_MODULE, s2s = %s2s_addr, direct_tls = ?direct_tls_addr, tunnel = %tunnel_addr, "edge listening");
     Ok(Edge {
         s2s,
         host,
         tunnel,
         s2s_addr,
+        direct_tls_addr,
         tunnel_addr,
     })
 }
@@ -255,8 +317,11 @@ async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: 
         warn!(module = LOG_MODULE, core = %core_id, to = %out.to_domain, "stanza between two local domains: dropped");
         return;
     }
-    if !host.policy_allows(&out.to_domain, Direction::Outbound) {
-        warn!(module = LOG_MODULE, direction = "outgoing", remote = %out.to_domain, "domain refused by the federation policy; stanza bounced");
+    if let Verdict::Deny(reason) = host
+        .policy
+        .check(&out.to_domain, causeway_policy::Direction::Outbound)
+    {
+        warn!(module = LOG_MODULE, direction = "outgoing", remote = %out.to_domain, %reason, "domain refused by the federation policy; stanza bounced");
         s2s.counters
             .stanzas_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,9 +1,12 @@
 //! Certificate generation with rcgen (ECDSA P-256).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, OtherNameValue,
+    RevokedCertParams, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 use crate::PkiError;
@@ -78,8 +81,13 @@ fn validity(params: &mut CertificateParams, days: u32) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// Parameters of a leaf for `names` (first name also the CN).
-fn leaf_params(names: &[&str], usage: Usage, days: u32) -> Result<CertificateParams, PkiError> {
+/// Parameters of a leaf for `names` (first name also the CN) with the given
+/// EKUs (none: no EKU extension at all).
+fn leaf_params(
+    names: &[&str],
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+    days: u32,
+) -> Result<CertificateParams, PkiError> {
     let first = names
         .first()
         .ok_or_else(|| PkiError::Gen("a leaf certificate needs at least one name".into()))?;
@@ -100,7 +108,7 @@ fn leaf_params(names: &[&str], usage: Usage, days: u32) -> Result<CertificatePar
         .push(DnType::CommonName, first.trim().trim_end_matches('.'));
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = usage.ekus();
+    params.extended_key_usages = ekus;
     validity(&mut params, days)?;
     Ok(params)
 }
@@ -146,25 +154,160 @@ pub fn generate_ca(common_name: &str) -> Result<CertPair, PkiError> {
 /// Errors if `names` is empty or contains an invalid name, if `days` is 0,
 /// or if `ca` cannot be parsed.
 pub fn issue(ca: &CertPair, names: &[&str], usage: Usage, days: u32) -> Result<CertPair, PkiError> {
+    let issuer = ca_issuer(ca)?;
+    sign_leaf(leaf_params(names, usage.ekus(), days)?, &issuer)
+}
+
+/// The rcgen issuer (key + subject) of a CA pair.
+fn ca_issuer(ca: &CertPair) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::Pem {
         path: "<CA key>".into(),
         msg: e.to_string(),
     })?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| PkiError::Pem {
+    Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| PkiError::Pem {
         path: "<CA certificate>".into(),
         msg: e.to_string(),
-    })?;
-    let mut params = leaf_params(names, usage, days)?;
+    })
+}
+
+/// Sign leaf `params` (with an authority key identifier) for a fresh key.
+fn sign_leaf(
+    mut params: CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<CertPair, PkiError> {
     params.use_authority_key_identifier_extension = true;
     let key = new_key()?;
-    let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
+    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
     Ok(pair(cert, &key))
+}
+
+/// Like [`issue`], with an explicit extended key usage: `server_auth` adds
+/// `id-kp-serverAuth`, `client_auth` adds `id-kp-clientAuth`; with neither,
+/// the certificate has no EKU extension at all (good for any usage).
+///
+/// For tests and labs (e.g. the serverAuth-only certificates that public CAs
+/// issue since 2026).
+pub fn issue_with_eku(
+    ca: &CertPair,
+    names: &[&str],
+    server_auth: bool,
+    client_auth: bool,
+    days: u32,
+) -> Result<CertPair, PkiError> {
+    let mut ekus = Vec::new();
+    if server_auth {
+        ekus.push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if client_auth {
+        ekus.push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    let issuer = ca_issuer(ca)?;
+    sign_leaf(leaf_params(names, ekus, days)?, &issuer)
+}
+
+/// OID arcs of `id-on-xmppAddr` (RFC 6120 13.7.1.4).
+const XMPP_ADDR_ARCS: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 8, 5];
+
+/// A leaf signed by `ca` whose only subjectAltName is an XmppAddr otherName
+/// (`id-on-xmppAddr`, UTF8String) for `domain`, as XEP-0178 describes. The
+/// subject CN is `domain` too (ignored by matchers, since a SAN exists). EKU
+/// serverAuth + clientAuth, valid `days` from now.
+pub fn issue_xmpp_addr(ca: &CertPair, domain: &str, days: u32) -> Result<CertPair, PkiError> {
+    let domain = domain.trim().trim_end_matches('.');
+    if domain.is_empty() {
+        return Err(PkiError::Gen("empty XmppAddr domain".into()));
+    }
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::OtherName((
+        XMPP_ADDR_ARCS.to_vec(),
+        OtherNameValue::Utf8String(domain.to_string()),
+    ))];
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, domain);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = Usage::ServerAndClient.ekus();
+    validity(&mut params, days)?;
+    let issuer = ca_issuer(ca)?;
+    sign_leaf(params, &issuer)
+}
+
+/// Validity of CRLs made by [`make_crl`] (`nextUpdate`), in days.
+const CRL_DAYS: i64 = 30;
+
+/// A CRL (DER) signed by `ca` that revokes the given leaf certificates (PEM,
+/// each issued by `ca`), revocation time now. `thisUpdate` is backdated one
+/// hour, `nextUpdate` is 30 days ahead, the CRL number is the current unix
+/// time (so later CRLs get larger numbers). An empty list makes a valid CRL
+/// that revokes nothing.
+///
+/// Errors if a PEM is not a certificate or was not issued by `ca` (matched by
+/// issuer name), or if `ca` cannot be parsed.
+pub fn make_crl(ca: &CertPair, revoked_leaf_pems: &[&str]) -> Result<Vec<u8>, PkiError> {
+    use x509_parser::prelude::*;
+    let ca_der =
+        CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
+            path: "<CA certificate>".into(),
+            msg: e.to_string(),
+        })?;
+    let (_, ca_x) = parse_x509_certificate(&ca_der)
+        .map_err(|e| PkiError::Gen(format!("cannot parse CA certificate: {e}")))?;
+    let now = OffsetDateTime::now_utc();
+    let mut revoked_certs = Vec::with_capacity(revoked_leaf_pems.len());
+    for (i, pem) in revoked_leaf_pems.iter().enumerate() {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem {
+            path: format!("<revoked certificate #{i}>"),
+            msg: e.to_string(),
+        })?;
+        let (_, x) = parse_x509_certificate(&der)
+            .map_err(|e| PkiError::Gen(format!("cannot parse revoked certificate #{i}: {e}")))?;
+        if x.issuer().as_raw() != ca_x.subject().as_raw() {
+            return Err(PkiError::Gen(format!(
+                "revoked certificate #{i} ({}) was not issued by {}",
+                x.subject(),
+                ca_x.subject()
+            )));
+        }
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(x.raw_serial()),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let crl_number = u64::try_from(now.unix_timestamp()).unwrap_or(1).max(1);
+    let params = CertificateRevocationListParams {
+        this_update: now - BACKDATE,
+        next_update: now + Duration::days(CRL_DAYS),
+        crl_number: SerialNumber::from(crl_number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let issuer = ca_issuer(ca)?;
+    let crl = params.signed_by(&issuer).map_err(gen_err)?;
+    Ok(crl.der().to_vec())
+}
+
+/// Test helper: a serverAuth + clientAuth leaf signed by `ca` with an
+/// explicit validity window (e.g. entirely in the past).
+#[cfg(test)]
+pub(crate) fn issue_valid_between(
+    ca: &CertPair,
+    names: &[&str],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertPair, PkiError> {
+    let mut params = leaf_params(names, Usage::ServerAndClient.ekus(), 1)?;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    sign_leaf(params, &ca_issuer(ca)?)
 }
 
 /// A self-signed leaf (not a CA) for `names`, usable as server and client
 /// (EKU serverAuth + clientAuth), valid `days` from now.
 pub fn self_signed(names: &[&str], days: u32) -> Result<CertPair, PkiError> {
-    let params = leaf_params(names, Usage::ServerAndClient, days)?;
+    let params = leaf_params(names, Usage::ServerAndClient.ekus(), days)?;
     let key = new_key()?;
     let cert = params.self_signed(&key).map_err(gen_err)?;
     Ok(pair(cert, &key))

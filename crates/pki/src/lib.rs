@@ -9,20 +9,39 @@
 //! * rustls configurations for XMPP server-to-server links
 //!   ([`s2s_server_config`], [`s2s_client_config_dialback`]), always built on
 //!   the ring provider explicitly (never the process default provider).
-//! * Certificate inspection ([`cert_names`], [`cert_not_after`]) and RFC 6125
-//!   DNS-ID matching ([`name_matches`]).
+//! * Certificate inspection ([`cert_names`], [`cert_not_after`],
+//!   [`cert_warnings`]) and RFC 6125 matching ([`name_matches`] for one
+//!   DNS-ID, [`cert_matches_domain`] for a whole certificate: DNS-ID,
+//!   XmppAddr, SRV-ID, CN fallback).
+//! * Certificate-based peer authentication (SASL EXTERNAL, XEP-0178): the
+//!   s2s TLS configurations that request or present client certificates
+//!   ([`s2s_server_config_requesting_client_cert`],
+//!   [`s2s_client_config_presenting`]) accept any chain during the
+//!   handshake; afterwards [`PeerTrust::verify_chain`] checks the peer's
+//!   chain against a CA bundle and CRLs, and [`cert_matches_domain`] its
+//!   names.
+//! * Lab helpers for those tests: [`issue_with_eku`], [`issue_xmpp_addr`],
+//!   [`make_crl`].
 
 mod files;
 mod generate;
 mod names;
+mod peer;
 mod tls;
 
 pub use files::{lab_init, load_certs, load_key, read_file};
-pub use generate::{generate_ca, issue, self_signed, CertPair, Usage};
-pub use names::{cert_names, cert_not_after, name_matches, ID_ON_DNS_SRV, ID_ON_XMPP_ADDR};
+pub use generate::{
+    generate_ca, issue, issue_with_eku, issue_xmpp_addr, make_crl, self_signed, CertPair, Usage,
+};
+pub use names::{
+    cert_matches_domain, cert_names, cert_not_after, cert_warnings, name_matches, ID_ON_DNS_SRV,
+    ID_ON_XMPP_ADDR,
+};
+pub use peer::{CertError, PeerTrust};
 pub use tls::{
     ring_provider, s2s_client_config_dialback, s2s_client_config_dialback_with_cert,
-    s2s_server_config,
+    s2s_client_config_presenting, s2s_server_config, s2s_server_config_requesting_client_cert,
+    ALPN_XMPP_SERVER,
 };
 
 /// Errors of this crate.

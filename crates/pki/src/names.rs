@@ -126,6 +126,150 @@ pub fn name_matches(presented: &str, reference: &str) -> bool {
     }
 }
 
+/// XmppAddr match: the whole value equals the domain (no wildcards, no
+/// localpart or resource), case-insensitive (Unicode lowercase), ignoring a
+/// trailing dot.
+fn xmpp_addr_matches(presented: &str, reference: &str) -> bool {
+    let p = presented
+        .strip_suffix('.')
+        .unwrap_or(presented)
+        .to_lowercase();
+    !p.is_empty() && !p.contains('*') && p == reference.to_lowercase()
+}
+
+/// SRV-ID match (RFC 6125 / RFC 4985): `_xmpp-server.<domain>`, service
+/// label case-insensitive, domain exactly (no wildcards).
+fn srv_id_matches(presented: &str, reference: &str) -> bool {
+    match presented.split_once('.') {
+        Some((service, name)) => {
+            service.eq_ignore_ascii_case("_xmpp-server")
+                && !name.contains('*')
+                && normalize(name) == reference
+        }
+        None => false,
+    }
+}
+
+/// RFC 6125 / XEP-0178: does the DER leaf certificate `leaf_der` authenticate
+/// the XMPP server `domain`?
+///
+/// Presented identifiers that count, from the subjectAltName extension:
+///
+/// * DNS-ID (`dNSName`), matched with [`name_matches`]: case-insensitive, a
+///   wildcard only as the whole left-most label, standing for exactly one
+///   label (`*.example.com` covers `chat.example.com`, not
+///   `a.chat.example.com` nor `example.com`);
+/// * XmppAddr (`id-on-xmppAddr` otherName): the value must be exactly the
+///   domain (case-insensitive; a JID with a localpart never matches);
+/// * SRV-ID (`id-on-dnsSRV` otherName): `_xmpp-server.<domain>` exactly
+///   (`_xmpp-client.` does not authenticate a server).
+///
+/// The subject CN (same rules as a DNS-ID) is consulted only when the
+/// certificate has no subjectAltName extension at all. URI-IDs, IP
+/// addresses and other names never match. An unparsable certificate or an
+/// empty or wildcard `domain` never matches. Internationalized names are
+/// compared as given (no A-label/U-label conversion).
+///
+/// This does not verify the chain: use [`crate::PeerTrust::verify_chain`].
+pub fn cert_matches_domain(leaf_der: &[u8], domain: &str) -> bool {
+    let Ok(cert) = parse(leaf_der) else {
+        return false;
+    };
+    let reference = normalize(domain);
+    if reference.is_empty() || reference.contains('*') {
+        return false;
+    }
+    match cert.subject_alternative_name() {
+        Err(_) => false,
+        Ok(Some(san)) => san.value.general_names.iter().any(|gn| match gn {
+            GeneralName::DNSName(d) => name_matches(d, &reference),
+            GeneralName::OtherName(oid, value) => {
+                let oid = oid.to_id_string();
+                if oid == ID_ON_XMPP_ADDR {
+                    other_name_string(value).is_some_and(|s| xmpp_addr_matches(&s, &reference))
+                } else if oid == ID_ON_DNS_SRV {
+                    other_name_string(value).is_some_and(|s| srv_id_matches(&s, &reference))
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }),
+        Ok(None) => cert
+            .subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str().is_ok_and(|s| name_matches(s, &reference))),
+    }
+}
+
+/// Expiry and coverage warnings for our own certificate (for status pages
+/// and start-up logs), at `now_unix`:
+///
+/// * not yet valid, expired, or expiring within `warn_days` days (with the
+///   number of days left and the `notAfter` date);
+/// * each of `names` that the leaf does not cover per
+///   [`cert_matches_domain`].
+///
+/// Empty when all is well. An unparsable certificate gives one warning.
+pub fn cert_warnings(
+    leaf_der: &[u8],
+    names: &[&str],
+    now_unix: u64,
+    warn_days: u32,
+) -> Vec<String> {
+    let cert = match parse(leaf_der) {
+        Ok(c) => c,
+        Err(e) => return vec![e.to_string()],
+    };
+    let now = i64::try_from(now_unix).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    let when = crate::peer::fmt_time;
+    if now < not_before {
+        out.push(format!(
+            "certificate is not valid before {}",
+            when(not_before)
+        ));
+    }
+    if now >= not_after {
+        let days = (now - not_after) / 86400;
+        out.push(format!(
+            "certificate expired on {} ({days} day{} ago)",
+            when(not_after),
+            if days == 1 { "" } else { "s" }
+        ));
+    } else {
+        let left = not_after - now;
+        if left < i64::from(warn_days) * 86400 {
+            let days = left / 86400;
+            let span = match days {
+                0 => "less than a day".to_string(),
+                1 => "1 day".to_string(),
+                d => format!("{d} days"),
+            };
+            out.push(format!(
+                "certificate expires in {span} (on {})",
+                when(not_after)
+            ));
+        }
+    }
+    let presented = cert_names(leaf_der).unwrap_or_default();
+    for name in names {
+        if !cert_matches_domain(leaf_der, name) {
+            out.push(format!(
+                "certificate does not cover {name} (it names: {})",
+                if presented.is_empty() {
+                    "nothing usable".to_string()
+                } else {
+                    presented.join(", ")
+                }
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +412,246 @@ mod tests {
             .as_secs() as i64;
         let expected = now + 10 * 86400;
         assert!((na - expected).abs() < 120, "{na} vs {expected}");
+    }
+
+    /// DER of a SubjectAltName extension value holding one otherName with
+    /// an IA5String value (rcgen only writes UTF8String otherNames; RFC 4985
+    /// SRVName is an IA5String).
+    fn san_other_name_ia5(oid_der: &[u8], value: &str) -> Vec<u8> {
+        fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+            assert!(body.len() < 128, "short form lengths only");
+            let mut v = vec![tag, u8::try_from(body.len()).expect("len")];
+            v.extend_from_slice(body);
+            v
+        }
+        let mut other = tlv(0x06, oid_der);
+        other.extend(tlv(0xa0, &tlv(0x16, value.as_bytes())));
+        // GeneralNames ::= SEQUENCE OF GeneralName; otherName is [0] IMPLICIT.
+        tlv(0x30, &tlv(0xa0, &other))
+    }
+
+    /// A CA-signed leaf with the given SANs (or none) and CN (or none).
+    fn leaf_with(
+        ca: &crate::CertPair,
+        sans: Vec<rcgen::SanType>,
+        raw_san: Option<Vec<u8>>,
+        cn: Option<&str>,
+    ) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        if let Some(raw) = raw_san {
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    &[2, 5, 29, 17],
+                    raw,
+                ));
+        }
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).expect("ca key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).expect("issuer");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        params
+            .signed_by(&key, &issuer)
+            .expect("sign")
+            .der()
+            .to_vec()
+    }
+
+    fn dns(name: &str) -> rcgen::SanType {
+        rcgen::SanType::DnsName(name.try_into().expect("ia5"))
+    }
+
+    #[test]
+    fn domain_matching_dns_ids() {
+        let ca = generate_ca("Match CA").expect("ca");
+        let leaf = issue(
+            &ca,
+            &["example.test", "*.chat.example.test"],
+            Usage::ServerAndClient,
+            2,
+        )
+        .expect("leaf");
+        let d = der(&leaf.cert_pem);
+        // Exact, case-insensitive, trailing dot.
+        assert!(cert_matches_domain(&d, "example.test"));
+        assert!(cert_matches_domain(&d, "EXAMPLE.Test."));
+        assert!(!cert_matches_domain(&d, "other.test"));
+        assert!(!cert_matches_domain(&d, "sub.example.test"));
+        // Wildcard: exactly one label.
+        assert!(cert_matches_domain(&d, "muc.chat.example.test"));
+        assert!(cert_matches_domain(&d, "MUC.Chat.Example.Test"));
+        assert!(!cert_matches_domain(&d, "a.muc.chat.example.test"));
+        // Not the bare parent.
+        assert!(!cert_matches_domain(&d, "chat.example.test"));
+        // The reference is never a pattern; empty never matches.
+        assert!(!cert_matches_domain(&d, "*.chat.example.test"));
+        assert!(!cert_matches_domain(&d, ""));
+        // Garbage never matches.
+        assert!(!cert_matches_domain(b"junk", "example.test"));
+    }
+
+    #[test]
+    fn domain_matching_xmpp_addr() {
+        let ca = generate_ca("Match CA").expect("ca");
+        let leaf = crate::issue_xmpp_addr(&ca, "xmpp.example.test", 2).expect("leaf");
+        let d = der(&leaf.cert_pem);
+        assert_eq!(cert_names(&d).expect("names"), ["xmpp.example.test"]);
+        // The only SAN is the XmppAddr (no dNSName).
+        let (_, x) = parse_x509_certificate(&d).expect("parse");
+        let san = x.subject_alternative_name().expect("ok").expect("san");
+        assert_eq!(san.value.general_names.len(), 1);
+        assert!(matches!(
+            san.value.general_names[0],
+            GeneralName::OtherName(..)
+        ));
+        assert!(cert_matches_domain(&d, "xmpp.example.test"));
+        assert!(cert_matches_domain(&d, "XMPP.example.test"));
+        assert!(!cert_matches_domain(&d, "chat.xmpp.example.test"));
+        assert!(!cert_matches_domain(&d, "example.test"));
+
+        // XmppAddr: exact match only, no wildcard, no localpart.
+        let xa = |v: &str| {
+            rcgen::SanType::OtherName((
+                vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+                rcgen::OtherNameValue::Utf8String(v.into()),
+            ))
+        };
+        let d = leaf_with(
+            &ca,
+            vec![xa("*.wild.test"), xa("user@jid.test")],
+            None,
+            None,
+        );
+        assert!(!cert_matches_domain(&d, "a.wild.test"));
+        assert!(!cert_matches_domain(&d, "jid.test"));
+        // An unrelated otherName (UPN) with the domain does not count.
+        let upn = rcgen::SanType::OtherName((
+            vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],
+            rcgen::OtherNameValue::Utf8String("upn.test".into()),
+        ));
+        let d = leaf_with(&ca, vec![upn], None, Some("upn.test"));
+        assert!(!cert_matches_domain(&d, "upn.test"));
+    }
+
+    #[test]
+    fn domain_matching_srv_id() {
+        let ca = generate_ca("Match CA").expect("ca");
+        // id-on-dnsSRV, 1.3.6.1.5.5.7.8.7
+        let oid = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x07];
+        let d = leaf_with(
+            &ca,
+            Vec::new(),
+            Some(san_other_name_ia5(&oid, "_xmpp-server.srv.example.test")),
+            None,
+        );
+        assert_eq!(cert_names(&d).expect("names"), ["srv.example.test"]);
+        assert!(cert_matches_domain(&d, "srv.example.test"));
+        assert!(cert_matches_domain(&d, "SRV.example.test"));
+        assert!(!cert_matches_domain(&d, "example.test"));
+        assert!(!cert_matches_domain(&d, "_xmpp-server.srv.example.test"));
+        // A client SRV-ID does not authenticate a server.
+        let d = leaf_with(
+            &ca,
+            Vec::new(),
+            Some(san_other_name_ia5(&oid, "_xmpp-client.c.example.test")),
+            None,
+        );
+        assert!(!cert_matches_domain(&d, "c.example.test"));
+        // Service label case-insensitive.
+        let d = leaf_with(
+            &ca,
+            Vec::new(),
+            Some(san_other_name_ia5(&oid, "_XMPP-Server.s.example.test")),
+            None,
+        );
+        assert!(cert_matches_domain(&d, "s.example.test"));
+    }
+
+    #[test]
+    fn domain_matching_cn_only_without_san() {
+        let ca = generate_ca("Match CA").expect("ca");
+        let d = leaf_with(&ca, Vec::new(), None, Some("Legacy.example.test"));
+        assert!(cert_matches_domain(&d, "legacy.example.test"));
+        assert!(!cert_matches_domain(&d, "other.example.test"));
+        // With any SAN, the CN is ignored...
+        let d = leaf_with(
+            &ca,
+            vec![dns("san.example.test")],
+            None,
+            Some("cn.example.test"),
+        );
+        assert!(cert_matches_domain(&d, "san.example.test"));
+        assert!(!cert_matches_domain(&d, "cn.example.test"));
+        // ...even one with no usable identifier (an IP address).
+        let d = leaf_with(
+            &ca,
+            vec![rcgen::SanType::IpAddress([192, 0, 2, 1].into())],
+            None,
+            Some("cn.example.test"),
+        );
+        assert!(!cert_matches_domain(&d, "cn.example.test"));
+        // A wildcard CN follows the DNS-ID rules.
+        let d = leaf_with(&ca, Vec::new(), None, Some("*.w.example.test"));
+        assert!(cert_matches_domain(&d, "a.w.example.test"));
+        assert!(!cert_matches_domain(&d, "w.example.test"));
+        // No SAN and no CN: nothing matches.
+        let d = leaf_with(&ca, Vec::new(), None, None);
+        assert!(!cert_matches_domain(&d, "example.test"));
+    }
+
+    #[test]
+    fn warnings_for_expiry_and_coverage() {
+        let ca = generate_ca("Warn CA").expect("ca");
+        let leaf = issue(
+            &ca,
+            &["example.test", "*.example.test"],
+            Usage::ServerAndClient,
+            10,
+        )
+        .expect("leaf");
+        let d = der(&leaf.cert_pem);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!(cert_warnings(&d, &["example.test", "muc.example.test"], now, 5).is_empty());
+        // Within the warning window.
+        let w = cert_warnings(&d, &["example.test"], now + 3600, 30);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("expires in 9 days"), "{w:?}");
+        let w = cert_warnings(&d, &[], now + 9 * 86400 + 600, 30);
+        assert!(w[0].contains("expires in less than a day"), "{w:?}");
+        // Expired.
+        let w = cert_warnings(&d, &[], now + 11 * 86400 + 3600, 30);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("expired on") && w[0].contains("1 day ago"),
+            "{w:?}"
+        );
+        // Not yet valid.
+        let w = cert_warnings(&d, &[], now - 86400, 0);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("not valid before"), "{w:?}");
+        // Coverage.
+        let w = cert_warnings(
+            &d,
+            &["example.test", "a.b.example.test", "other.test"],
+            now,
+            0,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("a.b.example.test"), "{w:?}");
+        assert!(w[0].contains("example.test, *.example.test"), "{w:?}");
+        assert!(w[1].contains("other.test"), "{w:?}");
+        // Garbage.
+        let w = cert_warnings(b"junk", &["example.test"], now, 30);
+        assert_eq!(w.len(), 1, "{w:?}");
     }
 
     #[test]

@@ -8,13 +8,27 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 
 use crate::PkiError;
 
 /// TLS versions used on s2s links.
 static VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// ALPN protocol id of XMPP server-to-server over direct TLS (XEP-0368).
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+
+fn alpn_protocols(alpn: bool) -> Vec<Vec<u8>> {
+    if alpn {
+        vec![ALPN_XMPP_SERVER.to_vec()]
+    } else {
+        Vec::new()
+    }
+}
 
 fn tls_err(e: impl std::fmt::Display) -> PkiError {
     PkiError::Tls(e.to_string())
@@ -44,6 +58,106 @@ pub fn s2s_server_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(tls_err)?;
+    Ok(Arc::new(config))
+}
+
+/// Requests (without requiring) a client certificate and accepts any chain,
+/// but verifies the handshake signature (CertificateVerify) with the
+/// provider's algorithms, so the client holds the key of the leaf it
+/// presented. The chain is judged later by [`crate::PeerTrust`].
+#[derive(Debug)]
+struct AcceptAnyClientCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AcceptAnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No CA hints: peers send whatever certificate they have.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        tracing::debug!(
+            cert_len = end_entity.len(),
+            intermediates = intermediates.len(),
+            "s2s: client certificate received (verified after the handshake)"
+        );
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// rustls server configuration for XMPP s2s that REQUESTS a client
+/// certificate (not mandatory: peers without one still connect, for
+/// dialback) and accepts any chain whose handshake signature verifies. The
+/// chain is verified after the handshake with [`crate::PeerTrust`] on
+/// `ServerConnection::peer_certificates()` (`None` when the peer sent no
+/// certificate). Same TLS versions and provider as [`s2s_server_config`];
+/// offers ALPN `xmpp-server` when `alpn` is true (XEP-0368 direct TLS).
+///
+/// Errors if `certs` is empty or the key does not match the certificate.
+pub fn s2s_server_config_requesting_client_cert(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    if certs.is_empty() {
+        return Err(PkiError::Tls("empty certificate chain".into()));
+    }
+    let provider = ring_provider();
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)
+        .map_err(tls_err)?
+        .with_client_cert_verifier(Arc::new(AcceptAnyClientCert { provider }))
+        .with_single_cert(certs, key)
+        .map_err(tls_err)?;
+    config.alpn_protocols = alpn_protocols(alpn);
     Ok(Arc::new(config))
 }
 
@@ -143,6 +257,32 @@ pub fn s2s_client_config_dialback_with_cert(
         .with_client_auth_cert(certs, key)
         .map_err(tls_err)?;
     config.enable_sni = true;
+    Ok(Arc::new(config))
+}
+
+/// rustls client configuration for XMPP s2s that presents `certs`/`key`
+/// when the server asks for a client certificate (for SASL EXTERNAL as the
+/// initiating server) and accepts any server chain during the handshake
+/// (handshake signatures still verified); check that chain afterwards with
+/// [`crate::PeerTrust`] on `ClientConnection::peer_certificates()` (with
+/// `is_initiator = false`: the server is the receiving peer). TLS 1.2 and
+/// 1.3, ring provider, SNI enabled; ALPN `xmpp-server` when `alpn` is true
+/// (XEP-0368 direct TLS).
+///
+/// Errors if `certs` is empty or the key does not match the certificate.
+pub fn s2s_client_config_presenting(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: bool,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    if certs.is_empty() {
+        return Err(PkiError::Tls("empty certificate chain".into()));
+    }
+    let mut config = dialback_builder()?
+        .with_client_auth_cert(certs, key)
+        .map_err(tls_err)?;
+    config.enable_sni = true;
+    config.alpn_protocols = alpn_protocols(alpn);
     Ok(Arc::new(config))
 }
 
@@ -310,6 +450,175 @@ mod tests {
             assert!(err.starts_with("client:"), "{err}");
             assert!(err.contains("BadSignature"), "{err}");
         }
+    }
+
+    /// Handshake where the server requests a client certificate; returns
+    /// the client chain the server saw.
+    async fn handshake_client_auth(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> Result<
+        (
+            rustls::ProtocolVersion,
+            Option<Vec<CertificateDer<'static>>>,
+        ),
+        String,
+    > {
+        let (c_io, s_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let server_task = tokio::spawn(async move {
+            let mut tls = acceptor
+                .accept(s_io)
+                .await
+                .map_err(|e| format!("server: {e}"))?;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf)
+                .await
+                .map_err(|e| format!("server: {e}"))?;
+            let conn = tls.get_ref().1;
+            Ok::<_, String>((
+                conn.protocol_version().ok_or("no version")?,
+                conn.peer_certificates().map(<[_]>::to_vec),
+            ))
+        });
+        let name = ServerName::try_from("receiver.test").map_err(|e| e.to_string())?;
+        let client_result = async {
+            let mut tls = connector
+                .connect(name, c_io)
+                .await
+                .map_err(|e| format!("client: {e}"))?;
+            tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(tls)
+        }
+        .await;
+        // The server's verdict first (a rejected client sees only an alert).
+        let server_result = server_task.await.map_err(|e| e.to_string())?;
+        let server_result = server_result?;
+        drop(client_result?);
+        Ok(server_result)
+    }
+
+    #[tokio::test]
+    async fn requested_client_cert_over_tls12_and_tls13() {
+        let ca = generate_ca("Fed CA").expect("ca");
+        let srv = issue(&ca, &["receiver.test"], Usage::Server, 1).expect("srv");
+        let cli = issue(&ca, &["initiator.test"], Usage::ServerAndClient, 1).expect("cli");
+        let server = s2s_server_config_requesting_client_cert(chain(&srv), key(&srv), false)
+            .expect("server config");
+        // Our presenting client (TLS 1.3 negotiated).
+        let client =
+            s2s_client_config_presenting(chain(&cli), key(&cli), false).expect("client config");
+        let (version, peer) = handshake_client_auth(server.clone(), client)
+            .await
+            .expect("tls1.3");
+        assert_eq!(version, rustls::ProtocolVersion::TLSv1_3);
+        assert_eq!(peer, Some(chain(&cli)));
+        // A TLS 1.2-only client presenting the same certificate.
+        let provider = ring_provider();
+        let client12 = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
+            .with_client_auth_cert(chain(&cli), key(&cli))
+            .expect("client cert");
+        let (version, peer) = handshake_client_auth(server.clone(), Arc::new(client12))
+            .await
+            .expect("tls1.2");
+        assert_eq!(version, rustls::ProtocolVersion::TLSv1_2);
+        assert_eq!(peer, Some(chain(&cli)));
+        // The existing dialback-with-cert client presents it too.
+        let client = s2s_client_config_dialback_with_cert(chain(&cli), key(&cli)).expect("client");
+        let (_, peer) = handshake_client_auth(server, client)
+            .await
+            .expect("dialback client");
+        assert_eq!(peer, Some(chain(&cli)));
+    }
+
+    /// A client that presents one certificate but signs with another key.
+    #[derive(Debug)]
+    struct MismatchedClientKey(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::client::ResolvesClientCert for MismatchedClientKey {
+        fn resolve(
+            &self,
+            _root_hint_subjects: &[&[u8]],
+            _sigschemes: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn requesting_server_still_checks_client_signature() {
+        let srv = self_signed(&["receiver.test"], 1).expect("srv");
+        let presented = self_signed(&["victim.test"], 1).expect("presented");
+        let other = self_signed(&["attacker.test"], 1).expect("other");
+        let signing_key = ring_provider()
+            .key_provider
+            .load_private_key(key(&other))
+            .expect("load key");
+        let ck = Arc::new(rustls::sign::CertifiedKey::new(
+            chain(&presented),
+            signing_key,
+        ));
+        let server = s2s_server_config_requesting_client_cert(chain(&srv), key(&srv), false)
+            .expect("server config");
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let provider = ring_provider();
+            let client = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
+                .with_client_cert_resolver(Arc::new(MismatchedClientKey(ck.clone())));
+            let err = handshake_client_auth(server.clone(), Arc::new(client))
+                .await
+                .expect_err("a client signature by the wrong key must be rejected");
+            assert!(err.contains("server:"), "{err}");
+            assert!(err.contains("BadSignature"), "{err}");
+        }
+    }
+
+    #[test]
+    fn client_auth_configs() {
+        let a = self_signed(&["a.test"], 1).expect("a");
+        let b = self_signed(&["b.test"], 1).expect("b");
+        let cfg = s2s_server_config_requesting_client_cert(chain(&a), key(&a), true).expect("cfg");
+        assert_eq!(cfg.alpn_protocols, [b"xmpp-server".to_vec()]);
+        let cfg = s2s_server_config_requesting_client_cert(chain(&a), key(&a), false).expect("cfg");
+        assert!(cfg.alpn_protocols.is_empty());
+        assert!(matches!(
+            s2s_server_config_requesting_client_cert(chain(&a), key(&b), false),
+            Err(PkiError::Tls(_))
+        ));
+        assert!(matches!(
+            s2s_server_config_requesting_client_cert(Vec::new(), key(&a), false),
+            Err(PkiError::Tls(_))
+        ));
+        let cli = s2s_client_config_presenting(chain(&a), key(&a), true).expect("client");
+        assert_eq!(cli.alpn_protocols, [b"xmpp-server".to_vec()]);
+        assert!(cli.enable_sni);
+        assert!(cli.client_auth_cert_resolver.has_certs());
+        let cli = s2s_client_config_presenting(chain(&a), key(&a), false).expect("client");
+        assert!(cli.alpn_protocols.is_empty());
+        assert!(matches!(
+            s2s_client_config_presenting(chain(&a), key(&b), false),
+            Err(PkiError::Tls(_))
+        ));
+        assert!(matches!(
+            s2s_client_config_presenting(Vec::new(), key(&a), false),
+            Err(PkiError::Tls(_))
+        ));
     }
 
     #[test]

@@ -266,3 +266,58 @@ async fn openssl_s_client_against_rustls_server() {
         .expect("join");
     assert_eq!(n, 2);
 }
+
+/// OpenSSL accepts our CRLs: the revoked leaf fails `-crl_check`, the other
+/// passes, and the CRL signature verifies against the CA.
+#[test]
+fn openssl_honours_make_crl() {
+    if !openssl_available() {
+        return;
+    }
+    let tmp = TempDir::new("crl");
+    let d = &tmp.0;
+    let ca = generate_ca("CRL CA").expect("ca");
+    let bad = issue(&ca, &["bad.example.test"], Usage::ServerAndClient, 5).expect("bad");
+    let good = issue(&ca, &["good.example.test"], Usage::ServerAndClient, 5).expect("good");
+    let crl = causeway_pki::make_crl(&ca, &[&bad.cert_pem]).expect("crl");
+    for (name, pem) in [
+        ("ca.crt", &ca.cert_pem),
+        ("bad.crt", &bad.cert_pem),
+        ("good.crt", &good.cert_pem),
+    ] {
+        std::fs::write(d.join(name), pem).expect("write");
+    }
+    std::fs::write(d.join("crl.der"), &crl).expect("write");
+    // DER -> PEM with OpenSSL, checking the CRL's signature on the way.
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(d.join("crl.der"))
+        .arg("-CAfile")
+        .arg(d.join("ca.crt"))
+        .arg("-out")
+        .arg(d.join("crl.pem"))
+        .output()
+        .expect("run openssl crl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("verify OK"), "{text}");
+    let crl_pem = d.join("crl.pem");
+    let crl_arg = crl_pem.to_str().expect("utf-8 path");
+    let (ok, out) = verify(
+        &d.join("ca.crt"),
+        &d.join("bad.crt"),
+        &["-crl_check", "-CRLfile", crl_arg],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("revoked"), "{out}");
+    let (ok, out) = verify(
+        &d.join("ca.crt"),
+        &d.join("good.crt"),
+        &["-crl_check", "-CRLfile", crl_arg],
+    );
+    assert!(ok, "{out}");
+}

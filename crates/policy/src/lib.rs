@@ -3,30 +3,51 @@
 //! Pure decision logic, no I/O. A [`Policy`] answers one question: may the
 //! gateway exchange traffic with a given remote XMPP domain in a given
 //! [`Direction`]? It mirrors the "federation privacy mode" of Cisco
-//! Expressway:
+//! Expressway and the "policy exceptions" of Cisco IM&P:
 //!
 //! * [`PrivacyMode::Off`]: every remote domain is allowed.
-//! * [`PrivacyMode::AllowList`] (the default): only domains on the allow list,
-//!   or domains that have a static route configured, are allowed.
-//! * [`PrivacyMode::DenyList`]: every domain is allowed except those on the
-//!   deny list.
+//! * [`PrivacyMode::AllowList`] (the default): only domains matched by an
+//!   allow rule, or domains that have a static route configured, are allowed.
+//! * [`PrivacyMode::DenyList`]: every domain is allowed except those matched
+//!   by a deny rule.
 //!
-//! Matching is exact and case-insensitive; a trailing dot (fully qualified
-//! form) is ignored.
+//! # Rules
 //!
-//! # Future extension (TODO)
+//! Each allow / deny entry is a [`Rule`]: a [`Pattern`], either an exact
+//! domain (`partner.test`) or a wildcard (`*.partner.test`, matching
+//! `partner.test` itself and every subdomain of it), scoped to a
+//! [`RuleDirection`]: all traffic (the default), incoming only or outgoing
+//! only. Matching is case-insensitive; surrounding whitespace and one
+//! trailing dot (fully qualified form) are ignored. Chat node aliases
+//! (`conference.partner.test`) are ordinary domains: `*.partner.test`
+//! matches them, `partner.test` does not.
 //!
-//! Wildcard entries (`*.example.com`, matching `example.com` and all of its
-//! subdomains) and per-entry direction scopes (all / inbound / outbound) are
-//! planned. They will be parsed from the same `allow` / `deny` strings (for
-//! example `"*.example.com"` or `"*.example.com inbound"`) inside
-//! [`Policy::new`], and matched in the private `entry_matches` helper, which
-//! already receives the [`Direction`]; [`Policy::check`]'s signature will not
-//! change. Until then an entry is a plain domain compared exactly.
+//! In configuration files an entry is a [`RuleConfig`]: a plain string (all
+//! traffic) or a table `{ domain = "*.partner.test", direction = "incoming" }`.
+//!
+//! # Precedence
+//!
+//! * Off: allow, whatever the lists say.
+//! * Allow-list: a deny rule matching the domain in this direction wins over
+//!   everything (an allow rule, however specific, and a static route). Else an
+//!   allow rule matching in this direction allows; else a static route allows
+//!   (in both directions); else deny.
+//! * Deny-list: a deny rule matching in this direction denies; else allow.
+//!   Allow rules and static routes are not consulted.
+//!
+//! A pattern on both lists with overlapping directions is refused when the
+//! policy is built ([`PolicyError::Conflict`]); overlaps of different patterns
+//! (`*.partner.test` allowed, `bad.partner.test` denied) are legitimate and
+//! resolved by the rules above. [`Policy::shadowed_allow_rules`] lists allow
+//! rules that can never take effect, for a startup warning.
 
 #![forbid(unsafe_code)]
 
 use std::fmt;
+
+mod rule;
+
+pub use rule::{Pattern, Rule, RuleConfig, RuleDirection, ScopedRuleConfig};
 
 /// Which list, if any, governs federation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
@@ -42,12 +63,21 @@ pub enum PrivacyMode {
 }
 
 /// Direction of the traffic being checked, seen from our side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// A remote domain connects to / sends stanzas to us.
     Inbound,
     /// We connect to / send stanzas to a remote domain.
     Outbound,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "incoming",
+            Direction::Outbound => "outgoing",
+        })
+    }
 }
 
 /// Result of a policy check.
@@ -66,57 +96,119 @@ impl Verdict {
     }
 }
 
-/// Why a domain was denied.
+/// Why a domain was denied; its [`Display`](fmt::Display) is meant for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
-    /// Allow-list mode and the domain is neither listed nor statically routed.
-    NotOnAllowList,
-    /// The domain is explicitly on the deny list.
-    OnDenyList,
+    /// Allow-list mode: no allow rule matches the domain in this direction
+    /// and it has no static route (or the remote domain was empty).
+    NotOnAllowList {
+        /// The direction checked.
+        direction: Direction,
+        /// An allow rule that matches the domain but is scoped to the other
+        /// direction only, if any: the usual cause of a surprise.
+        other_direction: Option<Rule>,
+    },
+    /// A deny rule matches the domain in this direction.
+    OnDenyList {
+        /// The direction checked.
+        direction: Direction,
+        /// The (first) deny rule that matched.
+        rule: Rule,
+    },
 }
 
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DenyReason::NotOnAllowList => f.write_str("domain is not on the federation allow list"),
-            DenyReason::OnDenyList => f.write_str("domain is on the federation deny list"),
+            DenyReason::NotOnAllowList {
+                direction,
+                other_direction,
+            } => {
+                write!(
+                    f,
+                    "no federation allow rule matches the domain for {direction} traffic and it has no static route"
+                )?;
+                if let Some(rule) = other_direction {
+                    write!(
+                        f,
+                        " (allow rule \"{}\" covers {} traffic only)",
+                        rule.pattern, rule.direction
+                    )?;
+                }
+                Ok(())
+            }
+            DenyReason::OnDenyList { direction, rule } => {
+                write!(
+                    f,
+                    "federation deny rule \"{}\" matches the domain",
+                    rule.pattern
+                )?;
+                match rule.direction {
+                    RuleDirection::All => write!(f, " (all traffic)"),
+                    _ => write!(f, " for {direction} traffic"),
+                }
+            }
         }
     }
 }
 
-/// Errors from building a [`Policy`].
-#[derive(Debug, thiserror::Error)]
+/// Errors from building a [`Policy`] or parsing a [`Rule`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    /// The same (normalized) domain appears on both lists.
+    /// The same (normalized) pattern is on both lists with overlapping
+    /// directions. Holds the pattern as `partner.test` or `*.partner.test`.
     #[error("domain {0:?} is both allowed and denied")]
     Conflict(String),
+    /// An entry is not a valid domain or wildcard.
+    #[error("bad policy entry {entry:?}: {reason}")]
+    BadPattern {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// The federation privacy policy.
 ///
-/// Build it with [`Policy::new`], which normalizes and validates the lists.
-/// The fields are public for inspection; a `Policy` assembled by hand still
-/// works because [`Policy::check`] compares entries case-insensitively and
+/// Build it with [`Policy::new`], [`Policy::from_rules`] or
+/// [`Policy::from_config`], which normalize and validate the lists. The
+/// fields are public for inspection; a `Policy` assembled by hand still
+/// works because [`Policy::check`] compares patterns case-insensitively and
 /// ignores trailing dots on both sides.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// Which list governs.
     pub mode: PrivacyMode,
-    /// Allowed domains (used in [`PrivacyMode::AllowList`]).
-    pub allow: Vec<String>,
-    /// Denied domains (used in [`PrivacyMode::DenyList`]; an explicit deny also
-    /// overrides the automatic static-route allowance in allow-list mode).
-    pub deny: Vec<String>,
-    /// Domains that have a static route; allowed automatically in allow-list mode.
+    /// Allow rules (used in [`PrivacyMode::AllowList`]).
+    pub allow: Vec<Rule>,
+    /// Deny rules (used in [`PrivacyMode::DenyList`]; in allow-list mode a
+    /// matching deny rule overrides both allow rules and static routes).
+    pub deny: Vec<Rule>,
+    /// Domains that have a static route; allowed automatically, in both
+    /// directions, in allow-list mode. Matched exactly.
     pub static_route_domains: Vec<String>,
 }
 
-/// Normalize a domain: trim surrounding whitespace, lowercase, strip one
-/// trailing dot.
+/// Normalize a domain: trim surrounding whitespace, ASCII-lowercase, strip one
+/// trailing dot. Non-ASCII characters are kept as they are (so they never
+/// fold onto an ASCII rule).
 pub fn normalize_domain(domain: &str) -> String {
     let d = domain.trim();
     let d = d.strip_suffix('.').unwrap_or(d);
-    d.to_lowercase()
+    d.to_ascii_lowercase()
+}
+
+/// Validate and normalize a rule list, dropping exact duplicates.
+fn validate_rules(list: Vec<Rule>) -> Result<Vec<Rule>, PolicyError> {
+    let mut out: Vec<Rule> = Vec::with_capacity(list.len());
+    for rule in list {
+        let rule = rule.validated()?;
+        if !out.contains(&rule) {
+            out.push(rule);
+        }
+    }
+    Ok(out)
 }
 
 fn normalize_list(list: Vec<String>) -> Vec<String> {
@@ -130,105 +222,198 @@ fn normalize_list(list: Vec<String>) -> Vec<String> {
     out
 }
 
-/// Does a policy entry match the (already normalized) remote domain?
-///
-/// Entries are plain domains today. This is the single place where wildcard
-/// (`*.example.com`) and direction-scoped entries will be interpreted later,
-/// which is why it already takes the direction.
-fn entry_matches(entry: &str, remote: &str, _direction: Direction) -> bool {
-    normalize_domain(entry) == remote
+/// Is the (possibly hand-built) `entry` the normalized `remote` domain?
+fn same_domain(entry: &str, remote: &str) -> bool {
+    let e = entry.trim();
+    let e = e.strip_suffix('.').unwrap_or(e);
+    !e.is_empty() && e.eq_ignore_ascii_case(remote)
 }
 
-fn list_matches(list: &[String], remote: &str, direction: Direction) -> bool {
-    list.iter().any(|e| entry_matches(e, remote, direction))
+fn first_match<'a>(rules: &'a [Rule], remote: &str, direction: Direction) -> Option<&'a Rule> {
+    rules
+        .iter()
+        .find(|r| r.matches_normalized(remote, direction))
 }
 
 impl Policy {
-    /// Normalize (trim, lowercase, strip trailing dot, drop empty entries and
-    /// duplicates) and validate: a domain in both `allow` and `deny` is an error.
+    /// Build from plain strings (`partner.test` or `*.partner.test`), each a
+    /// rule for all traffic. Same validation as [`Policy::from_rules`]; an
+    /// empty or malformed entry is a [`PolicyError::BadPattern`].
     pub fn new(
         mode: PrivacyMode,
         allow: Vec<String>,
         deny: Vec<String>,
         static_route_domains: Vec<String>,
     ) -> Result<Self, PolicyError> {
-        let allow = normalize_list(allow);
-        let deny = normalize_list(deny);
-        let static_route_domains = normalize_list(static_route_domains);
-        if let Some(both) = allow.iter().find(|a| deny.contains(a)) {
-            return Err(PolicyError::Conflict(both.clone()));
+        let parse = |list: Vec<String>| -> Result<Vec<Rule>, PolicyError> {
+            list.iter().map(|s| Rule::parse(s)).collect()
+        };
+        Policy::from_rules(mode, parse(allow)?, parse(deny)?, static_route_domains)
+    }
+
+    /// Build from configuration entries (see [`RuleConfig`]). Errors name the
+    /// offending entry as written.
+    pub fn from_config(
+        mode: PrivacyMode,
+        allow: &[RuleConfig],
+        deny: &[RuleConfig],
+        static_route_domains: Vec<String>,
+    ) -> Result<Self, PolicyError> {
+        let convert = |list: &[RuleConfig]| -> Result<Vec<Rule>, PolicyError> {
+            list.iter().map(RuleConfig::to_rule).collect()
+        };
+        Policy::from_rules(mode, convert(allow)?, convert(deny)?, static_route_domains)
+    }
+
+    /// Build from rules. Every rule is validated and normalized again (rules
+    /// may be built by hand), exact duplicates within a list are dropped, and
+    /// the same pattern on both lists with overlapping directions is a
+    /// [`PolicyError::Conflict`] (whatever the mode). Static route domains are
+    /// normalized; empty ones are dropped.
+    pub fn from_rules(
+        mode: PrivacyMode,
+        allow: Vec<Rule>,
+        deny: Vec<Rule>,
+        static_route_domains: Vec<String>,
+    ) -> Result<Self, PolicyError> {
+        let allow = validate_rules(allow)?;
+        let deny = validate_rules(deny)?;
+        for a in &allow {
+            if deny
+                .iter()
+                .any(|d| d.pattern == a.pattern && d.direction.overlaps(a.direction))
+            {
+                return Err(PolicyError::Conflict(a.pattern.to_string()));
+            }
         }
         Ok(Policy {
             mode,
             allow,
             deny,
-            static_route_domains,
+            static_route_domains: normalize_list(static_route_domains),
         })
     }
 
     /// Decide whether traffic with `remote_domain` in `direction` may flow.
     ///
-    /// Exact, case-insensitive match (as Cisco Expressway). In allow-list mode
-    /// a domain with a static route is allowed automatically, unless it is
-    /// explicitly on the deny list. [`PrivacyMode::Off`] always allows.
-    /// An empty remote domain never matches any entry.
+    /// See the crate documentation for the precedence. An empty remote domain
+    /// never matches any rule (so it is denied in allow-list mode).
     pub fn check(&self, remote_domain: &str, direction: Direction) -> Verdict {
         let remote = normalize_domain(remote_domain);
         match self.mode {
             PrivacyMode::Off => Verdict::Allow,
-            PrivacyMode::DenyList => {
-                if !remote.is_empty() && list_matches(&self.deny, &remote, direction) {
-                    Verdict::Deny(DenyReason::OnDenyList)
-                } else {
-                    Verdict::Allow
-                }
-            }
+            PrivacyMode::DenyList => match first_match(&self.deny, &remote, direction) {
+                Some(rule) => Verdict::Deny(DenyReason::OnDenyList {
+                    direction,
+                    rule: rule.clone(),
+                }),
+                None => Verdict::Allow,
+            },
             PrivacyMode::AllowList => {
                 if remote.is_empty() {
-                    return Verdict::Deny(DenyReason::NotOnAllowList);
+                    return Verdict::Deny(DenyReason::NotOnAllowList {
+                        direction,
+                        other_direction: None,
+                    });
                 }
-                if list_matches(&self.allow, &remote, direction) {
+                if let Some(rule) = first_match(&self.deny, &remote, direction) {
+                    return Verdict::Deny(DenyReason::OnDenyList {
+                        direction,
+                        rule: rule.clone(),
+                    });
+                }
+                if first_match(&self.allow, &remote, direction).is_some() {
                     return Verdict::Allow;
                 }
-                if list_matches(&self.deny, &remote, direction) {
-                    return Verdict::Deny(DenyReason::OnDenyList);
-                }
-                if list_matches(&self.static_route_domains, &remote, direction) {
+                if self
+                    .static_route_domains
+                    .iter()
+                    .any(|d| same_domain(d, &remote))
+                {
                     return Verdict::Allow;
                 }
-                Verdict::Deny(DenyReason::NotOnAllowList)
+                let other_direction = self
+                    .allow
+                    .iter()
+                    .find(|r| r.pattern.matches_normalized(&remote))
+                    .cloned();
+                Verdict::Deny(DenyReason::NotOnAllowList {
+                    direction,
+                    other_direction,
+                })
             }
         }
+    }
+
+    /// Allow rules that can never allow anything in allow-list mode, because
+    /// a deny rule covers every domain and direction they do, paired with
+    /// (the first) such deny rule. Meant for a warning at startup; e.g.
+    /// `chat.partner.test` allowed while `*.partner.test` is denied.
+    pub fn shadowed_allow_rules(&self) -> Vec<(&Rule, &Rule)> {
+        self.allow
+            .iter()
+            .filter_map(|a| {
+                self.deny
+                    .iter()
+                    .find(|d| {
+                        a.pattern.is_covered_by(&d.pattern) && d.direction.includes(a.direction)
+                    })
+                    .map(|d| (a, d))
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Direction::{Inbound, Outbound};
+
+    const BOTH: [Direction; 2] = [Inbound, Outbound];
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn rule(p: &str, d: RuleDirection) -> Rule {
+        Rule::with_direction(p, d).expect("valid rule")
+    }
+
+    fn not_listed(direction: Direction) -> Verdict {
+        Verdict::Deny(DenyReason::NotOnAllowList {
+            direction,
+            other_direction: None,
+        })
+    }
+
+    fn denied_by(p: &str, d: RuleDirection, direction: Direction) -> Verdict {
+        Verdict::Deny(DenyReason::OnDenyList {
+            direction,
+            rule: rule(p, d),
+        })
     }
 
     #[test]
     fn default_mode_is_allow_list() {
         assert_eq!(PrivacyMode::default(), PrivacyMode::AllowList);
         let p = Policy::default();
-        assert_eq!(
-            p.check("example.com", Direction::Inbound),
-            Verdict::Deny(DenyReason::NotOnAllowList)
-        );
+        assert_eq!(p.check("example.com", Inbound), not_listed(Inbound));
     }
 
     #[test]
     fn off_allows_everything() {
-        let p = Policy::new(PrivacyMode::Off, vec![], s(&["bad.example"]), vec![])
-            .expect("valid policy");
-        assert_eq!(p.check("bad.example", Direction::Inbound), Verdict::Allow);
-        assert_eq!(
-            p.check("anything.test", Direction::Outbound),
-            Verdict::Allow
-        );
+        let p = Policy::new(
+            PrivacyMode::Off,
+            vec![],
+            s(&["bad.example", "*.worse.example"]),
+            vec![],
+        )
+        .expect("valid policy");
+        for dir in BOTH {
+            assert_eq!(p.check("bad.example", dir), Verdict::Allow);
+            assert_eq!(p.check("a.worse.example", dir), Verdict::Allow);
+            assert_eq!(p.check("anything.test", dir), Verdict::Allow);
+        }
     }
 
     #[test]
@@ -240,26 +425,110 @@ mod tests {
             vec![],
         )
         .expect("valid policy");
-        assert_eq!(p.allow, s(&["partner.example", "other.test"]));
-        for dir in [Direction::Inbound, Direction::Outbound] {
+        assert_eq!(
+            p.allow,
+            vec![
+                rule("partner.example", RuleDirection::All),
+                rule("other.test", RuleDirection::All)
+            ]
+        );
+        for dir in BOTH {
             assert_eq!(p.check("partner.example", dir), Verdict::Allow);
             assert_eq!(p.check("PARTNER.EXAMPLE", dir), Verdict::Allow);
             assert_eq!(p.check("partner.example.", dir), Verdict::Allow);
             assert_eq!(p.check("other.test", dir), Verdict::Allow);
             // Exact match only: no subdomains, no parents, no suffix tricks.
-            assert_eq!(
-                p.check("chat.partner.example", dir),
-                Verdict::Deny(DenyReason::NotOnAllowList)
-            );
-            assert_eq!(
-                p.check("example", dir),
-                Verdict::Deny(DenyReason::NotOnAllowList)
-            );
-            assert_eq!(
-                p.check("evilpartner.example", dir),
-                Verdict::Deny(DenyReason::NotOnAllowList)
-            );
-            assert_eq!(p.check("", dir), Verdict::Deny(DenyReason::NotOnAllowList));
+            assert_eq!(p.check("chat.partner.example", dir), not_listed(dir));
+            assert_eq!(p.check("example", dir), not_listed(dir));
+            assert_eq!(p.check("evilpartner.example", dir), not_listed(dir));
+            assert_eq!(p.check("", dir), not_listed(dir));
+        }
+    }
+
+    #[test]
+    fn allow_list_wildcard() {
+        let p = Policy::new(
+            PrivacyMode::AllowList,
+            s(&["*.partner.test"]),
+            vec![],
+            vec![],
+        )
+        .expect("valid policy");
+        for dir in BOTH {
+            for yes in [
+                "partner.test",
+                "a.partner.test",
+                "b.a.partner.test",
+                "X.Partner.Test.",
+            ] {
+                assert_eq!(p.check(yes, dir), Verdict::Allow, "{yes}");
+            }
+            for no in ["evilpartner.test", "test", "partner.test.evil", ""] {
+                assert_eq!(p.check(no, dir), not_listed(dir), "{no}");
+            }
+        }
+    }
+
+    #[test]
+    fn chat_node_alias_is_matched_like_any_domain() {
+        let wild = Policy::new(
+            PrivacyMode::AllowList,
+            s(&["*.partner.test"]),
+            vec![],
+            vec![],
+        )
+        .expect("valid policy");
+        let exact = Policy::new(PrivacyMode::AllowList, s(&["partner.test"]), vec![], vec![])
+            .expect("valid policy");
+        for dir in BOTH {
+            assert_eq!(wild.check("conference.partner.test", dir), Verdict::Allow);
+            assert_eq!(exact.check("conference.partner.test", dir), not_listed(dir));
+            assert_eq!(exact.check("partner.test", dir), Verdict::Allow);
+        }
+        let deny = Policy::new(
+            PrivacyMode::DenyList,
+            vec![],
+            s(&["*.partner.test"]),
+            vec![],
+        )
+        .expect("valid policy");
+        assert_eq!(
+            deny.check("conference.partner.test", Inbound),
+            denied_by("*.partner.test", RuleDirection::All, Inbound)
+        );
+    }
+
+    #[test]
+    fn allow_list_direction_scopes() {
+        let p = Policy::from_rules(
+            PrivacyMode::AllowList,
+            vec![
+                rule("*.in.test", RuleDirection::Inbound),
+                rule("out.test", RuleDirection::Outbound),
+                rule("all.test", RuleDirection::All),
+            ],
+            vec![],
+            vec![],
+        )
+        .expect("valid policy");
+        assert_eq!(p.check("a.in.test", Inbound), Verdict::Allow);
+        assert_eq!(
+            p.check("a.in.test", Outbound),
+            Verdict::Deny(DenyReason::NotOnAllowList {
+                direction: Outbound,
+                other_direction: Some(rule("*.in.test", RuleDirection::Inbound)),
+            })
+        );
+        assert_eq!(p.check("out.test", Outbound), Verdict::Allow);
+        assert_eq!(
+            p.check("out.test", Inbound),
+            Verdict::Deny(DenyReason::NotOnAllowList {
+                direction: Inbound,
+                other_direction: Some(rule("out.test", RuleDirection::Outbound)),
+            })
+        );
+        for dir in BOTH {
+            assert_eq!(p.check("all.test", dir), Verdict::Allow);
         }
     }
 
@@ -272,43 +541,147 @@ mod tests {
             s(&["Routed.Test", "blocked.test"]),
         )
         .expect("valid policy");
-        assert_eq!(p.check("routed.test", Direction::Outbound), Verdict::Allow);
-        assert_eq!(p.check("routed.test", Direction::Inbound), Verdict::Allow);
-        // An explicit deny wins over the automatic static-route allowance.
+        assert_eq!(p.static_route_domains, s(&["routed.test", "blocked.test"]));
+        for dir in BOTH {
+            assert_eq!(p.check("routed.test", dir), Verdict::Allow);
+            // Static routes are exact: no subdomains.
+            assert_eq!(p.check("x.routed.test", dir), not_listed(dir));
+            // An explicit deny wins over the automatic static-route allowance.
+            assert_eq!(
+                p.check("blocked.test", dir),
+                denied_by("blocked.test", RuleDirection::All, dir)
+            );
+            assert_eq!(p.check("b.test", dir), not_listed(dir));
+        }
+    }
+
+    #[test]
+    fn allow_list_precedence_deny_wins() {
+        let p = Policy::from_rules(
+            PrivacyMode::AllowList,
+            vec![
+                rule("*.partner.test", RuleDirection::All),
+                rule("good.vendor.test", RuleDirection::All),
+                rule("*.routed.test", RuleDirection::All),
+            ],
+            vec![
+                // A narrower deny carves an exception out of a wildcard allow.
+                rule("bad.partner.test", RuleDirection::All),
+                // A wider deny beats a narrower allow (deny always wins).
+                rule("*.vendor.test", RuleDirection::All),
+                // A deny scoped to one direction only bites in that direction,
+                // even over a static route.
+                rule("routed.test", RuleDirection::Outbound),
+            ],
+            s(&["routed.test"]),
+        )
+        .expect("valid policy");
+        for dir in BOTH {
+            assert_eq!(p.check("partner.test", dir), Verdict::Allow);
+            assert_eq!(p.check("chat.partner.test", dir), Verdict::Allow);
+            assert_eq!(
+                p.check("bad.partner.test", dir),
+                denied_by("bad.partner.test", RuleDirection::All, dir)
+            );
+            // Exact deny: the subdomain of the denied domain is still allowed.
+            assert_eq!(p.check("x.bad.partner.test", dir), Verdict::Allow);
+            assert_eq!(
+                p.check("good.vendor.test", dir),
+                denied_by("*.vendor.test", RuleDirection::All, dir)
+            );
+        }
+        assert_eq!(p.check("routed.test", Inbound), Verdict::Allow);
         assert_eq!(
-            p.check("blocked.test", Direction::Outbound),
-            Verdict::Deny(DenyReason::OnDenyList)
+            p.check("routed.test", Outbound),
+            denied_by("routed.test", RuleDirection::Outbound, Outbound)
         );
+        // The only dead allow rule is the one a deny fully covers.
+        let shadowed = p.shadowed_allow_rules();
         assert_eq!(
-            p.check("b.test", Direction::Outbound),
-            Verdict::Deny(DenyReason::NotOnAllowList)
+            shadowed,
+            vec![(&p.allow[1], &p.deny[1])],
+            "good.vendor.test is shadowed by *.vendor.test"
         );
+    }
+
+    #[test]
+    fn shadowing_respects_directions() {
+        let p = Policy::from_rules(
+            PrivacyMode::AllowList,
+            vec![
+                rule("a.x.test", RuleDirection::Inbound),
+                rule("b.x.test", RuleDirection::All),
+                rule("*.y.test", RuleDirection::All),
+            ],
+            vec![
+                rule("*.x.test", RuleDirection::Inbound),
+                rule("z.y.test", RuleDirection::All),
+            ],
+            vec![],
+        )
+        .expect("valid policy");
+        // a.x.test (incoming) is dead; b.x.test still works outgoing;
+        // *.y.test still works for everything but z.y.test.
+        assert_eq!(p.shadowed_allow_rules(), vec![(&p.allow[0], &p.deny[0])]);
     }
 
     #[test]
     fn deny_list_mode() {
         let p = Policy::new(
             PrivacyMode::DenyList,
-            vec![],
+            s(&["allowed.test"]),
             s(&["Bad.Example"]),
             s(&["bad.example"]),
         )
         .expect("valid policy");
+        for dir in BOTH {
+            assert_eq!(
+                p.check("bad.example", dir),
+                denied_by("bad.example", RuleDirection::All, dir)
+            );
+            assert_eq!(
+                p.check("BAD.example.", dir),
+                denied_by("bad.example", RuleDirection::All, dir)
+            );
+            assert_eq!(p.check("sub.bad.example", dir), Verdict::Allow);
+            assert_eq!(p.check("good.example", dir), Verdict::Allow);
+            assert_eq!(p.check("", dir), Verdict::Allow);
+        }
+        assert!(p.check("good.example", Inbound).is_allowed());
+        assert!(!p.check("bad.example", Inbound).is_allowed());
+    }
+
+    #[test]
+    fn deny_list_wildcard_and_directions() {
+        let p = Policy::from_config(
+            PrivacyMode::DenyList,
+            &[],
+            &[
+                RuleConfig::Domain("*.spam.test".into()),
+                RuleConfig::Scoped(ScopedRuleConfig {
+                    domain: "noisy.test".into(),
+                    direction: RuleDirection::Inbound,
+                }),
+            ],
+            vec![],
+        )
+        .expect("valid policy");
+        for dir in BOTH {
+            assert_eq!(
+                p.check("spam.test", dir),
+                denied_by("*.spam.test", RuleDirection::All, dir)
+            );
+            assert_eq!(
+                p.check("a.b.spam.test", dir),
+                denied_by("*.spam.test", RuleDirection::All, dir)
+            );
+            assert_eq!(p.check("notspam.test", dir), Verdict::Allow);
+        }
         assert_eq!(
-            p.check("bad.example", Direction::Inbound),
-            Verdict::Deny(DenyReason::OnDenyList)
+            p.check("noisy.test", Inbound),
+            denied_by("noisy.test", RuleDirection::Inbound, Inbound)
         );
-        assert_eq!(
-            p.check("BAD.example.", Direction::Outbound),
-            Verdict::Deny(DenyReason::OnDenyList)
-        );
-        assert_eq!(
-            p.check("sub.bad.example", Direction::Inbound),
-            Verdict::Allow
-        );
-        assert_eq!(p.check("good.example", Direction::Inbound), Verdict::Allow);
-        assert!(p.check("good.example", Direction::Inbound).is_allowed());
-        assert!(!p.check("bad.example", Direction::Inbound).is_allowed());
+        assert_eq!(p.check("noisy.test", Outbound), Verdict::Allow);
     }
 
     #[test]
@@ -320,38 +693,199 @@ mod tests {
             vec![],
         )
         .expect_err("conflict expected");
-        match &err {
-            PolicyError::Conflict(d) => assert_eq!(d, "both.test"),
-        }
+        assert_eq!(err, PolicyError::Conflict("both.test".into()));
         assert_eq!(
             err.to_string(),
             "domain \"both.test\" is both allowed and denied"
         );
+        // Whatever the mode: it is a configuration error.
+        let err = Policy::new(
+            PrivacyMode::Off,
+            s(&["*.Both.Test"]),
+            s(&["*.both.test."]),
+            vec![],
+        )
+        .expect_err("conflict expected");
+        assert_eq!(err, PolicyError::Conflict("*.both.test".into()));
     }
 
     #[test]
-    fn normalization_drops_empty_and_duplicates() {
-        let p = Policy::new(
+    fn conflict_needs_same_pattern_and_overlapping_directions() {
+        use RuleDirection::{All, Inbound as In, Outbound as Out};
+        let build =
+            |a: Rule, d: Rule| Policy::from_rules(PrivacyMode::AllowList, vec![a], vec![d], vec![]);
+        for (ad, dd) in [(All, All), (All, In), (Out, All), (In, In), (Out, Out)] {
+            assert_eq!(
+                build(rule("p.test", ad), rule("P.test.", dd)).expect_err("conflict"),
+                PolicyError::Conflict("p.test".into()),
+                "{ad} vs {dd}"
+            );
+        }
+        // Disjoint directions: fine (p.test allowed incoming, denied outgoing).
+        let p = build(rule("p.test", In), rule("p.test", Out)).expect("no conflict");
+        assert_eq!(p.check("p.test", Inbound), Verdict::Allow);
+        assert_eq!(
+            p.check("p.test", Outbound),
+            denied_by("p.test", Out, Outbound)
+        );
+        // Exact and wildcard are different patterns: not a conflict.
+        build(rule("p.test", All), rule("*.p.test", All)).expect("no conflict");
+        build(rule("*.p.test", All), rule("p.test", All)).expect("no conflict");
+    }
+
+    #[test]
+    fn bad_entries_are_refused_by_every_constructor() {
+        let err = Policy::new(
             PrivacyMode::AllowList,
-            s(&["A.test", "a.test.", "", "  "]),
+            s(&["ok.test", "*.com"]),
             vec![],
             vec![],
         )
+        .expect_err("bad pattern");
+        assert_eq!(
+            err,
+            PolicyError::BadPattern {
+                entry: "*.com".into(),
+                reason: "wildcard over a top-level domain"
+            }
+        );
+        let err = Policy::new(PrivacyMode::DenyList, vec![], s(&[""]), vec![]).expect_err("empty");
+        assert!(
+            matches!(err, PolicyError::BadPattern { ref entry, reason: "empty entry" } if entry.is_empty())
+        );
+        let err = Policy::from_config(
+            PrivacyMode::AllowList,
+            &[RuleConfig::Scoped(ScopedRuleConfig {
+                domain: "a.*.test".into(),
+                direction: RuleDirection::Inbound,
+            })],
+            &[],
+            vec![],
+        )
+        .expect_err("bad pattern");
+        assert!(matches!(err, PolicyError::BadPattern { ref entry, .. } if entry == "a.*.test"));
+        // Hand-built rules are validated too.
+        for bad in [
+            Pattern::Exact("*.a.test".into()),
+            Pattern::Exact("a b.test".into()),
+            Pattern::Suffix("com".into()),
+            Pattern::Suffix(String::new()),
+        ] {
+            let r = Rule {
+                pattern: bad.clone(),
+                direction: RuleDirection::All,
+            };
+            let err = Policy::from_rules(PrivacyMode::AllowList, vec![r], vec![], vec![])
+                .expect_err("bad hand-built pattern");
+            assert!(
+                matches!(err, PolicyError::BadPattern { .. }),
+                "{bad:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hand_built_rules_are_normalized_and_deduplicated() {
+        let p = Policy::from_rules(
+            PrivacyMode::AllowList,
+            vec![
+                Rule {
+                    pattern: Pattern::Exact(" A.Test. ".into()),
+                    direction: RuleDirection::All,
+                },
+                rule("a.test", RuleDirection::All),
+                rule("a.test", RuleDirection::Inbound),
+                Rule {
+                    pattern: Pattern::Suffix("*.B.test".into()),
+                    direction: RuleDirection::All,
+                },
+            ],
+            vec![],
+            s(&["R.test.", "", "r.test"]),
+        )
         .expect("valid policy");
-        assert_eq!(p.allow, s(&["a.test"]));
+        assert_eq!(
+            p.allow,
+            vec![
+                rule("a.test", RuleDirection::All),
+                rule("a.test", RuleDirection::Inbound),
+                rule("*.b.test", RuleDirection::All),
+            ]
+        );
+        assert_eq!(p.static_route_domains, s(&["r.test"]));
     }
 
     #[test]
     fn hand_built_policy_still_matches_case_insensitively() {
         let p = Policy {
             mode: PrivacyMode::AllowList,
-            allow: s(&["Mixed.Case.Test."]),
+            allow: vec![
+                Rule {
+                    pattern: Pattern::Exact("Mixed.Case.Test.".into()),
+                    direction: RuleDirection::All,
+                },
+                Rule {
+                    pattern: Pattern::Suffix("Wild.Test".into()),
+                    direction: RuleDirection::Inbound,
+                },
+            ],
+            static_route_domains: s(&["Routed.Test."]),
             ..Policy::default()
         };
+        assert_eq!(p.check("mixed.case.test", Inbound), Verdict::Allow);
+        assert_eq!(p.check("a.wild.test", Inbound), Verdict::Allow);
+        assert_eq!(p.check("routed.test", Outbound), Verdict::Allow);
+        assert!(!p.check("a.wild.test", Outbound).is_allowed());
+    }
+
+    #[test]
+    fn non_ascii_never_folds_onto_a_rule() {
+        // U+212A KELVIN SIGN lowercases (Unicode) to an ASCII 'k'.
+        let p = Policy::new(PrivacyMode::AllowList, s(&["k.test"]), vec![], vec![])
+            .expect("valid policy");
+        assert_eq!(normalize_domain("\u{212A}.TEST."), "\u{212A}.test");
+        assert_eq!(p.check("\u{212A}.test", Inbound), not_listed(Inbound));
+        assert_eq!(p.check("K.test", Inbound), Verdict::Allow);
+    }
+
+    #[test]
+    fn deny_reasons_explain_themselves() {
         assert_eq!(
-            p.check("mixed.case.test", Direction::Inbound),
-            Verdict::Allow
+            not_listed(Inbound).clone_reason().to_string(),
+            "no federation allow rule matches the domain for incoming traffic and it has no static route"
         );
+        let r = DenyReason::NotOnAllowList {
+            direction: Outbound,
+            other_direction: Some(rule("*.in.test", RuleDirection::Inbound)),
+        };
+        assert_eq!(
+            r.to_string(),
+            "no federation allow rule matches the domain for outgoing traffic and it has no static route \
+             (allow rule \"*.in.test\" covers incoming traffic only)"
+        );
+        assert_eq!(
+            denied_by("*.spam.test", RuleDirection::All, Inbound)
+                .clone_reason()
+                .to_string(),
+            "federation deny rule \"*.spam.test\" matches the domain (all traffic)"
+        );
+        assert_eq!(
+            denied_by("noisy.test", RuleDirection::Outbound, Outbound)
+                .clone_reason()
+                .to_string(),
+            "federation deny rule \"noisy.test\" matches the domain for outgoing traffic"
+        );
+        assert_eq!(Inbound.to_string(), "incoming");
+        assert_eq!(Outbound.to_string(), "outgoing");
+    }
+
+    impl Verdict {
+        fn clone_reason(&self) -> DenyReason {
+            match self {
+                Verdict::Deny(r) => r.clone(),
+                Verdict::Allow => panic!("not a denial"),
+            }
+        }
     }
 
     #[test]
@@ -371,5 +905,137 @@ mod tests {
             assert_eq!(back.mode, mode);
         }
         assert!(serde_json::from_str::<W>(r#"{"mode":"AllowList"}"#).is_err());
+    }
+
+    /// What the edge embeds in its `[policy]` section.
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct PolicySection {
+        #[serde(default)]
+        privacy_mode: PrivacyMode,
+        #[serde(default)]
+        allow: Vec<RuleConfig>,
+        #[serde(default)]
+        deny: Vec<RuleConfig>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct File {
+        policy: PolicySection,
+    }
+
+    fn section(toml_text: &str) -> Result<PolicySection, toml::de::Error> {
+        toml::from_str::<File>(toml_text).map(|f| f.policy)
+    }
+
+    #[test]
+    fn toml_mixed_string_and_table_entries() {
+        let sec = section(
+            r#"
+            [policy]
+            privacy_mode = "allow-list"
+            allow = [
+                "partner.test",
+                "*.Partner2.test",
+                { domain = "*.vendor.test", direction = "incoming" },
+                { domain = "feeds.test", direction = "outgoing" },
+                { domain = "plain.test" },
+                { domain = "both.test", direction = "all" },
+                { domain = "alias1.test", direction = "inbound" },
+                { domain = "alias2.test", direction = "outbound" },
+                { domain = "alias3.test", direction = "both" },
+            ]
+            deny = [{ domain = "bad.vendor.test", direction = "all" }, "*.spam.test"]
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(sec.privacy_mode, PrivacyMode::AllowList);
+        assert_eq!(sec.allow[0], RuleConfig::Domain("partner.test".into()));
+        assert_eq!(
+            sec.allow[2],
+            RuleConfig::Scoped(ScopedRuleConfig {
+                domain: "*.vendor.test".into(),
+                direction: RuleDirection::Inbound
+            })
+        );
+        let p = Policy::from_config(sec.privacy_mode, &sec.allow, &sec.deny, s(&["routed.test"]))
+            .expect("valid policy");
+        let dirs: Vec<RuleDirection> = p.allow.iter().map(|r| r.direction).collect();
+        use RuleDirection::{All, Inbound as In, Outbound as Out};
+        assert_eq!(dirs, [All, All, In, Out, All, All, In, Out, All]);
+        assert_eq!(p.allow[1], rule("*.partner2.test", All));
+
+        for dir in BOTH {
+            assert_eq!(p.check("partner.test", dir), Verdict::Allow);
+            assert_eq!(p.check("muc.partner2.test", dir), Verdict::Allow);
+            assert_eq!(p.check("routed.test", dir), Verdict::Allow);
+            assert_eq!(
+                p.check("bad.vendor.test", dir),
+                denied_by("bad.vendor.test", All, dir)
+            );
+            assert_eq!(
+                p.check("x.spam.test", dir),
+                denied_by("*.spam.test", All, dir)
+            );
+        }
+        assert_eq!(p.check("im.vendor.test", Inbound), Verdict::Allow);
+        assert!(!p.check("im.vendor.test", Outbound).is_allowed());
+        assert_eq!(p.check("feeds.test", Outbound), Verdict::Allow);
+        assert!(!p.check("feeds.test", Inbound).is_allowed());
+    }
+
+    #[test]
+    fn toml_refuses_malformed_entries() {
+        for (what, text) in [
+            (
+                "unknown direction",
+                r#"allow = [{ domain = "a.test", direction = "sideways" }]"#,
+            ),
+            (
+                "misspelt direction key",
+                r#"allow = [{ domain = "a.test", directon = "incoming" }]"#,
+            ),
+            ("missing domain", r#"allow = [{ direction = "incoming" }]"#),
+            ("number", r#"allow = [42]"#),
+            (
+                "capitalized direction",
+                r#"allow = [{ domain = "a.test", direction = "Incoming" }]"#,
+            ),
+        ] {
+            let err = section(&format!("[policy]\n{text}\n")).expect_err(what);
+            // toml locates the entry; untagged serde cannot say more than this.
+            assert!(err.to_string().contains("RuleConfig"), "{what}: {err}");
+        }
+        // Syntactically fine TOML, bad domain: refused when the policy is
+        // built, naming the entry.
+        let sec = section("[policy]\nprivacy_mode = \"deny-list\"\ndeny = [\"*.com\"]\n")
+            .expect("parses");
+        let err = Policy::from_config(sec.privacy_mode, &sec.allow, &sec.deny, vec![])
+            .expect_err("bad pattern");
+        assert_eq!(
+            err.to_string(),
+            "bad policy entry \"*.com\": wildcard over a top-level domain"
+        );
+        // An empty section is the default lockdown.
+        let sec = section("[policy]\n").expect("parses");
+        let p = Policy::from_config(sec.privacy_mode, &sec.allow, &sec.deny, vec![])
+            .expect("valid policy");
+        assert!(!p.check("a.test", Inbound).is_allowed());
+    }
+
+    #[test]
+    fn rule_config_serializes_back_to_the_short_forms() {
+        let rules = [
+            rule("*.partner.test", RuleDirection::All),
+            rule("feeds.test", RuleDirection::Outbound),
+        ];
+        let cfg: Vec<RuleConfig> = rules.iter().map(RuleConfig::from).collect();
+        let json = serde_json::to_string(&cfg).expect("serialize");
+        assert_eq!(
+            json,
+            r#"["*.partner.test",{"domain":"feeds.test","direction":"outgoing"}]"#
+        );
+        let back: Vec<RuleConfig> = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, cfg);
     }
 }

@@ -19,11 +19,43 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use crate::verify::Verdict;
-use crate::{Direction, InboundStanza, S2s, SessionEntry, XmlConn, LOG_MODULE};
+use crate::{
+    CertStatus, Direction, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
+};
 
 impl S2s {
-    /// Accept inbound s2s connections on `listener` until `shutdown` resolves.
+    /// Accept inbound s2s connections (STARTTLS) on `listener` until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.accept_loop(listener, None, shutdown).await;
+    }
+
+    /// Accept direct-TLS (XEP-0368) s2s connections on `listener` until `shutdown` resolves:
+    /// TLS first (ALPN `xmpp-server`), then the stream. Needs `tls_server`.
+    pub async fn serve_direct_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let Some(base) = self.cfg.tls_server.as_ref() else {
+            warn!(
+                module = LOG_MODULE,
+                "direct TLS listener without a certificate: not serving"
+            );
+            return;
+        };
+        let mut cfg = (**base).clone();
+        cfg.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
+        self.clone()
+            .accept_loop(listener, Some(Arc::new(cfg)), shutdown)
+            .await;
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        direct_tls: Option<Arc<rustls::ServerConfig>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let slots = Arc::new(Semaphore::new(self.cfg.max_inbound));
         tokio::pin!(shutdown);
         loop {
@@ -43,20 +75,33 @@ impl S2s {
                         continue;
                     };
                     let s2s = self.clone();
-                    tokio::spawn(async move { s2s.handle_inbound(tcp, permit).await });
+                    let tls = direct_tls.clone();
+                    tokio::spawn(async move { s2s.handle_inbound(tcp, tls, permit).await });
                 }
             }
         }
     }
 
-    async fn handle_inbound(self: Arc<Self>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
-        let conn = match XmlConn::new(tcp, self.cfg.limits) {
+    async fn handle_inbound(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        direct_tls: Option<Arc<rustls::ServerConfig>>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let mut conn = match XmlConn::new(tcp, self.cfg.limits) {
             Ok(c) => c,
             Err(e) => {
                 debug!(module = LOG_MODULE, error = %e, "inbound socket unusable");
                 return;
             }
         };
+        if let Some(tls) = direct_tls {
+            if let Err(e) = conn.accept_tls(tls).await {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %conn.peer, error = %e, "direct TLS handshake failed");
+                return;
+            }
+        }
         let entry = self.register(Direction::Inbound, conn.peer);
         let (verdict_tx, verdict_rx) = mpsc::channel(16);
         let mut stream = InboundStream {
@@ -65,6 +110,10 @@ impl S2s {
             entry: entry.clone(),
             stream_id: String::new(),
             header_sent: false,
+            header_from: None,
+            header_to: None,
+            cert: None,
+            sasl_done: false,
             authed: HashSet::new(),
             pending: HashSet::new(),
             verdict_tx,
@@ -105,6 +154,14 @@ struct InboundStream {
     /// The id we put on our current stream header (dialback keys are bound to it).
     stream_id: String,
     header_sent: bool,
+    /// The `from` of the peer's current stream header (lowercase), the domain it claims.
+    header_from: Option<String>,
+    /// The `to` of the peer's current stream header (lowercase), the local domain it wants.
+    header_to: Option<String>,
+    /// The peer certificate's worth, judged once TLS is up.
+    cert: Option<CertStatus>,
+    /// SASL EXTERNAL succeeded on this connection.
+    sasl_done: bool,
     /// Authenticated (remote domain, local domain) pairs.
     authed: HashSet<(String, String)>,
     /// Pairs whose dialback verification is under way.
@@ -194,6 +251,20 @@ impl InboundStream {
                     .await;
             }
         }
+        self.header_from = h.from.as_ref().map(|d| d.to_ascii_lowercase());
+        self.header_to = h.to.as_ref().map(|d| d.to_ascii_lowercase());
+        if self.conn.tls.is_some() && self.cert.is_none() {
+            self.cert = Some(self.s2s.cert_status(&self.conn, true));
+        }
+        if self.s2s.cfg.require_peer_certs && self.conn.tls.is_some() && !self.cert_valid() {
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), cert = ?self.cert, "peer certificate refused (a valid certificate is required)");
+            return self
+                .fail(
+                    StreamCondition::NotAuthorized,
+                    "a valid certificate is required",
+                )
+                .await;
+        }
         if h.version.as_deref() != Some("1.0") {
             return Flow::Continue;
         }
@@ -206,14 +277,26 @@ impl InboundStream {
 
     fn features(&self) -> String {
         let mut f = Element::new("features", ns::STREAM);
-        if self.conn.tls.is_none() && self.s2s.cfg.tls_server.is_some() {
+        let mode = self.s2s.cfg.tls_mode;
+        if self.conn.tls.is_none() && self.s2s.cfg.tls_server.is_some() && mode != TlsMode::Disabled
+        {
             let mut starttls = Element::new("starttls", ns::TLS);
-            if self.s2s.cfg.require_tls {
+            if mode == TlsMode::Required {
                 starttls = starttls.with_child(Element::new("required", ns::TLS));
             }
             f = f.with_child(starttls);
         }
-        if self.conn.tls.is_some() || !self.s2s.cfg.require_tls {
+        if self.conn.tls.is_some()
+            && self.s2s.cfg.sasl_external
+            && !self.sasl_done
+            && self.cert_valid()
+        {
+            f = f.with_child(
+                Element::new("mechanisms", ns::SASL)
+                    .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
+            );
+        }
+        if self.conn.tls.is_some() || mode != TlsMode::Required {
             f = f.with_child(
                 Element::new("dialback", ns::DIALBACK_FEATURE)
                     .with_child(Element::new("errors", ns::DIALBACK_FEATURE)),
@@ -226,6 +309,9 @@ impl InboundStream {
         let el = &tl.element;
         if el.ns == ns::TLS && el.name == "starttls" {
             return self.on_starttls().await;
+        }
+        if el.is("auth", ns::SASL) {
+            return self.on_sasl_auth(el).await;
         }
         if el.ns == ns::DIALBACK {
             return match (el.name.as_str(), el.attr("type")) {
@@ -253,7 +339,11 @@ impl InboundStream {
     }
 
     async fn on_starttls(&mut self) -> Flow {
-        let Some(cfg) = self.s2s.cfg.tls_server.clone() else {
+        let cfg = match (&self.s2s.cfg.tls_server, self.s2s.cfg.tls_mode) {
+            (Some(cfg), TlsMode::Required | TlsMode::Optional) => Some(cfg.clone()),
+            _ => None,
+        };
+        let Some(cfg) = cfg else {
             let _ = self
                 .conn
                 .send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
@@ -293,12 +383,20 @@ impl InboundStream {
     /// `<db:result from=remote to=local>key</db:result>`: verify with remote's authoritative
     /// server in the background.
     async fn on_dialback_request(&mut self, el: &Element) -> Flow {
-        if self.s2s.cfg.require_tls && self.conn.tls.is_none() {
-            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, "dialback on an unencrypted stream refused (TLS required)");
+        if self.s2s.cfg.tls_mode == TlsMode::Required && self.conn.tls.is_none() {
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = el.attr("from").unwrap_or(""), "dialback on an unencrypted stream refused (TLS required)");
             return self
                 .fail(
                     StreamCondition::PolicyViolation,
                     "TLS is required before authentication",
+                )
+                .await;
+        }
+        if self.s2s.cfg.require_peer_certs && !self.cert_valid() {
+            return self
+                .fail(
+                    StreamCondition::NotAuthorized,
+                    "a valid certificate is required",
                 )
                 .await;
         }
@@ -368,6 +466,18 @@ impl InboundStream {
         let pair = (v.remote.clone(), v.local.clone());
         self.pending.remove(&pair);
         match v.verdict {
+            Verdict::Valid
+                if self.s2s.cfg.require_peer_certs && !S2s::cert_covers(&self.conn, &v.remote) =>
+            {
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, "certificate does not name the domain (RFC 6125)");
+                let reply = dialback::result_response(&v.local, &v.remote, false);
+                let _ = self.send_or_close(&reply).await;
+                self.fail(
+                    StreamCondition::NotAuthorized,
+                    "the certificate does not name this domain",
+                )
+                .await
+            }
             Verdict::Valid => {
                 self.authed.insert(pair.clone());
                 self.entry.update(|i| {
@@ -391,6 +501,83 @@ impl InboundStream {
                 self.send_or_close(&reply).await
             }
         }
+    }
+
+    fn cert_valid(&self) -> bool {
+        self.cert == Some(CertStatus::Valid)
+    }
+
+    /// SASL EXTERNAL (XEP-0178): the certificate, valid and naming the domain, authenticates
+    /// the stream for (claimed domain, header `to`). On failure the peer may use dialback.
+    async fn on_sasl_auth(&mut self, el: &Element) -> Flow {
+        match self.judge_sasl(el) {
+            Ok((remote, local)) => {
+                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %remote, local = %local, "s2s session authenticated (SASL EXTERNAL)");
+                if let Err(e) = self
+                    .conn
+                    .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+                    .await
+                {
+                    return Flow::Close(e.to_string());
+                }
+                self.conn.restart();
+                self.header_sent = false;
+                self.sasl_done = true;
+                let pair = (remote, local);
+                self.authed.insert(pair.clone());
+                self.entry.update(|i| {
+                    i.auth = "SASL EXTERNAL";
+                    i.pairs.push(pair);
+                });
+                Flow::Continue
+            }
+            Err(why) => {
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), reason = why, "SASL EXTERNAL refused");
+                let failure = Element::new("failure", ns::SASL)
+                    .with_child(Element::new("not-authorized", ns::SASL));
+                self.send_or_close(&failure).await
+            }
+        }
+    }
+
+    /// The (remote, local) pair a SASL EXTERNAL request may authenticate, or why not.
+    fn judge_sasl(&self, el: &Element) -> Result<(String, String), &'static str> {
+        if el.attr("mechanism") != Some("EXTERNAL") {
+            return Err("mechanism is not EXTERNAL");
+        }
+        if self.sasl_done || !self.cert_valid() {
+            return Err("no valid certificate on this stream");
+        }
+        let text = el.text();
+        let text = text.trim();
+        let authzid = if text.is_empty() || text == "=" {
+            None
+        } else {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| "authzid is not base64")?;
+            Some(String::from_utf8(raw).map_err(|_| "authzid is not UTF-8")?)
+        };
+        let claimed = authzid
+            .or_else(|| self.header_from.clone())
+            .ok_or("no domain claimed")?;
+        let remote = normalize_domain(&claimed).map_err(|_| "claimed domain is malformed")?;
+        let local = self
+            .header_to
+            .as_deref()
+            .and_then(|d| normalize_domain(d).ok())
+            .ok_or("stream header has no valid to")?;
+        if !self.s2s.host.serves(&local) {
+            return Err("stream is to a domain not served here");
+        }
+        if !S2s::cert_covers(&self.conn, &remote) {
+            return Err("certificate does not name the claimed domain");
+        }
+        if !self.s2s.host.peer_allowed(&remote, Direction::Inbound) {
+            return Err("domain refused by the federation policy");
+        }
+        Ok((remote, local))
     }
 
     /// `<db:verify from=receiving to=originating id>key</db:verify>`: we are the authoritative

@@ -53,6 +53,19 @@ impl Direction {
     }
 }
 
+/// How TLS is used on s2s connections (Expressway's security modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// No dialback and no stanza over an unencrypted stream; peers that cannot do TLS are
+    /// refused with `<policy-violation/>`.
+    #[default]
+    Required,
+    /// Offer and use TLS; continue without it when the peer cannot.
+    Optional,
+    /// Never negotiate TLS.
+    Disabled,
+}
+
 /// A stanza that arrived on an authenticated inbound stream and passed the address checks.
 #[derive(Debug, Clone)]
 pub struct InboundStanza {
@@ -82,8 +95,13 @@ pub trait Host: Send + Sync + 'static {
     fn serves(&self, domain: &str) -> bool;
     /// May we federate with `remote` in this direction? (privacy policy)
     fn peer_allowed(&self, remote: &str, direction: Direction) -> bool;
-    /// Socket addresses of `domain`'s s2s service, in the order to try them.
+    /// Socket addresses of `domain`'s s2s service (STARTTLS), in the order to try them.
     fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>>;
+    /// Socket addresses of `domain`'s direct-TLS s2s service (XEP-0368), tried before
+    /// [`Host::resolve`]'s. None by default.
+    fn resolve_direct_tls<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Vec<SocketAddr>> {
+        Box::pin(async { Vec::new() })
+    }
     /// An authenticated, address-checked inbound stanza. Awaiting it is backpressure: the
     /// connection is not read while this is pending.
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()>;
@@ -101,8 +119,19 @@ pub struct S2sConfig {
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Used for STARTTLS on outgoing connections.
     pub tls_client: Arc<rustls::ClientConfig>,
-    /// Refuse to exchange stanzas or dialback over an unencrypted stream.
-    pub require_tls: bool,
+    /// When TLS is used.
+    pub tls_mode: TlsMode,
+    /// Trust for peer certificates (CA bundle, CRLs). None: no certificate is ever trusted,
+    /// so peers authenticate with dialback only.
+    pub peer_trust: Option<Arc<causeway_pki::PeerTrust>>,
+    /// Refuse peers that do not present a valid certificate for their domain
+    /// (Expressway's "require client certificates"); applies to outgoing sessions too.
+    pub require_peer_certs: bool,
+    /// Offer and use SASL EXTERNAL (XEP-0178) where certificates allow; dialback otherwise.
+    pub sasl_external: bool,
+    /// Our certificate is presented when we initiate (`tls_client` carries it): we may try
+    /// SASL EXTERNAL outbound.
+    pub presents_client_cert: bool,
     /// Size and depth limits on received XML.
     pub limits: Limits,
     /// TCP connect timeout, per address.
@@ -130,7 +159,11 @@ impl S2sConfig {
             dialback_secret,
             tls_server,
             tls_client,
-            require_tls: true,
+            tls_mode: TlsMode::Required,
+            peer_trust: None,
+            require_peer_certs: false,
+            sasl_external: true,
+            presents_client_cert: false,
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
             negotiation_timeout: Duration::from_secs(30),
@@ -155,7 +188,7 @@ pub struct SessionInfo {
     pub pairs: Vec<(String, String)>,
     /// TLS version and cipher, if encrypted.
     pub tls: Option<TlsInfo>,
-    /// "dialback" or "" while unauthenticated.
+    /// "dialback", "SASL EXTERNAL", or "" while unauthenticated.
     pub auth: &'static str,
     /// Stanzas received on it.
     pub stanzas_in: u64,
@@ -293,6 +326,48 @@ impl S2s {
         format!("{n:032x}")
     }
 }
+
+/// What a peer's certificate is worth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertStatus {
+    /// No TLS, or no certificate presented.
+    Absent,
+    /// Chains to a trusted CA, in validity, not revoked, acceptable usage.
+    Valid,
+    /// Presented but not trusted; the string says why.
+    Invalid(String),
+}
+
+impl S2s {
+    /// Judge the chain a peer presented. `is_initiator`: the peer opened the connection (its
+    /// certificate may carry serverAuth only: accepted).
+    pub fn cert_status(&self, conn: &XmlConn, is_initiator: bool) -> CertStatus {
+        if conn.peer_chain.is_empty() {
+            return CertStatus::Absent;
+        }
+        let Some(trust) = &self.cfg.peer_trust else {
+            return CertStatus::Invalid("no trusted CAs configured".into());
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match trust.verify_chain(&conn.peer_chain, is_initiator, now) {
+            Ok(()) => CertStatus::Valid,
+            Err(e) => CertStatus::Invalid(format!("{e:?}")),
+        }
+    }
+
+    /// RFC 6125: does the peer's leaf certificate name `domain`?
+    pub fn cert_covers(conn: &XmlConn, domain: &str) -> bool {
+        conn.peer_chain
+            .first()
+            .is_some_and(|leaf| causeway_pki::cert_matches_domain(leaf.as_ref(), domain))
+    }
+}
+
+/// The ALPN protocol of XEP-0368 direct TLS s2s.
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
 
 /// Connect to the first reachable address within `timeout` each.
 pub(crate) async fn connect_any(

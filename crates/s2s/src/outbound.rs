@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
-use crate::{connect_any, Direction, OutboundStanza, S2s, SessionEntry, XmlConn, LOG_MODULE};
+use crate::{
+    connect_any, Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
+};
 
 /// The pool's reference to a live session task.
 #[derive(Clone)]
@@ -184,18 +186,20 @@ impl S2s {
                 reason: format!("{to} is not allowed by the federation policy"),
             });
         }
-        let (mut conn, header, _features) = self.open_stream(from, to).await?;
+        let (mut conn, header, features) = self.open_stream(from, to).await?;
         let entry = self.register(Direction::Outbound, conn.peer);
         let tls = conn.tls.clone();
         entry.update(|i| i.tls = tls);
-        let result = self.authenticate(&mut conn, &header, from, to).await;
-        match result {
-            Ok(()) => {
+        match self
+            .authenticate_any(&mut conn, &header, features.as_ref(), from, to)
+            .await
+        {
+            Ok(method) => {
                 entry.update(|i| {
-                    i.auth = "dialback";
+                    i.auth = method;
                     i.pairs.push((to.to_owned(), from.to_owned()));
                 });
-                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = conn.tls.is_some(), "s2s session authenticated");
+                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = conn.tls.is_some(), auth = method, "s2s session authenticated");
                 Ok((conn, entry))
             }
             Err(e) => {
@@ -205,6 +209,67 @@ impl S2s {
         }
     }
 
+    /// Check the peer's certificate, then authenticate as `from`: SASL EXTERNAL where the peer
+    /// offers it and we present a certificate, dialback otherwise (also after a SASL failure,
+    /// on the same stream). Returns the method used.
+    async fn authenticate_any(
+        &self,
+        conn: &mut XmlConn,
+        header: &StreamHeader,
+        features: Option<&Element>,
+        from: &str,
+        to: &str,
+    ) -> Result<&'static str, OpenError> {
+        if self.cfg.require_peer_certs {
+            let status = self.cert_status(conn, false);
+            if status != crate::CertStatus::Valid || !S2s::cert_covers(conn, to) {
+                close_with(
+                    conn,
+                    StreamCondition::PolicyViolation,
+                    "certificate not trusted",
+                )
+                .await;
+                return Err(OpenError::not_found(format!(
+                    "{to} ({}) presented no valid certificate for its domain: {status:?}",
+                    conn.peer
+                )));
+            }
+        }
+        let offers_external = features
+            .and_then(|f| f.child("mechanisms", ns::SASL))
+            .is_some_and(|m| m.elements().any(|e| e.text() == "EXTERNAL"));
+        let try_external =
+            offers_external && self.cfg.sasl_external && self.cfg.presents_client_cert;
+        if try_external && self.sasl_external(conn, from, to).await? {
+            return Ok("SASL EXTERNAL");
+        }
+        self.authenticate(conn, header, from, to).await?;
+        Ok("dialback")
+    }
+
+    /// SASL EXTERNAL as initiator; Ok(false) when the peer refused (dialback may follow).
+    async fn sasl_external(
+        &self,
+        conn: &mut XmlConn,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, OpenError> {
+        use base64::Engine;
+        let authzid = base64::engine::general_purpose::STANDARD.encode(from);
+        let auth = Element::new("auth", ns::SASL)
+            .with_attr("mechanism", "EXTERNAL")
+            .with_text(&authzid);
+        conn.send(auth.to_xml(ns::SERVER).as_bytes()).await?;
+        let answer = next_element(conn).await?;
+        if answer.is("success", ns::SASL) {
+            conn.restart();
+            exchange_headers(conn, from, to).await?;
+            return Ok(true);
+        }
+        debug!(module = LOG_MODULE, remote = %to, answer = %answer.name, "SASL EXTERNAL refused; falling back to dialback");
+        Ok(false)
+    }
+
     /// Connect to `to`'s servers and negotiate STARTTLS; returns the stream after the last
     /// restart with the peer's header and features. Used for sessions and verify connections.
     pub(crate) async fn open_stream(
@@ -212,6 +277,15 @@ impl S2s {
         from: &str,
         to: &str,
     ) -> Result<(XmlConn, StreamHeader, Option<Element>), OpenError> {
+        if self.cfg.tls_mode != TlsMode::Disabled {
+            match self.open_direct_tls(from, to).await {
+                Ok(Some(opened)) => return Ok(opened),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(module = LOG_MODULE, remote = %to, reason = %e.reason, "direct TLS failed; trying STARTTLS");
+                }
+            }
+        }
         let addrs = self.host.resolve(to).await.map_err(OpenError::not_found)?;
         let tcp = connect_any(&addrs, self.cfg.connect_timeout)
             .await
@@ -221,8 +295,11 @@ impl S2s {
         let offers_tls = features
             .as_ref()
             .is_some_and(|f| f.child("starttls", ns::TLS).is_some());
-        if !offers_tls {
-            if self.cfg.require_tls {
+        match (offers_tls, self.cfg.tls_mode) {
+            (_, TlsMode::Disabled) | (false, TlsMode::Optional) => {
+                return Ok((conn, header, features))
+            }
+            (false, TlsMode::Required) => {
                 close_with(
                     &mut conn,
                     StreamCondition::PolicyViolation,
@@ -234,7 +311,7 @@ impl S2s {
                     conn.peer
                 )));
             }
-            return Ok((conn, header, features));
+            (true, _) => {}
         }
         conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await?;
@@ -253,6 +330,30 @@ impl S2s {
         }
         let (header, features) = exchange_headers(&mut conn, from, to).await?;
         Ok((conn, header, features))
+    }
+
+    /// XEP-0368: TLS from the first byte to `to`'s `_xmpps-server` endpoints, if it has any.
+    async fn open_direct_tls(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<Option<(XmlConn, StreamHeader, Option<Element>)>, OpenError> {
+        let addrs = self.host.resolve_direct_tls(to).await;
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let tcp = connect_any(&addrs, self.cfg.connect_timeout)
+            .await
+            .map_err(OpenError::not_found)?;
+        let mut conn = XmlConn::new(tcp, self.cfg.limits)?;
+        let mut cfg = (*self.cfg.tls_client).clone();
+        cfg.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
+        if let Err(e) = conn.connect_tls(Arc::new(cfg), to).await {
+            self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        let (header, features) = exchange_headers(&mut conn, from, to).await?;
+        Ok(Some((conn, header, features)))
     }
 
     /// Dialback as originating server: send our key, await the verdict.

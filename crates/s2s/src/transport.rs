@@ -101,6 +101,8 @@ pub struct XmlConn {
     pub peer: SocketAddr,
     /// Set once TLS is up.
     pub tls: Option<TlsInfo>,
+    /// The certificate chain the peer presented in the TLS handshake (leaf first), if any.
+    pub peer_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl XmlConn {
@@ -113,6 +115,7 @@ impl XmlConn {
             framer: Framer::new(limits),
             peer,
             tls: None,
+            peer_chain: Vec::new(),
         })
     }
 
@@ -166,6 +169,7 @@ impl XmlConn {
             session.protocol_version(),
             session.negotiated_cipher_suite(),
         ));
+        self.peer_chain = owned_chain(session.peer_certificates());
         self.io = Transport::Tls(Box::new(TlsStream::Server(tls)));
         self.framer.reset();
         Ok(())
@@ -189,9 +193,15 @@ impl XmlConn {
             session.protocol_version(),
             session.negotiated_cipher_suite(),
         ));
+        self.peer_chain = owned_chain(session.peer_certificates());
         self.io = Transport::Tls(Box::new(TlsStream::Client(tls)));
         self.framer.reset();
         Ok(())
+    }
+
+    /// Stream restart after SASL success: the next thing is a new stream header.
+    pub fn restart(&mut self) {
+        self.framer.reset();
     }
 
     fn take_plain(&mut self) -> Result<TcpStream, ConnError> {
@@ -203,6 +213,16 @@ impl XmlConn {
             }
         }
     }
+}
+
+fn owned_chain(
+    chain: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    chain
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect()
 }
 
 fn tls_info(

@@ -129,6 +129,46 @@ impl Certs {
         write_files(&self.dir, stem, &cert.pem(), &key.serialize_pem())
     }
 
+    /// Issues a leaf like [`Certs::issue`] with a chosen serial number (to revoke it later).
+    pub fn issue_serial(&self, names: &[&str], serial: u64) -> Result<CertFiles> {
+        let mut params = leaf_params(names)?;
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let stem = names.first().copied().unwrap_or("leaf");
+        write_files(&self.dir, stem, &cert.pem(), &key.serialize_pem())
+    }
+
+    /// A CRL (PEM, `dir/crl.pem`) revoking the given serial numbers.
+    pub fn crl(&self, serials: &[u64]) -> Result<PathBuf> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let year = 1970 + i32::try_from(now / 31_556_952).unwrap_or(56);
+        let revoked_certs = serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: date_time_ymd(year - 1, 6, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: date_time_ymd(year - 1, 6, 1),
+            next_update: date_time_ymd(year + 2, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).context("signing the CRL")?;
+        let path = self.dir.join("crl.pem");
+        fs::write(&path, crl.pem().context("CRL PEM")?)?;
+        Ok(path)
+    }
+
     /// A self-signed leaf for `names`, written to `dir/NAME.{crt,key,pem}`.
     pub fn self_signed(dir: &Path, names: &[&str]) -> Result<CertFiles> {
         let params = leaf_params(names)?;

@@ -13,13 +13,14 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::{
-    ChildGuard, Client, DnsRecord, DnsServer, Ejabberd, EjabberdSpec, Prosody, ProsodySpec, Relay,
-    TempDir,
+    Certs, ChildGuard, Client, DnsRecord, DnsServer, Ejabberd, EjabberdSpec, Prosody, ProsodySpec,
+    Relay, TempDir,
 };
 
 /// The internal domain.
@@ -54,6 +55,18 @@ pub struct LabOptions {
     pub extra_allow: Vec<String>,
     /// More records in the internet view's DNS.
     pub extra_dns: Vec<DnsRecord>,
+    /// One lab CA issues the edge's federation certificate and the external servers'
+    /// certificates, and every one of them trusts it (SASL EXTERNAL becomes possible).
+    pub federation_ca: bool,
+    /// With `federation_ca`: ejabberd too (false: it keeps a self-signed certificate).
+    pub ejabberd_trusted: bool,
+    /// TOML lines added to the edge's `[federation]` section.
+    pub edge_federation_extra: String,
+    /// Lua lines added to partner.test's Prosody global section.
+    pub partner_extra_global: String,
+    /// With `federation_ca`: issue a certificate for each of these names and revoke it in a
+    /// CRL the edge loads (`Lab::revoked`).
+    pub revoked_names: Vec<String>,
 }
 
 impl LabOptions {
@@ -69,6 +82,11 @@ impl LabOptions {
             rust_log: "info".into(),
             extra_allow: Vec::new(),
             extra_dns: Vec::new(),
+            federation_ca: false,
+            ejabberd_trusted: true,
+            edge_federation_extra: String::new(),
+            partner_extra_global: String::new(),
+            revoked_names: Vec::new(),
         }
     }
 }
@@ -95,6 +113,10 @@ pub struct Lab {
     pub partner2: Option<Ejabberd>,
     /// The internet view's DNS.
     pub dns: DnsServer,
+    /// The shared federation CA, with `federation_ca`.
+    pub federation_ca: Option<Arc<Certs>>,
+    /// Certificates issued by it and revoked (see `LabOptions::revoked_names`).
+    pub revoked: Vec<crate::CertFiles>,
 }
 
 impl Lab {
@@ -124,6 +146,30 @@ impl Lab {
         let mut partner = ProsodySpec::new(Self::ip(n, 21), PARTNER).user("bob", &password("bob"));
         partner.muc = Some(format!("conference.{PARTNER}"));
         partner.log_level = opts.peer_log_level.clone();
+        partner.extra_global = opts.partner_extra_global.clone();
+        let mut federation_extra = opts.edge_federation_extra.clone();
+        let federation_ca = if opts.federation_ca {
+            let ca = Arc::new(Certs::new(&dir.path().join("federation-ca"))?);
+            let edge_cert = ca.issue(&[LOCAL, LOCAL_MUC])?;
+            std::fs::copy(&edge_cert.cert_pem, pki.join("edge-federation.crt"))?;
+            std::fs::copy(&edge_cert.key_pem, pki.join("edge-federation.key"))?;
+            federation_extra.push_str(&format!("\nca_bundle = \"{}\"\n", ca.ca_pem.display()));
+            partner.ca = Some(ca.clone());
+            Some(ca)
+        } else {
+            None
+        };
+        let mut revoked = Vec::new();
+        if let (Some(ca), false) = (&federation_ca, opts.revoked_names.is_empty()) {
+            let serials: Vec<u64> = (0..opts.revoked_names.len() as u64)
+                .map(|i| 9000 + i)
+                .collect();
+            for (name, serial) in opts.revoked_names.iter().zip(&serials) {
+                revoked.push(ca.issue_serial(&[name.as_str()], *serial)?);
+            }
+            let crl = ca.crl(&serials)?;
+            federation_extra.push_str(&format!("crls = [\"{}\"]\n", crl.display()));
+        }
 
         let dns_ip = Self::ip(n, 53);
         let ejabberd_ip = Self::ip(n, 31);
@@ -131,6 +177,9 @@ impl Lab {
             let mut s = EjabberdSpec::new(ejabberd_ip, PARTNER2, SocketAddr::from((dns_ip, 53)))
                 .user("carol", &password("carol"));
             s.loglevel = opts.peer_log_level.clone();
+            if opts.ejabberd_trusted {
+                s.ca = federation_ca.clone();
+            }
             s
         });
         let edge_ip = Self::ip(n, 2).to_string();
@@ -158,7 +207,13 @@ impl Lab {
         let tunnel_target = if opts.relay { relay_addr } else { edge_tunnel };
         std::fs::write(
             dir.path().join("edge.toml"),
-            edge_config(edge_s2s, edge_tunnel, dns.addr, &opts.extra_allow),
+            edge_config(
+                edge_s2s,
+                edge_tunnel,
+                dns.addr,
+                &opts.extra_allow,
+                &federation_extra,
+            ),
         )?;
         std::fs::write(
             dir.path().join("core.toml"),
@@ -188,6 +243,8 @@ impl Lab {
             partner,
             partner2,
             dns,
+            federation_ca,
+            revoked,
         };
         lab.wait_tunnel_up(Duration::from_secs(20))?;
         Ok(lab)
@@ -295,6 +352,7 @@ pub fn edge_config(
     tunnel: SocketAddr,
     dns: SocketAddr,
     extra_allow: &[String],
+    federation_extra: &str,
 ) -> String {
     let extra: String = extra_allow.iter().map(|d| format!(", \"{d}\"")).collect();
     format!(
@@ -310,6 +368,7 @@ listen = "{s2s}"
 cert = "pki/edge-federation.crt"
 key = "pki/edge-federation.key"
 dialback_secret_file = "pki/dialback-secret"
+{federation_extra}
 
 [dns]
 nameservers = ["{dns}"]

@@ -78,18 +78,35 @@ impl SyntheticServer {
         route: SocketAddr,
         keep: bool,
     ) -> Result<Self> {
+        Self::start_with_cert(domain, listen, route, keep, None).await
+    }
+
+    /// Like [`SyntheticServer::start`], presenting `cert` (also when it initiates, so it tries
+    /// SASL EXTERNAL where offered) instead of a self-signed certificate.
+    pub async fn start_with_cert(
+        domain: &str,
+        listen: SocketAddr,
+        route: SocketAddr,
+        keep: bool,
+        cert: Option<&crate::CertFiles>,
+    ) -> Result<Self> {
         let dir = crate::temp_dir("synthetic-")?;
-        let pair = causeway_pki::self_signed(&[domain], 30)?;
-        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&c, &pair.cert_pem)?;
-        std::fs::write(&k, &pair.key_pem)?;
-        let tls_server = causeway_pki::s2s_server_config(
-            causeway_pki::load_certs(&c)?,
-            causeway_pki::load_key(&k)?,
-        )?;
-        let tls_client = causeway_pki::s2s_client_config_dialback()?;
+        let (c, k) = match cert {
+            Some(files) => (files.cert_pem.clone(), files.key_pem.clone()),
+            None => {
+                let pair = causeway_pki::self_signed(&[domain], 30)?;
+                let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                std::fs::write(&c, &pair.cert_pem)?;
+                std::fs::write(&k, &pair.key_pem)?;
+                (c, k)
+            }
+        };
+        let (certs, key) = (causeway_pki::load_certs(&c)?, causeway_pki::load_key(&k)?);
+        let tls_server = causeway_pki::s2s_server_config(certs.clone(), key.clone_key())?;
+        let tls_client = causeway_pki::s2s_client_config_presenting(certs, key, false)?;
         let secret = format!("synthetic-secret-for-{domain}");
         let mut cfg = S2sConfig::new(secret, Some(tls_server), tls_client);
+        cfg.presents_client_cert = cert.is_some();
         cfg.queue_per_session = 4096;
         let received = Arc::new(Received::default());
         let host = Arc::new(SyntheticHost {

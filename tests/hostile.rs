@@ -1,0 +1,245 @@
+//! Hostile peers written here, where no real server misbehaves on purpose. Each is refused and
+//! logged, and legitimate traffic beside it still flows.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use causeway_s2s::XmlConn;
+use causeway_testkit::lab::{Lab, LabOptions, PARTNER};
+use causeway_testkit::synthetic::SyntheticServer;
+use causeway_testkit::DnsRecord;
+use causeway_xmpp::{dialback, ns, Event, Limits, StreamHeader};
+
+use crate::support::{options, start, Step, PATIENCE};
+
+fn edge_log(lab: &Lab) -> String {
+    std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
+}
+
+/// bob -> alice still works: the attack did not disturb legitimate federation.
+fn legitimate_traffic_flows(lab: &Lab, body: &str) {
+    let mut alice = lab.client("alice").step(lab, "alice connects");
+    let mut bob = lab.client("bob").step(lab, "bob connects");
+    bob.send_message("alice@example.com", body)
+        .step(lab, "send");
+    alice
+        .expect_message(&format!("bob@{PARTNER}"), body, PATIENCE)
+        .step(lab, "legitimate traffic beside the attack");
+}
+
+/// Open a stream from `from` to example.com at the edge; returns after the edge's features.
+async fn open(edge: SocketAddr, from: &str, tls: bool) -> XmlConn {
+    let tcp = tokio::net::TcpStream::connect(edge).await.expect("connect");
+    let mut conn = XmlConn::new(tcp, Limits::default()).expect("conn");
+    header(&mut conn, from).await;
+    if tls {
+        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .expect("starttls");
+        let proceed = next_element(&mut conn).await;
+        assert!(proceed.is("proceed", ns::TLS), "no proceed: {proceed:?}");
+        let cfg = causeway_pki::s2s_client_config_dialback().expect("tls config");
+        conn.connect_tls(cfg, "example.com").await.expect("TLS");
+        header(&mut conn, from).await;
+    }
+    conn
+}
+
+async fn header(conn: &mut XmlConn, from: &str) {
+    let h = StreamHeader {
+        from: Some(from.into()),
+        to: Some("example.com".into()),
+        version: Some("1.0".into()),
+        default_ns: ns::SERVER.into(),
+        ..Default::default()
+    };
+    conn.send(h.to_xml().as_bytes()).await.expect("header");
+    match conn.next_event().await.expect("edge header") {
+        Event::StreamOpen(_) => {}
+        other => panic!("expected a stream header, got {other:?}"),
+    }
+    let features = next_element(conn).await;
+    assert!(
+        features.is("features", ns::STREAM),
+        "no features: {features:?}"
+    );
+}
+
+async fn next_element(conn: &mut XmlConn) -> causeway_xmpp::Element {
+    match tokio::time::timeout(PATIENCE, conn.next_event()).await {
+        Ok(Ok(Event::Element(tl))) => tl.element,
+        other => panic!("expected an element, got {other:?}"),
+    }
+}
+
+/// Everything the edge sends until it closes, as one string.
+async fn rest(conn: &mut XmlConn) -> String {
+    let mut out = String::new();
+    while let Ok(Ok(ev)) = tokio::time::timeout(PATIENCE, conn.next_event()).await {
+        match ev {
+            Event::Element(tl) => out.push_str(&tl.element.to_xml(ns::SERVER)),
+            Event::StreamClose => {
+                out.push_str("</stream:stream>");
+                break;
+            }
+            Event::StreamOpen(_) => {}
+        }
+    }
+    out
+}
+
+/// (a) A peer that skips STARTTLS against tls-required: its dialback is refused with
+/// policy-violation. (b) A peer that forges partner.test's dialback key over TLS: the edge
+/// asks partner.test's real server, which says invalid, and the peer is refused.
+#[test]
+fn plaintext_dialback_and_forged_keys_are_refused() {
+    let subnet = 130;
+    let lab = start(options(subnet));
+    let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut conn = open(edge, PARTNER, false).await;
+        let key = "0".repeat(64);
+        let request = dialback::result_request(PARTNER, "example.com", &key);
+        conn.send(request.to_xml(ns::SERVER).as_bytes())
+            .await
+            .expect("send");
+        let answer = rest(&mut conn).await;
+        assert!(
+            answer.contains("policy-violation"),
+            "(a) plaintext dialback: {answer}"
+        );
+
+        let mut conn = open(edge, PARTNER, true).await;
+        conn.send(request.to_xml(ns::SERVER).as_bytes())
+            .await
+            .expect("send");
+        let forged = format!(
+            "<message from='bob@{PARTNER}' to='alice@example.com'><body>forged</body></message>"
+        );
+        conn.send(forged.as_bytes()).await.expect("send");
+        let answer = rest(&mut conn).await;
+        assert!(
+            answer.contains("type=\"invalid\"")
+                || answer.contains("type='invalid'")
+                || answer.contains("invalid-from"),
+            "(b) forged key: {answer}"
+        );
+    });
+    legitimate_traffic_flows(&lab, "after the forgeries");
+    let log = edge_log(&lab);
+    assert!(
+        log.contains("dialback on an unencrypted stream refused"),
+        "(a) not logged"
+    );
+    assert!(
+        log.contains("dialback key invalid") || log.contains("did not authenticate"),
+        "(b) not logged:\n{log}"
+    );
+}
+
+fn evil_options(subnet: u8) -> LabOptions {
+    let mut opts = options(subnet);
+    opts.extra_allow = vec!["evil.test".into()];
+    opts.extra_dns = vec![DnsRecord::xmpp_server(
+        "evil.test",
+        &Lab::ip(subnet, 41).to_string(),
+        5269,
+    )];
+    opts
+}
+
+/// Start a synthetic evil.test presenting `cert` and have it send one message to alice.
+/// Returns whether the message bounced (its session was refused).
+fn evil_sends(lab: &Lab, subnet: u8, cert: Option<&causeway_testkit::CertFiles>, to: &str) -> bool {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let evil = rt
+        .block_on(SyntheticServer::start_with_cert(
+            "evil.test",
+            SocketAddr::from((Lab::ip(subnet, 41), 5269)),
+            SocketAddr::from((Lab::ip(subnet, 2), 5269)),
+            false,
+            cert,
+        ))
+        .expect("evil server");
+    let domain = to.rsplit('@').next().unwrap_or(to).to_owned();
+    rt.block_on(evil.send(
+        &domain,
+        format!("<message from='m@evil.test' to='{to}'><body>evil</body></message>"),
+    ));
+    let bounced = causeway_testkit::wait_until(PATIENCE, || {
+        evil.received
+            .bounced
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    });
+    let _ = lab;
+    bounced
+}
+
+/// (c) With required client certificates, a peer whose trusted certificate does not name its
+/// domain is refused (RFC 6125), whether it tries SASL EXTERNAL or dialback.
+#[test]
+fn a_certificate_that_does_not_name_the_domain_is_refused() {
+    let subnet = 131;
+    let mut opts = evil_options(subnet);
+    opts.federation_ca = true;
+    opts.edge_federation_extra = "require_client_certs = true".into();
+    let lab = start(opts);
+    let ca = lab.federation_ca.clone().expect("federation CA");
+    let wrong_name = ca.issue(&["other.test"]).expect("cert");
+    assert!(
+        evil_sends(&lab, subnet, Some(&wrong_name), "alice@example.com"),
+        "a certificate for other.test authenticated evil.test:\n{}",
+        lab.diagnostics()
+    );
+    legitimate_traffic_flows(&lab, "beside a misnamed certificate");
+    let log = edge_log(&lab);
+    assert!(
+        log.contains("certificate does not name"),
+        "the refusal was not logged:\n{log}"
+    );
+}
+
+/// (d) A peer presenting a revoked certificate, with the CA's CRL loaded, is refused.
+#[test]
+fn a_revoked_certificate_is_refused_when_the_crl_is_loaded() {
+    let subnet = 132;
+    let mut opts = evil_options(subnet);
+    opts.federation_ca = true;
+    opts.revoked_names = vec!["evil.test".into()];
+    opts.edge_federation_extra = "require_client_certs = true".into();
+    let lab = start(opts);
+    let revoked = lab.revoked.first().cloned().expect("revoked cert");
+    assert!(
+        evil_sends(&lab, subnet, Some(&revoked), "alice@example.com"),
+        "a revoked certificate got in:\n{}",
+        lab.diagnostics()
+    );
+    legitimate_traffic_flows(&lab, "beside a revoked certificate");
+    let log = edge_log(&lab);
+    assert!(
+        log.contains("peer certificate refused") && log.contains("Revoked"),
+        "the refusal was not logged as a revocation:\n{log}"
+    );
+}
+
+/// (f) A peer sending to a local domain that is not federated (no core announced it) is
+/// refused with host-unknown; nothing reaches the inside.
+#[test]
+fn a_domain_that_is_not_federated_is_refused() {
+    let subnet = 133;
+    let lab = start(evil_options(subnet));
+    assert!(
+        evil_sends(&lab, subnet, None, "boss@hr.example.com"),
+        "a stream to hr.example.com was accepted:\n{}",
+        lab.diagnostics()
+    );
+    legitimate_traffic_flows(&lab, "beside the unknown domain");
+    let log = edge_log(&lab);
+    assert!(
+        log.contains("stream to a domain we do not serve"),
+        "the refusal was not logged:\n{log}"
+    );
+    let _ = Duration::ZERO;
+}
