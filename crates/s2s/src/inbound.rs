@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
+use crate::transport::tls_summary;
 use crate::verify::Verdict;
 use crate::{
     CertStatus, Direction, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
@@ -101,6 +102,7 @@ impl S2s {
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %conn.peer, error = %e, "direct TLS handshake failed");
                 return;
             }
+            conn.mark_direct_tls();
         }
         let entry = self.register(Direction::Inbound, conn.peer);
         let (verdict_tx, verdict_rx) = mpsc::channel(16);
@@ -484,7 +486,7 @@ impl InboundStream {
                     i.auth = "dialback";
                     i.pairs.push(pair);
                 });
-                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, tls = self.conn.tls.is_some(), "s2s session authenticated");
+                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, tls = %tls_summary(&self.conn), "s2s session authenticated");
                 let reply = dialback::result_response(&v.local, &v.remote, true);
                 self.send_or_close(&reply).await
             }
@@ -512,7 +514,7 @@ impl InboundStream {
     async fn on_sasl_auth(&mut self, el: &Element) -> Flow {
         match self.judge_sasl(el) {
             Ok((remote, local)) => {
-                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %remote, local = %local, "s2s session authenticated (SASL EXTERNAL)");
+                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %remote, local = %local, tls = %tls_summary(&self.conn), "s2s session authenticated (SASL EXTERNAL)");
                 if let Err(e) = self
                     .conn
                     .send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")

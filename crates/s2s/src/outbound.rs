@@ -199,7 +199,7 @@ impl S2s {
                     i.auth = method;
                     i.pairs.push((to.to_owned(), from.to_owned()));
                 });
-                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = conn.tls.is_some(), auth = method, "s2s session authenticated");
+                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(&conn), auth = method, "s2s session authenticated");
                 Ok((conn, entry))
             }
             Err(e) => {
@@ -352,6 +352,7 @@ impl S2s {
             self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
+        conn.mark_direct_tls();
         let (header, features) = exchange_headers(&mut conn, from, to).await?;
         Ok(Some((conn, header, features)))
     }

@@ -91,6 +91,19 @@ pub struct TlsInfo {
     pub version: String,
     /// e.g. "TLS13_AES_256_GCM_SHA384".
     pub cipher: String,
+    /// TLS from the first byte (XEP-0368), rather than STARTTLS.
+    pub direct: bool,
+}
+
+impl std::fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.direct {
+            "direct TLS"
+        } else {
+            "STARTTLS"
+        };
+        write!(f, "{} {} ({how})", self.version, self.cipher)
+    }
 }
 
 /// An XMPP stream over one TCP connection.
@@ -199,6 +212,13 @@ impl XmlConn {
         Ok(())
     }
 
+    /// Mark the TLS layer as direct TLS (XEP-0368), for status and logs.
+    pub fn mark_direct_tls(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            t.direct = true;
+        }
+    }
+
     /// Stream restart after SASL success: the next thing is a new stream header.
     pub fn restart(&mut self) {
         self.framer.reset();
@@ -212,6 +232,14 @@ impl XmlConn {
                 Err(ConnError::Tls("TLS is already active".into()))
             }
         }
+    }
+}
+
+/// "plaintext", or the TLS version, cipher and how it started: for logs.
+pub fn tls_summary(conn: &XmlConn) -> String {
+    match &conn.tls {
+        Some(t) => t.to_string(),
+        None => "plaintext".into(),
     }
 }
 
@@ -234,5 +262,6 @@ fn tls_info(
         cipher: suite
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default(),
+        direct: false,
     }
 }

@@ -67,6 +67,12 @@ pub struct LabOptions {
     /// With `federation_ca`: issue a certificate for each of these names and revoke it in a
     /// CRL the edge loads (`Lab::revoked`).
     pub revoked_names: Vec<String>,
+    /// Replaces the edge's whole `[policy]` section (TOML, without the header).
+    pub edge_policy: Option<String>,
+    /// TOML appended to the edge's config (e.g. `[[static_routes]]`).
+    pub edge_extra: String,
+    /// partner.test's s2s port (default: a free one).
+    pub partner_s2s_port: Option<u16>,
 }
 
 impl LabOptions {
@@ -87,6 +93,9 @@ impl LabOptions {
             edge_federation_extra: String::new(),
             partner_extra_global: String::new(),
             revoked_names: Vec::new(),
+            edge_policy: None,
+            edge_extra: String::new(),
+            partner_s2s_port: None,
         }
     }
 }
@@ -147,6 +156,9 @@ impl Lab {
         partner.muc = Some(format!("conference.{PARTNER}"));
         partner.log_level = opts.peer_log_level.clone();
         partner.extra_global = opts.partner_extra_global.clone();
+        if let Some(port) = opts.partner_s2s_port {
+            partner.s2s_port = port;
+        }
         let mut federation_extra = opts.edge_federation_extra.clone();
         let federation_ca = if opts.federation_ca {
             let ca = Arc::new(Certs::new(&dir.path().join("federation-ca"))?);
@@ -205,16 +217,21 @@ impl Lab {
         partner.dns = Some(dns.addr);
 
         let tunnel_target = if opts.relay { relay_addr } else { edge_tunnel };
-        std::fs::write(
-            dir.path().join("edge.toml"),
-            edge_config(
-                edge_s2s,
-                edge_tunnel,
-                dns.addr,
-                &opts.extra_allow,
-                &federation_extra,
-            ),
-        )?;
+        let mut edge_toml = edge_config(
+            edge_s2s,
+            edge_tunnel,
+            dns.addr,
+            &opts.extra_allow,
+            &federation_extra,
+        );
+        if let Some(policy) = &opts.edge_policy {
+            let start = edge_toml.find("[policy]").unwrap_or(edge_toml.len());
+            edge_toml.truncate(start);
+            edge_toml.push_str(&format!("[policy]\n{policy}\n"));
+        }
+        edge_toml.push('\n');
+        edge_toml.push_str(&opts.edge_extra);
+        std::fs::write(dir.path().join("edge.toml"), edge_toml)?;
         std::fs::write(
             dir.path().join("core.toml"),
             core_config(core_s2s, tunnel_target, internal.ip, internal.s2s_port),
