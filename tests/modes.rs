@@ -304,3 +304,46 @@ fn static_routes_are_tried_in_turn_and_never_fall_back_to_dns() {
         "remote-server-not-found",
     );
 }
+
+/// ejabberd with a certificate the edge trusts (and trusting the edge's): with required
+/// client certificates carol and alice talk, both ways.
+#[test]
+fn required_client_certificates_with_a_trusted_ejabberd() {
+    let mut opts = options(129);
+    opts.federation_ca = true;
+    opts.ejabberd = true;
+    opts.edge_federation_extra = "require_client_certs = true".into();
+    let lab = start(opts);
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut carol = lab.client("carol").step(&lab, "carol connects");
+    let carol_jid = format!("carol@{PARTNER2}");
+    carol
+        .send_message("alice@example.com", "certified")
+        .step(&lab, "send");
+    alice
+        .expect_message(&carol_jid, "certified", PATIENCE)
+        .step(&lab, "carol -> alice");
+    alice
+        .send_message(&carol_jid, "certified back")
+        .step(&lab, "send");
+    carol
+        .expect_message("alice@example.com", "certified back", PATIENCE)
+        .step(&lab, "alice -> carol");
+    let log = edge_log(&lab);
+    let methods: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("authenticated") && l.contains(PARTNER2))
+        .collect();
+    assert!(
+        methods
+            .iter()
+            .any(|l| l.contains("incoming") && l.contains("SASL EXTERNAL")),
+        "ejabberd did not authenticate to the edge with SASL EXTERNAL:\n{log}"
+    );
+    assert!(
+        methods
+            .iter()
+            .any(|l| l.contains("outgoing") && l.contains("SASL EXTERNAL")),
+        "the edge did not authenticate to ejabberd with SASL EXTERNAL:\n{log}"
+    );
+}
