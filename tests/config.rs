@@ -93,6 +93,42 @@ fn bad_edge_settings_are_named() {
             "security_mode",
         ),
         (
+            "client certificates without CAs",
+            good.replace(
+                "require_client_certs = false",
+                "require_client_certs = true",
+            ),
+            "federation.require_client_certs",
+        ),
+        (
+            "CRL without CAs",
+            good.replace("crls = []", "crls = [\"pki/traversal-ca.crt\"]"),
+            "federation.crls",
+        ),
+        (
+            "missing CA bundle",
+            good.replace(
+                "# ca_bundle = \"pki/trusted-cas.pem\"",
+                "ca_bundle = \"pki/nope.pem\"",
+            ),
+            "federation.ca_bundle",
+        ),
+        (
+            "wildcard over a top-level domain",
+            good.replace("allow = [\"partner.test\"", "allow = [\"*.com\""),
+            "policy.allow[0]",
+        ),
+        (
+            "wildcard in the middle",
+            good.replace("allow = [\"partner.test\"", "allow = [\"a.*.test\""),
+            "policy.allow[0]",
+        ),
+        (
+            "bad direction",
+            good.replace("direction = \"incoming\"", "direction = \"sideways\""),
+            "policy.allow[2]",
+        ),
+        (
             "short secret",
             good.replace(
                 "dialback_secret_file = \"pki/dialback-secret\"",

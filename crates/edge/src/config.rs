@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use causeway_policy::{Policy, PrivacyMode, Rule, RuleConfig};
+use causeway_policy::{Policy, PrivacyMode, Rule, RuleConfig, ScopedRuleConfig};
 use serde::Deserialize;
 
 /// How TLS is used on federation connections.
@@ -144,10 +144,10 @@ pub struct PolicySection {
     /// Allowed in allow-list mode: "partner.test", "*.partner.test" (the domain and its
     /// subdomains), or { domain = "...", direction = "incoming" | "outgoing" | "all" }.
     #[serde(default)]
-    pub allow: Vec<RuleConfig>,
+    pub allow: Vec<toml::Value>,
     /// Refused (in either list mode; a deny always wins): same forms as `allow`.
     #[serde(default)]
-    pub deny: Vec<RuleConfig>,
+    pub deny: Vec<toml::Value>,
 }
 
 /// `[[static_routes]]`
@@ -309,11 +309,23 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
             .or_default()
             .extend(r.addresses.iter().copied());
     }
-    let rules = |key: &str, list: &[RuleConfig]| -> anyhow::Result<Vec<Rule>> {
+    // Entries are parsed one by one so an error names the entry (serde's untagged enums
+    // would only say "did not match any variant").
+    let rules = |key: &str, list: &[toml::Value]| -> anyhow::Result<Vec<Rule>> {
         list.iter()
             .enumerate()
-            .map(|(i, r)| {
-                r.to_rule()
+            .map(|(i, v)| {
+                let config = match v {
+                    toml::Value::String(s) => RuleConfig::Domain(s.clone()),
+                    other => RuleConfig::Scoped(
+                        other
+                            .clone()
+                            .try_into::<ScopedRuleConfig>()
+                            .map_err(|e| anyhow::anyhow!("policy.{key}[{i}]: {e}"))?,
+                    ),
+                };
+                config
+                    .to_rule()
                     .map_err(|e| anyhow::anyhow!("policy.{key}[{i}]: {e}"))
             })
             .collect()
