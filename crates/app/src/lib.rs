@@ -65,6 +65,30 @@ pub fn announce_ready(binary: &str, fields: serde_json::Value) {
     println!("{obj}");
 }
 
+/// Call `reload` on every SIGHUP (in a task of its own), logging what it says: a refused
+/// reload leaves the running config in place.
+pub fn reload_on_sighup<F, Fut>(reload: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<String>> + Send,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload through the admin API only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reload().await {
+                Ok(summary) => tracing::info!(%summary, "config reloaded (SIGHUP)"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "config reload refused; the running config stays")
+                }
+            }
+        }
+    });
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

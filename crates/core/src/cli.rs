@@ -56,6 +56,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "core",
                 serde_json::json!({ "s2s": core.s2s_addr.to_string() }),
             );
+            let core = std::sync::Arc::new(core);
+            let reloader = core.clone();
+            causeway_app::reload_on_sighup(move || {
+                let core = reloader.clone();
+                async move { core.reload().await }
+            });
             causeway_app::shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(());

@@ -144,6 +144,8 @@ fn default_log_level() -> String {
 
 /// The config after validation.
 pub struct Validated {
+    /// Where it was read from (reloads read it again).
+    pub path: PathBuf,
     /// The parsed file.
     pub raw: CoreConfig,
     /// Local domain or alias (lowercase) -> node addresses.
@@ -175,7 +177,9 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     if let Some(p) = raw.s2s.dialback_secret_file.as_mut() {
         *p = base.join(&*p);
     }
-    validate(raw)
+    let mut validated = validate(raw)?;
+    validated.path = path.to_owned();
+    Ok(validated)
 }
 
 fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
@@ -222,6 +226,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         other => bail!("log.format: {other:?} is not text or json"),
     }
     Ok(Validated {
+        path: PathBuf::new(),
         raw,
         nodes,
         domains,

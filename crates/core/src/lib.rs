@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 pub mod cli;
 pub mod config;
+pub mod reload;
 
 /// What core knows; the [`Host`] of its s2s service towards the IM&P nodes.
 pub struct CoreHost {
@@ -121,6 +122,10 @@ pub struct Core {
     pub tunnel: CoreTunnel,
     /// Where s2s listens.
     pub s2s_addr: SocketAddr,
+    /// The config file (reloads read it again).
+    pub config_path: std::path::PathBuf,
+    /// When it started.
+    pub started: std::time::SystemTime,
 }
 
 /// Start core from a validated config (a wiring function).
@@ -182,6 +187,8 @@ pub async fn start(
         s2s,
         tunnel,
         s2s_addr,
+        config_path: cfg.path.clone(),
+        started: std::time::SystemTime::now(),
     })
 }
 

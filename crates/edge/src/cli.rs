@@ -60,6 +60,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "tunnel": edge.tunnel_addr.to_string(),
                 }),
             );
+            let edge = std::sync::Arc::new(edge);
+            let reloader = edge.clone();
+            causeway_app::reload_on_sighup(move || {
+                let edge = reloader.clone();
+                async move { edge.reload().await }
+            });
             causeway_app::shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(());

@@ -217,6 +217,8 @@ fn default_log_level() -> String {
 
 /// The config after validation: everything the edge needs, resolved.
 pub struct Validated {
+    /// Where it was read from (reloads read it again).
+    pub path: PathBuf,
     /// The parsed file.
     pub raw: EdgeConfig,
     /// The privacy policy.
@@ -257,7 +259,9 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     for p in raw.federation.crls.iter_mut() {
         *p = base.join(&*p);
     }
-    validate(raw)
+    let mut validated = validate(raw)?;
+    validated.path = path.to_owned();
+    Ok(validated)
 }
 
 fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
@@ -344,6 +348,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         other => bail!("log.format: {other:?} is not text or json"),
     }
     Ok(Validated {
+        path: PathBuf::new(),
         raw,
         policy,
         routes,

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 pub mod cli;
 pub mod config;
+pub mod reload;
 
 /// What the edge knows and decides; the [`Host`] of its s2s service.
 pub struct EdgeHost {
@@ -177,6 +178,10 @@ pub struct Edge {
     pub direct_tls_addr: Option<SocketAddr>,
     /// Where the tunnel listens.
     pub tunnel_addr: SocketAddr,
+    /// The config file (reloads read it again).
+    pub config_path: std::path::PathBuf,
+    /// When it started.
+    pub started: std::time::SystemTime,
 }
 
 /// Start the edge from a validated config: bind both listeners, spawn everything, and return
@@ -272,6 +277,8 @@ pub async fn start(
         s2s_addr,
         direct_tls_addr,
         tunnel_addr,
+        config_path: cfg.path.clone(),
+        started: std::time::SystemTime::now(),
     })
 }
 
