@@ -8,5 +8,6 @@ mod config;
 mod federation;
 mod hostile;
 mod modes;
+mod reload;
 mod security;
 mod tunnel;

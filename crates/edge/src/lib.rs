@@ -25,19 +25,61 @@ pub mod cli;
 pub mod config;
 pub mod reload;
 
+/// The part of the edge's decisions a reload replaces whole.
+pub struct Rules {
+    /// The privacy policy.
+    pub policy: Policy,
+    /// Static routes by domain.
+    pub routes: HashMap<String, Vec<SocketAddr>>,
+    /// Static routes whose servers speak direct TLS.
+    pub direct_tls_routes: std::collections::HashSet<String>,
+    /// Try `_xmpps-server` endpoints first.
+    pub direct_tls_outbound: bool,
+    /// DNS for remote servers.
+    pub resolver: causeway_dns::Resolver,
+}
+
+impl Rules {
+    /// The rules a validated config asks for.
+    pub fn from_config(cfg: &config::Validated) -> anyhow::Result<Self> {
+        let nameservers =
+            (!cfg.raw.dns.nameservers.is_empty()).then(|| cfg.raw.dns.nameservers.clone());
+        Ok(Self {
+            policy: cfg.policy.clone(),
+            routes: cfg.routes.clone(),
+            direct_tls_routes: cfg.direct_tls_routes.clone(),
+            direct_tls_outbound: cfg.raw.federation.direct_tls_outbound,
+            resolver: causeway_dns::Resolver::new(nameservers).context("dns.nameservers")?,
+        })
+    }
+}
+
 /// What the edge knows and decides; the [`Host`] of its s2s service.
 pub struct EdgeHost {
     /// Local domain or chat node alias -> the core that serves it.
     domains: RwLock<HashMap<String, String>>,
-    policy: Policy,
-    routes: HashMap<String, Vec<SocketAddr>>,
-    direct_tls_routes: std::collections::HashSet<String>,
-    direct_tls_outbound: bool,
-    resolver: causeway_dns::Resolver,
+    /// Policy, routes and DNS: replaced whole by a reload.
+    rules: RwLock<Arc<Rules>>,
     tunnel: OnceLock<EdgeTunnel>,
 }
 
 impl EdgeHost {
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Rules> {
+        match self.rules.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Put new rules in force (reload).
+    pub fn set_rules(&self, rules: Rules) {
+        match self.rules.write() {
+            Ok(mut r) => *r = Arc::new(rules),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(rules),
+        }
+    }
+
     fn core_for(&self, domain: &str) -> Option<String> {
         self.domains.read().ok()?.get(domain).cloned()
     }
@@ -67,7 +109,7 @@ impl EdgeHost {
             Direction::Inbound => causeway_policy::Direction::Inbound,
             Direction::Outbound => causeway_policy::Direction::Outbound,
         };
-        matches!(self.policy.check(remote, dir), Verdict::Allow)
+        matches!(self.rules().policy.check(remote, dir), Verdict::Allow)
     }
 
     /// Like [`EdgeHost::to_core`] but in a task of its own: bounces may be raised by the task
@@ -102,14 +144,15 @@ impl Host for EdgeHost {
 
     fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
         Box::pin(async move {
-            if let Some(addrs) = self.routes.get(domain) {
+            let rules = self.rules();
+            if let Some(addrs) = rules.routes.get(domain) {
                 // A static route never falls back to DNS.
-                if self.direct_tls_routes.contains(domain) {
+                if rules.direct_tls_routes.contains(domain) {
                     return Ok(Vec::new());
                 }
                 return Ok(addrs.clone());
             }
-            let targets = self
+            let targets = rules
                 .resolver
                 .resolve_xmpp_server(domain)
                 .await
@@ -127,17 +170,18 @@ impl Host for EdgeHost {
 
     fn resolve_direct_tls<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Vec<SocketAddr>> {
         Box::pin(async move {
-            if let Some(addrs) = self.routes.get(domain) {
-                return if self.direct_tls_routes.contains(domain) {
+            let rules = self.rules();
+            if let Some(addrs) = rules.routes.get(domain) {
+                return if rules.direct_tls_routes.contains(domain) {
                     addrs.clone()
                 } else {
                     Vec::new()
                 };
             }
-            if !self.direct_tls_outbound {
+            if !rules.direct_tls_outbound {
                 return Vec::new();
             }
-            match self.resolver.resolve_xmpps_server(domain).await {
+            match rules.resolver.resolve_xmpps_server(domain).await {
                 Ok(targets) => targets
                     .iter()
                     .flat_map(|t| t.addrs.iter().map(move |ip| SocketAddr::new(*ip, t.port)))
@@ -191,44 +235,14 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Edge> {
     let fed = &cfg.raw.federation;
-    let certs = causeway_pki::load_certs(&fed.cert)?;
-    let key = causeway_pki::load_key(&fed.key)?;
-    let tls_server = if cfg.peer_trust.is_some() {
-        causeway_pki::s2s_server_config_requesting_client_cert(
-            certs.clone(),
-            key.clone_key(),
-            false,
-        )?
-    } else {
-        causeway_pki::s2s_server_config(certs.clone(), key.clone_key())?
-    };
-    // Our certificate is presented when we initiate, for SASL EXTERNAL.
-    let tls_client = causeway_pki::s2s_client_config_presenting(certs, key, false)?;
-    let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
-    s2s_cfg.peer_trust = cfg.peer_trust.clone();
-    s2s_cfg.require_peer_certs = fed.require_client_certs;
-    s2s_cfg.sasl_external = fed.sasl_external;
-    s2s_cfg.presents_client_cert = true;
-    s2s_cfg.tls_mode = fed.security_mode.tls_mode();
-    s2s_cfg.limits.max_stanza_bytes = fed.max_stanza_bytes;
-    s2s_cfg.idle_timeout = Duration::from_secs(fed.idle_timeout_secs);
-    s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
-
-    let nameservers =
-        (!cfg.raw.dns.nameservers.is_empty()).then(|| cfg.raw.dns.nameservers.clone());
-    let resolver = causeway_dns::Resolver::new(nameservers)?;
+    let s2s_cfg = s2s_config(&cfg)?;
+    let rules = Rules::from_config(&cfg)?;
+    warn_shadowed(&rules.policy);
     let host = Arc::new(EdgeHost {
         domains: RwLock::new(HashMap::new()),
-        policy: cfg.policy.clone(),
-        routes: cfg.routes.clone(),
-        direct_tls_routes: cfg.direct_tls_routes.clone(),
-        direct_tls_outbound: fed.direct_tls_outbound,
-        resolver,
+        rules: RwLock::new(Arc::new(rules)),
         tunnel: OnceLock::new(),
     });
-    for (allow, deny) in host.policy.shadowed_allow_rules() {
-        warn!(module = LOG_MODULE, %allow, %deny, "policy: this allow rule never applies, a deny rule covers it");
-    }
     let s2s = S2s::new(s2s_cfg, host.clone());
 
     let s2s_listener = TcpListener::bind(fed.listen)
@@ -282,6 +296,41 @@ pub async fn start(
     })
 }
 
+/// The s2s settings a validated config asks for (loads the federation certificate).
+pub fn s2s_config(cfg: &config::Validated) -> anyhow::Result<S2sConfig> {
+    let fed = &cfg.raw.federation;
+    let certs = causeway_pki::load_certs(&fed.cert).context("federation.cert")?;
+    let key = causeway_pki::load_key(&fed.key).context("federation.key")?;
+    let tls_server = if cfg.peer_trust.is_some() {
+        causeway_pki::s2s_server_config_requesting_client_cert(
+            certs.clone(),
+            key.clone_key(),
+            false,
+        )?
+    } else {
+        causeway_pki::s2s_server_config(certs.clone(), key.clone_key())?
+    };
+    // Our certificate is presented when we initiate, for SASL EXTERNAL.
+    let tls_client = causeway_pki::s2s_client_config_presenting(certs, key, false)?;
+    let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
+    s2s_cfg.peer_trust = cfg.peer_trust.clone();
+    s2s_cfg.require_peer_certs = fed.require_client_certs;
+    s2s_cfg.sasl_external = fed.sasl_external;
+    s2s_cfg.presents_client_cert = true;
+    s2s_cfg.tls_mode = fed.security_mode.tls_mode();
+    s2s_cfg.limits.max_stanza_bytes = fed.max_stanza_bytes;
+    s2s_cfg.idle_timeout = Duration::from_secs(fed.idle_timeout_secs);
+    s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
+    Ok(s2s_cfg)
+}
+
+/// Log allow rules that a deny rule makes useless.
+pub fn warn_shadowed(policy: &Policy) {
+    for (allow, deny) in policy.shadowed_allow_rules() {
+        warn!(module = LOG_MODULE, %allow, %deny, "policy: this allow rule never applies, a deny rule covers it");
+    }
+}
+
 /// Events from the cores: hellos teach the edge its domains; stanzas go out over s2s.
 async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Receiver<EdgeEvent>) {
     while let Some(ev) = events.recv().await {
@@ -325,6 +374,7 @@ async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: 
         return;
     }
     if let Verdict::Deny(reason) = host
+        .rules()
         .policy
         .check(&out.to_domain, causeway_policy::Direction::Outbound)
     {

@@ -1,14 +1,81 @@
 //! Live reconfiguration: read the config file again and apply what changed without dropping
-//! sessions the new config still allows. Triggered by SIGHUP and by the admin API.
+//! sessions the new config still allows (Expressway restarts its connection manager for any
+//! change). Triggered by SIGHUP and by the admin API.
+//!
+//! Applied live: privacy policy, static routes, DNS servers, security mode, certificates, CA
+//! bundle and CRLs, required client certificates, SASL EXTERNAL, limits and timeouts, the
+//! dialback secret. Every live session re-checks itself; those the new config forbids close
+//! with a stream error. Listen addresses and the tunnel's settings need a restart: the reload
+//! applies the rest and says so.
 
-use crate::Edge;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use tracing::info;
+
+use crate::config::Validated;
+use crate::{Edge, Rules, LOG_MODULE};
+
+/// Reloads one at a time.
+static RELOADING: Mutex<()> = Mutex::new(());
 
 impl Edge {
-    /// Re-read the config file and apply it. A bad config is refused and the running one kept.
-    /// Returns a one-line summary of what changed.
+    /// Re-read the config file and apply it. A config that does not load or validate (or whose
+    /// certificates or DNS servers cannot be used) is refused and the running one is kept.
+    /// Returns a one-line summary.
     pub async fn reload(&self) -> anyhow::Result<String> {
         let next = crate::config::load(&self.config_path)?;
-        drop(next);
-        anyhow::bail!("live reload is not implemented yet; restart to apply changes")
+        let _one_at_a_time = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
+        let s2s_cfg = crate::s2s_config(&next).context("new config refused")?;
+        let rules = Rules::from_config(&next).context("new config refused")?;
+        crate::warn_shadowed(&rules.policy);
+        let summary = summarize(&next, &rules);
+        let restart = self.needs_restart(&next);
+        self.host.set_rules(rules);
+        self.s2s.reconfigure(s2s_cfg);
+        let summary = if restart.is_empty() {
+            summary
+        } else {
+            format!(
+                "{summary}; needs a restart to apply: {}",
+                restart.join(", ")
+            )
+        };
+        info!(module = LOG_MODULE, %summary, "configuration reloaded");
+        Ok(summary)
     }
+
+    /// Settings that changed but only take effect after a restart.
+    fn needs_restart(&self, next: &Validated) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let (t, f) = (&next.raw.tunnel, &next.raw.federation);
+        if t.listen != self.tunnel_addr && t.listen.port() != 0 {
+            out.push("tunnel.listen");
+        }
+        if f.listen != self.s2s_addr && f.listen.port() != 0 {
+            out.push("federation.listen");
+        }
+        if f.direct_tls_listen.is_some() != self.direct_tls_addr.is_some()
+            || f.direct_tls_listen
+                .zip(self.direct_tls_addr)
+                .is_some_and(|(want, have)| want != have && want.port() != 0)
+        {
+            out.push("federation.direct_tls_listen");
+        }
+        out
+    }
+}
+
+fn summarize(next: &Validated, rules: &Rules) -> String {
+    let f = &next.raw.federation;
+    format!(
+        "policy {:?} ({} allow, {} deny), {} static routes, security {:?}, require_client_certs {}, sasl_external {}",
+        rules.policy.mode,
+        rules.policy.allow.len(),
+        rules.policy.deny.len(),
+        rules.routes.len(),
+        f.security_mode,
+        f.require_client_certs,
+        f.sasl_external,
+    )
 }

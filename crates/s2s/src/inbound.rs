@@ -27,7 +27,7 @@ use crate::{
 impl S2s {
     /// Accept inbound s2s connections (STARTTLS) on `listener` until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        self.accept_loop(listener, None, shutdown).await;
+        self.accept_loop(listener, false, shutdown).await;
     }
 
     /// Accept direct-TLS (XEP-0368) s2s connections on `listener` until `shutdown` resolves:
@@ -37,27 +37,16 @@ impl S2s {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
-        let Some(base) = self.cfg.tls_server.as_ref() else {
-            warn!(
-                module = LOG_MODULE,
-                "direct TLS listener without a certificate: not serving"
-            );
-            return;
-        };
-        let mut cfg = (**base).clone();
-        cfg.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
-        self.clone()
-            .accept_loop(listener, Some(Arc::new(cfg)), shutdown)
-            .await;
+        self.accept_loop(listener, true, shutdown).await;
     }
 
     async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
-        direct_tls: Option<Arc<rustls::ServerConfig>>,
+        direct_tls: bool,
         shutdown: impl Future<Output = ()>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.cfg.max_inbound));
+        let slots = Arc::new(Semaphore::new(self.cfg().max_inbound));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -76,8 +65,7 @@ impl S2s {
                         continue;
                     };
                     let s2s = self.clone();
-                    let tls = direct_tls.clone();
-                    tokio::spawn(async move { s2s.handle_inbound(tcp, tls, permit).await });
+                    tokio::spawn(async move { s2s.handle_inbound(tcp, direct_tls, permit).await });
                 }
             }
         }
@@ -86,18 +74,25 @@ impl S2s {
     async fn handle_inbound(
         self: Arc<Self>,
         tcp: TcpStream,
-        direct_tls: Option<Arc<rustls::ServerConfig>>,
+        direct_tls: bool,
         _permit: OwnedSemaphorePermit,
     ) {
-        let mut conn = match XmlConn::new(tcp, self.cfg.limits) {
+        let mut conn = match XmlConn::new(tcp, self.cfg().limits) {
             Ok(c) => c,
             Err(e) => {
                 debug!(module = LOG_MODULE, error = %e, "inbound socket unusable");
                 return;
             }
         };
-        if let Some(tls) = direct_tls {
-            if let Err(e) = conn.accept_tls(tls).await {
+        if direct_tls {
+            // The current certificate (reloads replace it), with ALPN xmpp-server.
+            let Some(base) = self.cfg().tls_server.clone() else {
+                warn!(module = LOG_MODULE, peer = %conn.peer, "direct TLS connection but no certificate configured");
+                return;
+            };
+            let mut tls = (*base).clone();
+            tls.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
+            if let Err(e) = conn.accept_tls(Arc::new(tls)).await {
                 self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %conn.peer, error = %e, "direct TLS handshake failed");
                 return;
@@ -174,7 +169,8 @@ struct InboundStream {
 impl InboundStream {
     /// The connection's event loop (a wiring function).
     async fn run(&mut self, mut verdicts: mpsc::Receiver<PairVerdict>) -> String {
-        let cfg = self.s2s.cfg.clone();
+        let cfg = self.s2s.cfg();
+        let mut generation = self.s2s.generation.subscribe();
         let auth_deadline = Instant::now() + cfg.negotiation_timeout;
         let mut idle_deadline = Instant::now() + cfg.idle_timeout;
         loop {
@@ -206,6 +202,7 @@ impl InboundStream {
                     Err(e) => Flow::Close(e.to_string()),
                 },
                 Some(v) = verdicts.recv() => self.on_verdict(v).await,
+                Ok(()) = generation.changed() => self.recheck().await,
                 _ = sleep_until(deadline) => {
                     let (cond, why) = if self.authed.is_empty() {
                         (StreamCondition::ConnectionTimeout, "not authenticated in time")
@@ -258,7 +255,7 @@ impl InboundStream {
         if self.conn.tls.is_some() && self.cert.is_none() {
             self.cert = Some(self.s2s.cert_status(&self.conn, true));
         }
-        if self.s2s.cfg.require_peer_certs && self.conn.tls.is_some() && !self.cert_valid() {
+        if self.s2s.cfg().require_peer_certs && self.conn.tls.is_some() && !self.cert_valid() {
             warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), cert = ?self.cert, "peer certificate refused (a valid certificate is required)");
             return self
                 .fail(
@@ -279,8 +276,10 @@ impl InboundStream {
 
     fn features(&self) -> String {
         let mut f = Element::new("features", ns::STREAM);
-        let mode = self.s2s.cfg.tls_mode;
-        if self.conn.tls.is_none() && self.s2s.cfg.tls_server.is_some() && mode != TlsMode::Disabled
+        let mode = self.s2s.cfg().tls_mode;
+        if self.conn.tls.is_none()
+            && self.s2s.cfg().tls_server.is_some()
+            && mode != TlsMode::Disabled
         {
             let mut starttls = Element::new("starttls", ns::TLS);
             if mode == TlsMode::Required {
@@ -289,7 +288,7 @@ impl InboundStream {
             f = f.with_child(starttls);
         }
         if self.conn.tls.is_some()
-            && self.s2s.cfg.sasl_external
+            && self.s2s.cfg().sasl_external
             && !self.sasl_done
             && self.cert_valid()
         {
@@ -341,7 +340,7 @@ impl InboundStream {
     }
 
     async fn on_starttls(&mut self) -> Flow {
-        let cfg = match (&self.s2s.cfg.tls_server, self.s2s.cfg.tls_mode) {
+        let cfg = match (&self.s2s.cfg().tls_server, self.s2s.cfg().tls_mode) {
             (Some(cfg), TlsMode::Required | TlsMode::Optional) => Some(cfg.clone()),
             _ => None,
         };
@@ -385,7 +384,7 @@ impl InboundStream {
     /// `<db:result from=remote to=local>key</db:result>`: verify with remote's authoritative
     /// server in the background.
     async fn on_dialback_request(&mut self, el: &Element) -> Flow {
-        if self.s2s.cfg.tls_mode == TlsMode::Required && self.conn.tls.is_none() {
+        if self.s2s.cfg().tls_mode == TlsMode::Required && self.conn.tls.is_none() {
             warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = el.attr("from").unwrap_or(""), "dialback on an unencrypted stream refused (TLS required)");
             return self
                 .fail(
@@ -394,7 +393,7 @@ impl InboundStream {
                 )
                 .await;
         }
-        if self.s2s.cfg.require_peer_certs && !self.cert_valid() {
+        if self.s2s.cfg().require_peer_certs && !self.cert_valid() {
             return self
                 .fail(
                     StreamCondition::NotAuthorized,
@@ -469,7 +468,8 @@ impl InboundStream {
         self.pending.remove(&pair);
         match v.verdict {
             Verdict::Valid
-                if self.s2s.cfg.require_peer_certs && !S2s::cert_covers(&self.conn, &v.remote) =>
+                if self.s2s.cfg().require_peer_certs
+                    && !S2s::cert_covers(&self.conn, &v.remote) =>
             {
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, "certificate does not name the domain (RFC 6125)");
                 let reply = dialback::result_response(&v.local, &v.remote, false);
@@ -503,6 +503,51 @@ impl InboundStream {
                 self.send_or_close(&reply).await
             }
         }
+    }
+
+    /// The config changed: keep the pairs it still allows, close the stream if none is left
+    /// (or TLS or a certificate is now required and missing).
+    async fn recheck(&mut self) -> Flow {
+        let cfg = self.s2s.cfg();
+        if cfg.tls_mode == TlsMode::Required && self.conn.tls.is_none() && self.header_sent {
+            return self
+                .fail(StreamCondition::PolicyViolation, "TLS is now required")
+                .await;
+        }
+        if self.conn.tls.is_some() {
+            self.cert = Some(self.s2s.cert_status(&self.conn, true));
+        }
+        if cfg.require_peer_certs && self.conn.tls.is_some() && !self.cert_valid() {
+            return self
+                .fail(
+                    StreamCondition::NotAuthorized,
+                    "a valid certificate is now required",
+                )
+                .await;
+        }
+        let before = self.authed.len();
+        let host = self.s2s.host.clone();
+        let conn = &self.conn;
+        self.authed.retain(|(remote, local)| {
+            host.peer_allowed(remote, Direction::Inbound)
+                && host.serves(local)
+                && (!cfg.require_peer_certs || S2s::cert_covers(conn, remote))
+        });
+        if self.authed.len() == before {
+            return Flow::Continue;
+        }
+        let kept: Vec<(String, String)> = self.authed.iter().cloned().collect();
+        self.entry.update(|i| i.pairs.retain(|p| kept.contains(p)));
+        warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remaining = ?kept, "new config no longer allows some domains on this stream");
+        if self.authed.is_empty() {
+            return self
+                .fail(
+                    StreamCondition::PolicyViolation,
+                    "federation with this domain is no longer allowed",
+                )
+                .await;
+        }
+        Flow::Continue
     }
 
     fn cert_valid(&self) -> bool {
@@ -597,8 +642,12 @@ impl InboundStream {
         let originating = to.to_ascii_lowercase();
         let receiving = from.to_ascii_lowercase();
         let valid = self.s2s.host.serves(&originating) && {
-            let expected =
-                dialback::dialback_key(&self.s2s.cfg.dialback_secret, &receiving, &originating, id);
+            let expected = dialback::dialback_key(
+                &self.s2s.cfg().dialback_secret,
+                &receiving,
+                &originating,
+                id,
+            );
             dialback::keys_equal(&expected, &el.text())
         };
         if !valid {

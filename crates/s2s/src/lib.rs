@@ -241,7 +241,10 @@ pub struct Counters {
 
 /// The s2s service of one process: inbound listener and outgoing session pool.
 pub struct S2s {
-    pub(crate) cfg: S2sConfig,
+    /// The settings in force; replaced whole by [`S2s::reconfigure`].
+    cfg: std::sync::RwLock<Arc<S2sConfig>>,
+    /// Bumped by every reconfiguration: live sessions re-check themselves against it.
+    pub(crate) generation: tokio::sync::watch::Sender<u64>,
     pub(crate) host: Arc<dyn Host>,
     pub(crate) sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
     pub(crate) outgoing: Mutex<HashMap<(String, String), outbound::SessionHandle>>,
@@ -254,7 +257,8 @@ impl S2s {
     /// A new service; nothing runs until [`S2s::serve`] or [`S2s::send`].
     pub fn new(cfg: S2sConfig, host: Arc<dyn Host>) -> Arc<Self> {
         Arc::new(Self {
-            cfg,
+            cfg: std::sync::RwLock::new(Arc::new(cfg)),
+            generation: tokio::sync::watch::channel(0).0,
             host,
             sessions: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(HashMap::new()),
@@ -264,8 +268,22 @@ impl S2s {
     }
 
     /// The settings in force.
-    pub fn config(&self) -> &S2sConfig {
-        &self.cfg
+    pub fn cfg(&self) -> Arc<S2sConfig> {
+        match self.cfg.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Apply new settings (and whatever the host changed alongside, e.g. its policy): new
+    /// connections use them at once; every live session re-checks its peer against them and
+    /// closes with a stream error if they no longer allow it. Sessions still allowed go on.
+    pub fn reconfigure(&self, cfg: S2sConfig) {
+        match self.cfg.write() {
+            Ok(mut c) => *c = Arc::new(cfg),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(cfg),
+        }
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Every live session.
@@ -345,7 +363,7 @@ impl S2s {
         if conn.peer_chain.is_empty() {
             return CertStatus::Absent;
         }
-        let Some(trust) = &self.cfg.peer_trust else {
+        let Some(trust) = self.cfg().peer_trust.clone() else {
             return CertStatus::Invalid("no trusted CAs configured".into());
         };
         let now = SystemTime::now()

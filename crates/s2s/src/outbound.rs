@@ -93,7 +93,7 @@ impl S2s {
                 return h.clone();
             }
         }
-        let (tx, rx) = mpsc::channel(self.cfg.queue_per_session.max(1));
+        let (tx, rx) = mpsc::channel(self.cfg().queue_per_session.max(1));
         let generation = rand::random::<u64>();
         let handle = SessionHandle { tx, generation };
         map.insert(key, handle.clone());
@@ -123,7 +123,7 @@ impl S2s {
         generation: u64,
     ) {
         let opened =
-            tokio::time::timeout(self.cfg.negotiation_timeout, self.establish(&from, &to)).await;
+            tokio::time::timeout(self.cfg().negotiation_timeout, self.establish(&from, &to)).await;
         let (conn, entry) = match opened {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => return self.fail_queue(&from, &to, rx, generation, e).await,
@@ -135,7 +135,9 @@ impl S2s {
                 return self.fail_queue(&from, &to, rx, generation, e).await;
             }
         };
-        let end = self.stream_stanzas(conn, &entry, &mut rx).await;
+        let end = self
+            .stream_stanzas(conn, &entry, &mut rx, (&from, &to))
+            .await;
         self.unregister(&entry);
         self.forget_session(&from, &to, generation);
         info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %end, "s2s session closed");
@@ -220,7 +222,7 @@ impl S2s {
         from: &str,
         to: &str,
     ) -> Result<&'static str, OpenError> {
-        if self.cfg.require_peer_certs {
+        if self.cfg().require_peer_certs {
             let status = self.cert_status(conn, false);
             if status != crate::CertStatus::Valid || !S2s::cert_covers(conn, to) {
                 close_with(
@@ -239,7 +241,7 @@ impl S2s {
             .and_then(|f| f.child("mechanisms", ns::SASL))
             .is_some_and(|m| m.elements().any(|e| e.text() == "EXTERNAL"));
         let try_external =
-            offers_external && self.cfg.sasl_external && self.cfg.presents_client_cert;
+            offers_external && self.cfg().sasl_external && self.cfg().presents_client_cert;
         if try_external && self.sasl_external(conn, from, to).await? {
             return Ok("SASL EXTERNAL");
         }
@@ -277,7 +279,7 @@ impl S2s {
         from: &str,
         to: &str,
     ) -> Result<(XmlConn, StreamHeader, Option<Element>), OpenError> {
-        if self.cfg.tls_mode != TlsMode::Disabled {
+        if self.cfg().tls_mode != TlsMode::Disabled {
             match self.open_direct_tls(from, to).await {
                 Ok(Some(opened)) => return Ok(opened),
                 Ok(None) => {}
@@ -287,15 +289,15 @@ impl S2s {
             }
         }
         let addrs = self.host.resolve(to).await.map_err(OpenError::not_found)?;
-        let tcp = connect_any(&addrs, self.cfg.connect_timeout)
+        let tcp = connect_any(&addrs, self.cfg().connect_timeout)
             .await
             .map_err(OpenError::not_found)?;
-        let mut conn = XmlConn::new(tcp, self.cfg.limits)?;
+        let mut conn = XmlConn::new(tcp, self.cfg().limits)?;
         let (header, features) = exchange_headers(&mut conn, from, to).await?;
         let offers_tls = features
             .as_ref()
             .is_some_and(|f| f.child("starttls", ns::TLS).is_some());
-        match (offers_tls, self.cfg.tls_mode) {
+        match (offers_tls, self.cfg().tls_mode) {
             (_, TlsMode::Disabled) | (false, TlsMode::Optional) => {
                 return Ok((conn, header, features))
             }
@@ -324,7 +326,7 @@ impl S2s {
                 )))
             }
         }
-        if let Err(e) = conn.connect_tls(self.cfg.tls_client.clone(), to).await {
+        if let Err(e) = conn.connect_tls(self.cfg().tls_client.clone(), to).await {
             self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
@@ -342,11 +344,11 @@ impl S2s {
         if addrs.is_empty() {
             return Ok(None);
         }
-        let tcp = connect_any(&addrs, self.cfg.connect_timeout)
+        let tcp = connect_any(&addrs, self.cfg().connect_timeout)
             .await
             .map_err(OpenError::not_found)?;
-        let mut conn = XmlConn::new(tcp, self.cfg.limits)?;
-        let mut cfg = (*self.cfg.tls_client).clone();
+        let mut conn = XmlConn::new(tcp, self.cfg().limits)?;
+        let mut cfg = (*self.cfg().tls_client).clone();
         cfg.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
         if let Err(e) = conn.connect_tls(Arc::new(cfg), to).await {
             self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +371,7 @@ impl S2s {
             .id
             .as_deref()
             .ok_or_else(|| OpenError::not_found(format!("{to} sent no stream id")))?;
-        let key = dialback::dialback_key(&self.cfg.dialback_secret, to, from, id);
+        let key = dialback::dialback_key(&self.cfg().dialback_secret, to, from, id);
         let request = dialback::result_request(from, to, &key).to_xml(ns::SERVER);
         conn.send(request.as_bytes()).await?;
         loop {
@@ -407,9 +409,11 @@ impl S2s {
         mut conn: XmlConn,
         entry: &SessionEntry,
         rx: &mut mpsc::Receiver<OutboundStanza>,
+        (from, to): (&str, &str),
     ) -> String {
-        let mut idle_deadline = Instant::now() + self.cfg.idle_timeout;
-        let mut keepalive_deadline = Instant::now() + self.cfg.keepalive;
+        let mut generation = self.generation.subscribe();
+        let mut idle_deadline = Instant::now() + self.cfg().idle_timeout;
+        let mut keepalive_deadline = Instant::now() + self.cfg().keepalive;
         let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
             tokio::select! {
@@ -444,14 +448,21 @@ impl S2s {
                     entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
                     self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
                     entry.touch();
-                    idle_deadline = Instant::now() + self.cfg.idle_timeout;
-                    keepalive_deadline = Instant::now() + self.cfg.keepalive;
+                    idle_deadline = Instant::now() + self.cfg().idle_timeout;
+                    keepalive_deadline = Instant::now() + self.cfg().keepalive;
+                },
+                Ok(()) = generation.changed() => {
+                    if let Some(why) = self.still_allowed(&conn, to) {
+                        warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = why, "new config no longer allows this session");
+                        close_with(&mut conn, StreamCondition::PolicyViolation, why).await;
+                        return format!("closed by reconfiguration: {why}");
+                    }
                 },
                 _ = sleep_until(keepalive_deadline) => {
                     if let Err(e) = conn.send(b" ").await {
                         return format!("keepalive write failed: {e}");
                     }
-                    keepalive_deadline = Instant::now() + self.cfg.keepalive;
+                    keepalive_deadline = Instant::now() + self.cfg().keepalive;
                 },
                 _ = sleep_until(idle_deadline) => {
                     let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
@@ -460,6 +471,27 @@ impl S2s {
                 },
             }
         }
+    }
+}
+
+impl S2s {
+    /// None if the current config still allows an outgoing session to `to` over `conn`;
+    /// otherwise why not.
+    fn still_allowed(&self, conn: &XmlConn, to: &str) -> Option<&'static str> {
+        let cfg = self.cfg();
+        if !self.host.peer_allowed(to, Direction::Outbound) {
+            return Some("the federation policy no longer allows this domain");
+        }
+        if cfg.tls_mode == TlsMode::Required && conn.tls.is_none() {
+            return Some("TLS is now required");
+        }
+        if cfg.require_peer_certs
+            && (self.cert_status(conn, false) != crate::CertStatus::Valid
+                || !S2s::cert_covers(conn, to))
+        {
+            return Some("a valid certificate is now required");
+        }
+        None
     }
 }
 

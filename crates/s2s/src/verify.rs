@@ -30,7 +30,7 @@ impl S2s {
         key: &str,
     ) -> Verdict {
         let attempt = tokio::time::timeout(
-            self.cfg.negotiation_timeout,
+            self.cfg().negotiation_timeout,
             self.verify_inner(local, remote, stream_id, key),
         )
         .await;
