@@ -171,6 +171,7 @@ impl InboundStream {
     async fn run(&mut self, mut verdicts: mpsc::Receiver<PairVerdict>) -> String {
         let cfg = self.s2s.cfg();
         let mut generation = self.s2s.generation.subscribe();
+        let entry = self.entry.clone();
         let auth_deadline = Instant::now() + cfg.negotiation_timeout;
         let mut idle_deadline = Instant::now() + cfg.idle_timeout;
         loop {
@@ -203,6 +204,10 @@ impl InboundStream {
                 },
                 Some(v) = verdicts.recv() => self.on_verdict(v).await,
                 Ok(()) = generation.changed() => self.recheck().await,
+                _ = entry.closer.notified() => {
+                    self.conn.abort();
+                    Flow::Close("its server stopped answering pings".into())
+                }
                 _ = sleep_until(deadline) => {
                     let (cond, why) = if self.authed.is_empty() {
                         (StreamCondition::ConnectionTimeout, "not authenticated in time")
@@ -704,8 +709,13 @@ impl InboundStream {
                 )
                 .await;
         }
-        self.entry.stanzas_in.fetch_add(1, Ordering::Relaxed);
         self.entry.touch();
+        let is_answer = el.name == "iq" && matches!(el.attr("type"), Some("result" | "error"));
+        if is_answer && el.attr("id").is_some_and(|id| self.s2s.take_pong(id)) {
+            // The answer to one of our liveness pings: ours, not the inside's.
+            return Flow::Continue;
+        }
+        self.entry.stanzas_in.fetch_add(1, Ordering::Relaxed);
         self.s2s.counters.stanzas_in.fetch_add(1, Ordering::Relaxed);
         let stanza = InboundStanza {
             payload: tl.forwardable(ns::SERVER),

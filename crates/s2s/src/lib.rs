@@ -144,6 +144,13 @@ pub struct S2sConfig {
     pub keepalive: Duration,
     /// Stanzas queued per outgoing session (backpressure beyond).
     pub queue_per_session: usize,
+    /// Send an XEP-0199 ping to the peer this often on every outgoing session...
+    pub ping_interval: Duration,
+    /// ...and declare it dead (closing its sessions both ways) when no answer arrives within
+    /// this; a write blocked this long means the same. Dead-peer detection is bounded by
+    /// `ping_interval + ping_timeout` even when the peer's TCP stack still answers (a stopped
+    /// process).
+    pub ping_timeout: Duration,
     /// Most inbound connections at once.
     pub max_inbound: usize,
 }
@@ -170,6 +177,8 @@ impl S2sConfig {
             idle_timeout: Duration::from_secs(600),
             keepalive: Duration::from_secs(60),
             queue_per_session: 1024,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(10),
             max_inbound: 10_000,
         }
     }
@@ -202,6 +211,8 @@ pub struct SessionInfo {
 
 /// Live state of one session, shared between its task and the registry.
 pub(crate) struct SessionEntry {
+    /// Told to close the session (its peer was found dead).
+    pub(crate) closer: tokio::sync::Notify,
     pub(crate) info: Mutex<SessionInfo>,
     pub(crate) stanzas_in: AtomicU64,
     pub(crate) stanzas_out: AtomicU64,
@@ -248,6 +259,8 @@ pub struct S2s {
     pub(crate) host: Arc<dyn Host>,
     pub(crate) sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
     pub(crate) outgoing: Mutex<HashMap<(String, String), outbound::SessionHandle>>,
+    /// Outstanding XEP-0199 pings by id; the inbound stream that sees the answer fires it.
+    pub(crate) pings: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     next_id: AtomicU64,
     /// Counters for status and metrics.
     pub counters: Counters,
@@ -262,6 +275,7 @@ impl S2s {
             host,
             sessions: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(HashMap::new()),
+            pings: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
         })
@@ -309,6 +323,7 @@ impl S2s {
     pub(crate) fn register(&self, direction: Direction, peer: SocketAddr) -> Arc<SessionEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(SessionEntry {
+            closer: tokio::sync::Notify::new(),
             info: Mutex::new(SessionInfo {
                 id,
                 direction,
@@ -335,6 +350,36 @@ impl S2s {
         let id = entry.info.lock().map(|i| i.id).unwrap_or(0);
         if let Ok(mut map) = self.sessions.lock() {
             map.remove(&id);
+        }
+    }
+
+    /// Close every incoming session carrying `remote` (its server was found dead).
+    pub(crate) fn close_inbound_from(&self, remote: &str) {
+        let Ok(map) = self.sessions.lock() else {
+            return;
+        };
+        for entry in map.values() {
+            let hit = entry.info.lock().is_ok_and(|i| {
+                i.direction == Direction::Inbound && i.pairs.iter().any(|(r, _)| r == remote)
+            });
+            if hit {
+                entry.closer.notify_one();
+            }
+        }
+    }
+
+    /// An answer to one of our pings: consume it (true) rather than deliver it.
+    pub(crate) fn take_pong(&self, id: &str) -> bool {
+        if !id.starts_with(PING_ID_PREFIX) {
+            return false;
+        }
+        let waiter = self.pings.lock().ok().and_then(|mut m| m.remove(id));
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(());
+                true
+            }
+            None => false,
         }
     }
 
@@ -383,6 +428,9 @@ impl S2s {
             .is_some_and(|leaf| causeway_pki::cert_matches_domain(leaf.as_ref(), domain))
     }
 }
+
+/// Ids of our XEP-0199 pings start with this.
+pub(crate) const PING_ID_PREFIX: &str = "causeway-ping-";
 
 /// The ALPN protocol of XEP-0368 direct TLS s2s.
 pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";

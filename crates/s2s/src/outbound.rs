@@ -411,11 +411,15 @@ impl S2s {
         rx: &mut mpsc::Receiver<OutboundStanza>,
         (from, to): (&str, &str),
     ) -> String {
+        let cfg = self.cfg();
         let mut generation = self.generation.subscribe();
-        let mut idle_deadline = Instant::now() + self.cfg().idle_timeout;
-        let mut keepalive_deadline = Instant::now() + self.cfg().keepalive;
+        let mut idle_deadline = Instant::now() + cfg.idle_timeout;
+        let mut keepalive_deadline = Instant::now() + cfg.keepalive;
+        let mut ping_at = Instant::now() + cfg.ping_interval;
+        let mut pong: Option<Pong> = None;
         let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
+            let pong_deadline = pong.as_ref().map_or(ping_at, |p| p.deadline);
             tokio::select! {
                 ev = conn.next_event() => match ev {
                     Ok(Event::Element(tl)) if tl.element.is("error", ns::STREAM) => {
@@ -442,14 +446,14 @@ impl S2s {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = conn.send(&batch).await {
-                        return format!("write failed: {e}");
+                    if let Err(e) = self.write_or_dead(&mut conn, &batch, to).await {
+                        return e;
                     }
                     entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
                     self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
                     entry.touch();
-                    idle_deadline = Instant::now() + self.cfg().idle_timeout;
-                    keepalive_deadline = Instant::now() + self.cfg().keepalive;
+                    idle_deadline = Instant::now() + cfg.idle_timeout;
+                    keepalive_deadline = Instant::now() + cfg.keepalive;
                 },
                 Ok(()) = generation.changed() => {
                     if let Some(why) = self.still_allowed(&conn, to) {
@@ -458,11 +462,30 @@ impl S2s {
                         return format!("closed by reconfiguration: {why}");
                     }
                 },
-                _ = sleep_until(keepalive_deadline) => {
-                    if let Err(e) = conn.send(b" ").await {
-                        return format!("keepalive write failed: {e}");
+                _ = sleep_until(ping_at), if pong.is_none() => {
+                    let (ping, waiter) = self.new_ping(from, to);
+                    if let Err(e) = self.write_or_dead(&mut conn, ping.payload.as_bytes(), to).await {
+                        return e;
                     }
-                    keepalive_deadline = Instant::now() + self.cfg().keepalive;
+                    pong = Some(Pong { id: ping.id, answered: waiter, deadline: Instant::now() + cfg.ping_timeout });
+                    ping_at = Instant::now() + cfg.ping_interval;
+                },
+                _ = wait_pong(&mut pong) => {
+                    pong = None;
+                },
+                _ = sleep_until(pong_deadline), if pong.is_some() => {
+                    if let Some(p) = pong.take() {
+                        if let Ok(mut m) = self.pings.lock() {
+                            m.remove(&p.id);
+                        }
+                    }
+                    return self.peer_dead(&mut conn, to, "no answer to a ping").await;
+                },
+                _ = sleep_until(keepalive_deadline) => {
+                    if let Err(e) = self.write_or_dead(&mut conn, b" ", to).await {
+                        return e;
+                    }
+                    keepalive_deadline = Instant::now() + cfg.keepalive;
                 },
                 _ = sleep_until(idle_deadline) => {
                     let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
@@ -471,6 +494,66 @@ impl S2s {
                 },
             }
         }
+    }
+
+    /// A ping from `from` to `to`, registered so the inbound stream that sees its answer can
+    /// report it.
+    fn new_ping(&self, from: &str, to: &str) -> (Ping, tokio::sync::oneshot::Receiver<()>) {
+        let id = format!("{}{:016x}", crate::PING_ID_PREFIX, rand::random::<u64>());
+        let payload = Element::new("iq", ns::SERVER)
+            .with_attr("type", "get")
+            .with_attr("id", &id)
+            .with_attr("from", from)
+            .with_attr("to", to)
+            .with_child(Element::new("ping", ns::PING))
+            .to_xml(ns::SERVER);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut m) = self.pings.lock() {
+            m.insert(id.clone(), tx);
+        }
+        (Ping { id, payload }, rx)
+    }
+
+    /// Write; a write that cannot complete within the ping timeout means the peer is dead.
+    async fn write_or_dead(&self, conn: &mut XmlConn, data: &[u8], to: &str) -> Result<(), String> {
+        let limit = self.cfg().ping_timeout;
+        match tokio::time::timeout(limit, conn.send(data)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write failed: {e}")),
+            Err(_) => Err(self.peer_dead(conn, to, "a write blocked").await),
+        }
+    }
+
+    /// The peer stopped answering: close this session and every incoming one from its domain,
+    /// so both directions reconnect. Returns why, for the log.
+    async fn peer_dead(&self, conn: &mut XmlConn, to: &str, why: &str) -> String {
+        warn!(module = LOG_MODULE, direction = "outgoing", remote = %to, peer = %conn.peer, reason = why, "peer is not answering: closing its sessions");
+        self.close_inbound_from(to);
+        conn.abort();
+        format!("peer dead: {why}")
+    }
+}
+
+/// One of our pings on the wire.
+struct Ping {
+    id: String,
+    payload: String,
+}
+
+/// A ping awaiting its answer.
+struct Pong {
+    id: String,
+    answered: tokio::sync::oneshot::Receiver<()>,
+    deadline: Instant,
+}
+
+/// Resolves when the outstanding ping (if any) is answered; never when there is none.
+async fn wait_pong(pong: &mut Option<Pong>) {
+    match pong.as_mut() {
+        Some(p) => {
+            let _ = (&mut p.answered).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

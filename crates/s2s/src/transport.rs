@@ -122,6 +122,13 @@ impl XmlConn {
     /// Wrap a connected socket. Sets TCP_NODELAY: stream restarts are latency-bound.
     pub fn new(tcp: TcpStream, limits: Limits) -> io::Result<Self> {
         tcp.set_nodelay(true)?;
+        // A vanished host (no FIN, no RST) is found by the kernel in about 30 s even on a
+        // stream we only read; a stopped process is found by XEP-0199 pings (outbound.rs).
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(std::time::Duration::from_secs(15))
+            .with_interval(std::time::Duration::from_secs(5))
+            .with_retries(3);
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
         let peer = tcp.peer_addr()?;
         Ok(Self {
             io: Transport::Plain(tcp),
@@ -210,6 +217,11 @@ impl XmlConn {
         self.io = Transport::Tls(Box::new(TlsStream::Client(tls)));
         self.framer.reset();
         Ok(())
+    }
+
+    /// Drop the connection at once, without flushing or waiting for the peer (it is dead).
+    pub fn abort(&mut self) {
+        self.io = Transport::Upgrading;
     }
 
     /// Mark the TLS layer as direct TLS (XEP-0368), for status and logs.

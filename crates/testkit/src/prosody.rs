@@ -322,6 +322,11 @@ impl Prosody {
         })
     }
 
+    /// The Prosody process id (to stop or continue it in liveness tests).
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// Where clients connect.
     pub fn c2s_addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.spec.ip, self.spec.c2s_port))
