@@ -4,10 +4,13 @@
 
 mod support;
 
+mod certs_metrics;
 mod config;
 mod federation;
 mod hostile;
+mod liveness;
 mod modes;
+mod operations;
 mod reload;
 mod security;
 mod tunnel;

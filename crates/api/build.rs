@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 
 /// Proto files compiled into this crate, relative to the proto directory.
-/// Add further services (e.g. an admin API) here.
-const PROTOS: &[&str] = &["traversal.proto"];
+const PROTOS: &[&str] = &["traversal.proto", "admin.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
@@ -25,6 +24,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Zero-copy stanza payloads (`bytes::Bytes` instead of `Vec<u8>`).
         .bytes(".causeway.traversal.v1.StanzaFrame.payload")
+        // The admin API's messages are what `edge status --json` and friends print.
+        .type_attribute(".causeway.admin.v1", "#[derive(serde::Serialize)]")
+        .field_attribute(
+            ".causeway.admin.v1.StatusReply.edge",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        .field_attribute(
+            ".causeway.admin.v1.StatusReply.core",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,14 @@ pub mod traversal {
     tonic::include_proto!("causeway.traversal.v1");
 }
 
+/// The local admin API of both daemons (`causeway.admin.v1`): `admin_server::{Admin,
+/// AdminServer}`, `admin_client::AdminClient`, and the messages, which also derive
+/// `serde::Serialize` (the CLI's `--json` output).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod admin {
+    tonic::include_proto!("causeway.admin.v1");
+}
+
 #[cfg(test)]
 mod tests {
     use super::traversal::{frame, Ack, Frame};

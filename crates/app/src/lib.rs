@@ -1,10 +1,13 @@
 //! Plumbing shared by the `edge` and `core` daemons: logging set-up, secrets from config,
-//! the machine-readable ready line, and shutdown signals.
+//! the machine-readable ready line, shutdown signals, and the local admin API ([`admin`]).
 
 use std::path::Path;
 
 use anyhow::{bail, Context};
 
+pub mod admin;
+pub mod cert;
+pub mod metrics;
 pub mod pki;
 
 /// Install the global tracing subscriber: text or JSON to stderr, filtered by `level` (an

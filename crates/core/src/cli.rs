@@ -28,11 +28,26 @@ pub enum Command {
         #[arg(short, long, default_value = "/etc/causeway/core.toml")]
         config: PathBuf,
     },
+    /// Ask the running daemon how it is doing.
+    ///
+    /// Exit code 0: the tunnel to the edge is connected; 2: it is not; 1: the daemon cannot be
+    /// reached.
+    Status(causeway_app::admin::DaemonArgs),
+    /// List the running daemon's s2s sessions with the IM&P nodes.
+    Connections(causeway_app::admin::DaemonArgs),
+    /// Make the running daemon apply its config file again (exit code 0: applied, 1: refused).
+    Reload(causeway_app::admin::DaemonArgs),
     /// Lab certificates.
     Pki {
         /// What to generate.
         #[command(subcommand)]
         command: causeway_app::pki::PkiCommand,
+    },
+    /// Certificate signing requests with the names of the config file.
+    Cert {
+        /// What to do.
+        #[command(subcommand)]
+        command: causeway_app::cert::CertCommand,
     },
 }
 
@@ -46,18 +61,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let cfg = crate::config::load(&config)?;
+            let admin_section = cfg.raw.admin.clone();
+            let admin_view = crate::admin::ConfigView::of(&cfg);
             causeway_app::init_logging(&cfg.raw.log.format, &cfg.raw.log.level)?;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let metrics = cfg.raw.metrics.clone();
             let core = crate::start(cfg, async move {
                 let _ = stop_rx.await;
             })
             .await?;
+            crate::metrics::serve(&core, metrics).await?;
+            let core = std::sync::Arc::new(core);
+            let admin_api = crate::admin::CoreAdmin::new(core.clone(), admin_view);
+            let admin = admin_api.serve(&admin_section).await?;
             causeway_app::announce_ready(
                 "core",
-                serde_json::json!({ "s2s": core.s2s_addr.to_string() }),
+                serde_json::json!({
+                    "s2s": core.s2s_addr.to_string(),
+                    "admin": admin.socket().display().to_string(),
+                }),
             );
-            let core = std::sync::Arc::new(core);
-            let reloader = core.clone();
+            // Through the admin API's reload: status then shows the domains it applied.
+            let reloader = admin_api.clone();
             causeway_app::reload_on_sighup(move || {
                 let core = reloader.clone();
                 async move { core.reload().await }
@@ -65,9 +90,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             causeway_app::shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
+            drop(admin);
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             Ok(())
         }
+        Command::Status(args) => {
+            causeway_app::admin::finish(crate::admin::status_command(&args).await?)
+        }
+        Command::Connections(args) => causeway_app::admin::finish(
+            causeway_app::admin::connections_command(&crate::admin::DAEMON, &args).await?,
+        ),
+        Command::Reload(args) => causeway_app::admin::finish(
+            causeway_app::admin::reload_command(&crate::admin::DAEMON, &args).await?,
+        ),
         Command::Pki { command } => causeway_app::pki::run(command),
+        Command::Cert { command } => causeway_app::cert::run(
+            &causeway_app::cert::CertContext {
+                binary: "core",
+                default_stem: "core-s2s",
+                names: crate::config::certificate_names,
+            },
+            command,
+        ),
     }
 }

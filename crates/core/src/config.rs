@@ -23,6 +23,43 @@ pub struct CoreConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// The local admin API (`core status` and friends); default socket when absent.
+    #[serde(default)]
+    pub admin: causeway_app::admin::AdminSection,
+    /// Prometheus metrics over HTTP; absent: off.
+    #[serde(default)]
+    pub metrics: Option<causeway_app::metrics::MetricsSection>,
+}
+
+impl CoreConfig {
+    /// The names core's s2s certificate must cover: its FQDN (`core.id`) and the chat node
+    /// aliases of `[[domains]]`, normalized; errors name the setting.
+    pub fn certificate_names(&self) -> anyhow::Result<causeway_app::cert::CertNames> {
+        let mut aliases = Vec::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            for (j, a) in d.chat_node_aliases.iter().enumerate() {
+                aliases
+                    .push(causeway_xmpp::addr::normalize_domain(a).map_err(|e| {
+                        anyhow::anyhow!("domains[{i}].chat_node_aliases[{j}]: {e}")
+                    })?);
+            }
+        }
+        Ok(causeway_app::cert::CertNames {
+            fqdn: Some(self.core.id.trim().to_ascii_lowercase()),
+            domains: Vec::new(),
+            aliases,
+        })
+    }
+}
+
+/// The certificate names of a config file, for `core cert csr`: parsed with the daemon's own
+/// parser, but the files it names need not exist yet.
+pub fn certificate_names(path: &Path) -> anyhow::Result<causeway_app::cert::CertNames> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let raw: CoreConfig =
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+    raw.certificate_names()
 }
 
 /// `[core]`
@@ -177,6 +214,7 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     if let Some(p) = raw.s2s.dialback_secret_file.as_mut() {
         *p = base.join(&*p);
     }
+    raw.admin.resolve_paths(base);
     let mut validated = validate(raw)?;
     validated.path = path.to_owned();
     Ok(validated)
@@ -221,6 +259,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
             aliases.push(alias);
         }
     }
+    raw.admin.validate()?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
         other => bail!("log.format: {other:?} is not text or json"),

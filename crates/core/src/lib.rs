@@ -23,8 +23,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod reload;
 
 /// What core knows; the [`Host`] of its s2s service towards the IM&P nodes.
@@ -136,6 +138,10 @@ pub async fn start(
     let s = &cfg.raw.s2s;
     let certs = causeway_pki::load_certs(&s.cert)?;
     let key = causeway_pki::load_key(&s.key)?;
+    causeway_app::cert::log_certificate_warnings([
+        (&s.cert, cfg.raw.certificate_names()?.all()),
+        (&cfg.raw.tunnel.cert, vec![cfg.raw.core.id.clone()]),
+    ]);
     let tls_server = causeway_pki::s2s_server_config(certs, key)?;
     let tls_client = causeway_pki::s2s_client_config_dialback()?;
     let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);

@@ -28,11 +28,25 @@ pub enum Command {
         #[arg(short, long, default_value = "/etc/causeway/edge.toml")]
         config: PathBuf,
     },
+    /// Ask the running daemon how XMPP federation is doing.
+    ///
+    /// Exit code 0: Active; 2: Inactive (it says why); 1: the daemon cannot be reached.
+    Status(causeway_app::admin::DaemonArgs),
+    /// List the running daemon's s2s sessions with federated servers.
+    Connections(causeway_app::admin::DaemonArgs),
+    /// Make the running daemon apply its config file again (exit code 0: applied, 1: refused).
+    Reload(causeway_app::admin::DaemonArgs),
     /// Lab certificates.
     Pki {
         /// What to generate.
         #[command(subcommand)]
         command: causeway_app::pki::PkiCommand,
+    },
+    /// Certificate signing requests with the names of the config file.
+    Cert {
+        /// What to do.
+        #[command(subcommand)]
+        command: causeway_app::cert::CertCommand,
     },
 }
 
@@ -46,21 +60,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let cfg = crate::config::load(&config)?;
+            let admin_section = cfg.raw.admin.clone();
             causeway_app::init_logging(&cfg.raw.log.format, &cfg.raw.log.level)?;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let metrics = cfg.raw.metrics.clone();
             let edge = crate::start(cfg, async move {
                 let _ = stop_rx.await;
             })
             .await?;
+            crate::metrics::serve(&edge, metrics).await?;
+            let edge = std::sync::Arc::new(edge);
+            let admin = crate::admin::serve(edge.clone(), &admin_section).await?;
             causeway_app::announce_ready(
                 "edge",
                 serde_json::json!({
                     "s2s": edge.s2s_addr.to_string(),
                     "direct_tls": edge.direct_tls_addr.map(|a| a.to_string()),
                     "tunnel": edge.tunnel_addr.to_string(),
+                    "admin": admin.socket().display().to_string(),
                 }),
             );
-            let edge = std::sync::Arc::new(edge);
             let reloader = edge.clone();
             causeway_app::reload_on_sighup(move || {
                 let edge = reloader.clone();
@@ -69,9 +88,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             causeway_app::shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
+            drop(admin);
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             Ok(())
         }
+        Command::Status(args) => {
+            causeway_app::admin::finish(crate::admin::status_command(&args).await?)
+        }
+        Command::Connections(args) => causeway_app::admin::finish(
+            causeway_app::admin::connections_command(&crate::admin::DAEMON, &args).await?,
+        ),
+        Command::Reload(args) => causeway_app::admin::finish(
+            causeway_app::admin::reload_command(&crate::admin::DAEMON, &args).await?,
+        ),
         Command::Pki { command } => causeway_app::pki::run(command),
+        Command::Cert { command } => causeway_app::cert::run(
+            &causeway_app::cert::CertContext {
+                binary: "edge",
+                default_stem: "edge-federation",
+                names: crate::config::certificate_names,
+            },
+            command,
+        ),
     }
 }

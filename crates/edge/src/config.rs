@@ -52,6 +52,12 @@ pub struct EdgeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// The local admin API (`edge status` and friends); default socket when absent.
+    #[serde(default)]
+    pub admin: causeway_app::admin::AdminSection,
+    /// Prometheus metrics over HTTP; absent: off.
+    #[serde(default)]
+    pub metrics: Option<causeway_app::metrics::MetricsSection>,
 }
 
 /// `[tunnel]`
@@ -123,6 +129,58 @@ pub struct FederationSection {
     /// Whitespace keepalive interval (seconds).
     #[serde(default = "default_s2s_keepalive")]
     pub keepalive_secs: u64,
+    /// XEP-0199 ping to each peer this often (seconds)...
+    #[serde(default = "default_ping")]
+    pub ping_interval_secs: u64,
+    /// ...which must answer within this (seconds), or its sessions close as dead.
+    #[serde(default = "default_ping")]
+    pub ping_timeout_secs: u64,
+    /// This edge's FQDN: subject CN and first name of `edge cert csr`.
+    #[serde(default)]
+    pub fqdn: Option<String>,
+    /// Names the federation certificate must cover: the XMPP federation domains (used by
+    /// `edge cert csr` and the start-up expiry/coverage warnings; the domains served are still
+    /// learnt from the cores).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Names the federation certificate must cover: the chat node aliases (MUC services).
+    #[serde(default)]
+    pub chat_node_aliases: Vec<String>,
+}
+
+impl FederationSection {
+    /// The names the federation certificate must cover (`fqdn`, `domains`,
+    /// `chat_node_aliases`), normalized; errors name the setting.
+    pub fn certificate_names(&self) -> anyhow::Result<causeway_app::cert::CertNames> {
+        let norm = |key: &str, d: &str| {
+            causeway_xmpp::addr::normalize_domain(d).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        };
+        let list = |key: &str, v: &[String]| -> anyhow::Result<Vec<String>> {
+            v.iter()
+                .enumerate()
+                .map(|(i, d)| norm(&format!("{key}[{i}]"), d))
+                .collect()
+        };
+        Ok(causeway_app::cert::CertNames {
+            fqdn: self
+                .fqdn
+                .as_deref()
+                .map(|f| norm("federation.fqdn", f))
+                .transpose()?,
+            domains: list("federation.domains", &self.domains)?,
+            aliases: list("federation.chat_node_aliases", &self.chat_node_aliases)?,
+        })
+    }
+}
+
+/// The certificate names of a config file, for `edge cert csr`: parsed with the daemon's own
+/// parser, but the files it names need not exist yet.
+pub fn certificate_names(path: &Path) -> anyhow::Result<causeway_app::cert::CertNames> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let raw: EdgeConfig =
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+    raw.federation.certificate_names()
 }
 
 /// `[dns]`
@@ -189,6 +247,9 @@ fn default_tunnel_listen() -> SocketAddr {
 }
 fn default_s2s_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 5269))
+}
+fn default_ping() -> u64 {
+    10
 }
 fn default_true() -> bool {
     true
@@ -259,6 +320,7 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     for p in raw.federation.crls.iter_mut() {
         *p = base.join(&*p);
     }
+    raw.admin.resolve_paths(base);
     let mut validated = validate(raw)?;
     validated.path = path.to_owned();
     Ok(validated)
@@ -297,6 +359,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
     if raw.federation.max_stanza_bytes < 10_000 {
         bail!("federation.max_stanza_bytes: at least 10000 (RFC 6120 13.12)");
     }
+    raw.federation.certificate_names()?;
     let mut routes: HashMap<String, Vec<SocketAddr>> = HashMap::new();
     let mut direct_tls_routes = std::collections::HashSet::new();
     for (i, r) in raw.static_routes.iter().enumerate() {
@@ -343,6 +406,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         routes.keys().cloned().collect(),
     )
     .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+    raw.admin.validate()?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
         other => bail!("log.format: {other:?} is not text or json"),

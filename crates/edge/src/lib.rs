@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod reload;
 
 /// The part of the edge's decisions a reload replaces whole.
@@ -61,6 +63,10 @@ pub struct EdgeHost {
     /// Policy, routes and DNS: replaced whole by a reload.
     rules: RwLock<Arc<Rules>>,
     tunnel: OnceLock<EdgeTunnel>,
+    /// DNS lookups for remote servers (metrics).
+    dns_lookups: std::sync::atomic::AtomicU64,
+    /// Each core's latest hello and when it arrived (its session's start), for the admin API.
+    hellos: RwLock<HashMap<String, (causeway_tunnel::CoreHello, std::time::SystemTime)>>,
 }
 
 impl EdgeHost {
@@ -152,6 +158,8 @@ impl Host for EdgeHost {
                 }
                 return Ok(addrs.clone());
             }
+            self.dns_lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let targets = rules
                 .resolver
                 .resolve_xmpp_server(domain)
@@ -181,6 +189,8 @@ impl Host for EdgeHost {
             if !rules.direct_tls_outbound {
                 return Vec::new();
             }
+            self.dns_lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match rules.resolver.resolve_xmpps_server(domain).await {
                 Ok(targets) => targets
                     .iter()
@@ -236,12 +246,18 @@ pub async fn start(
 ) -> anyhow::Result<Edge> {
     let fed = &cfg.raw.federation;
     let s2s_cfg = s2s_config(&cfg)?;
+    causeway_app::cert::log_certificate_warnings([
+        (&fed.cert, fed.certificate_names()?.all()),
+        (&cfg.raw.tunnel.cert, Vec::new()),
+    ]);
     let rules = Rules::from_config(&cfg)?;
     warn_shadowed(&rules.policy);
     let host = Arc::new(EdgeHost {
         domains: RwLock::new(HashMap::new()),
         rules: RwLock::new(Arc::new(rules)),
         tunnel: OnceLock::new(),
+        hellos: RwLock::new(HashMap::new()),
+        dns_lookups: Default::default(),
     });
     let s2s = S2s::new(s2s_cfg, host.clone());
 
@@ -321,6 +337,8 @@ pub fn s2s_config(cfg: &config::Validated) -> anyhow::Result<S2sConfig> {
     s2s_cfg.limits.max_stanza_bytes = fed.max_stanza_bytes;
     s2s_cfg.idle_timeout = Duration::from_secs(fed.idle_timeout_secs);
     s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
+    s2s_cfg.ping_interval = Duration::from_secs(fed.ping_interval_secs.max(1));
+    s2s_cfg.ping_timeout = Duration::from_secs(fed.ping_timeout_secs.max(1));
     Ok(s2s_cfg)
 }
 
@@ -342,6 +360,10 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
                     for d in hello.domains.iter().chain(&hello.chat_node_aliases) {
                         map.insert(d.to_ascii_lowercase(), hello.core_id.clone());
                     }
+                }
+                if let Ok(mut hellos) = host.hellos.write() {
+                    let now = std::time::SystemTime::now();
+                    hellos.insert(hello.core_id.clone(), (hello, now));
                 }
             }
             EdgeEvent::CoreDown { core_id } => {

@@ -20,15 +20,19 @@
 //!   handshake; afterwards [`PeerTrust::verify_chain`] checks the peer's
 //!   chain against a CA bundle and CRLs, and [`cert_matches_domain`] its
 //!   names.
+//! * Certificate signing requests for our own certificates ([`csr`]): DNS
+//!   and XmppAddr subjectAltNames, a fresh P-256 key.
 //! * Lab helpers for those tests: [`issue_with_eku`], [`issue_xmpp_addr`],
 //!   [`make_crl`].
 
+mod csr;
 mod files;
 mod generate;
 mod names;
 mod peer;
 mod tls;
 
+pub use csr::csr;
 pub use files::{lab_init, load_certs, load_key, read_file};
 pub use generate::{
     generate_ca, issue, issue_with_eku, issue_xmpp_addr, make_crl, self_signed, CertPair, Usage,

@@ -297,6 +297,11 @@ impl Lab {
         Client::connect(&format!("{user}@{domain}"), &password(user), addr)
     }
 
+    /// Path of the lab's edge or core admin socket (`[admin].socket`, in the lab directory).
+    pub fn admin_socket(&self, which: &str) -> PathBuf {
+        self.dir.path().join(format!("{which}.sock"))
+    }
+
     /// Path of the lab's edge or core config file.
     pub fn config_path(&self, which: &str) -> PathBuf {
         self.dir.path().join(format!("{which}.toml"))
@@ -380,6 +385,9 @@ key = "pki/edge-tunnel.key"
 ca = "pki/traversal-ca.crt"
 keepalive_secs = 2
 
+[admin]
+socket = "edge.sock"
+
 [federation]
 listen = "{s2s}"
 cert = "pki/edge-federation.crt"
@@ -410,6 +418,9 @@ cert = "pki/core-tunnel.crt"
 key = "pki/core-tunnel.key"
 ca = "pki/traversal-ca.crt"
 keepalive_secs = 2
+
+[admin]
+socket = "core.sock"
 
 [s2s]
 listen = "{s2s}"

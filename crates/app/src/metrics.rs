@@ -1,0 +1,490 @@
+//! Prometheus metrics on an opt-in HTTP port: the `[metrics]` config section, a tiny HTTP/1.1
+//! server that answers `GET /metrics` and closes, and a writer for the text exposition format
+//! (version 0.0.4).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// `[metrics]` (both binaries). Absent: no metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+}
+
+/// The Content-Type of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Largest request head read (request line and headers).
+const MAX_REQUEST: usize = 8192;
+/// Time a client has to send its request head.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to take the response.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once; more connections wait to be accepted.
+const MAX_CONNECTIONS: usize = 32;
+
+/// Bind `listen` and serve `render()`'s text on `GET /metrics` (and `HEAD`) until the process
+/// ends. Returns the bound address (useful with port 0). Each connection gets one response and is
+/// closed: 200 with the text, 404 for another path, 405 for another method, 400 for a malformed
+/// request line.
+pub async fn serve<F>(listen: SocketAddr, render: F) -> anyhow::Result<SocketAddr>
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics.listen {listen}"))?;
+    let bound = listener.local_addr()?;
+    let render = Arc::new(render);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let render = render.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, render.as_ref()).await {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Read one request head, write one response, close.
+async fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
+    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let (status, body, head_only) = match route(&head) {
+        Route::Metrics { head_only } => ("200 OK", render(), head_only),
+        Route::NotFound => ("404 Not Found", "not found; try /metrics\n".into(), false),
+        Route::BadMethod => ("405 Method Not Allowed", "GET only\n".into(), false),
+        Route::BadRequest => ("400 Bad Request", "bad request\n".into(), false),
+    };
+    let content_type = if status.starts_with("200") {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
+        body.len(),
+        if status.starts_with("405") { "Allow: GET, HEAD\r\n" } else { "" },
+    );
+    if !head_only {
+        response.push_str(&body);
+    }
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"))?
+}
+
+/// Bytes up to the end of the request head (`\r\n\r\n`, or `\n\n` from sloppy clients), at most
+/// [`MAX_REQUEST`]; whatever arrived when the client stops sending.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n")
+            || buf.windows(2).any(|w| w == b"\n\n")
+            || buf.len() >= MAX_REQUEST
+        {
+            buf.truncate(MAX_REQUEST);
+            return Ok(buf);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics { head_only: bool },
+    NotFound,
+    BadMethod,
+    BadRequest,
+}
+
+/// Decide from the request line alone (headers are ignored).
+fn route(head: &[u8]) -> Route {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
+        return Route::BadRequest;
+    };
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Route::BadRequest;
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    if path != "/metrics" {
+        return Route::NotFound;
+    }
+    match method {
+        "GET" => Route::Metrics { head_only: false },
+        "HEAD" => Route::Metrics { head_only: true },
+        _ => Route::BadMethod,
+    }
+}
+
+/// What a metric family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (names end in `_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// A Prometheus text exposition (format 0.0.4) being written: a family's `# HELP` and `# TYPE`
+/// lines, then its samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start a family: its HELP and TYPE lines.
+    pub fn family(&mut self, name: &str, help: &str, kind: Kind) -> &mut Self {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample of the family just started: `name{labels} value`.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.out, "{k}=\"{v}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", format_value(value));
+        self
+    }
+
+    /// A family with a single unlabelled sample.
+    pub fn single(&mut self, name: &str, help: &str, kind: Kind, value: f64) -> &mut Self {
+        self.family(name, help, kind).sample(name, &[], value)
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Integers without a fraction; `NaN`, `+Inf`, `-Inf` as Prometheus spells them.
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A u64 counter as a sample value (exact up to 2^53).
+pub fn value(v: u64) -> f64 {
+    v as f64
+}
+
+/// s2s sessions by direction and state, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Peer-initiated sessions with at least one authenticated domain pair.
+    pub incoming_authenticated: u64,
+    /// Peer-initiated sessions still negotiating (TLS, dialback, SASL).
+    pub incoming_negotiating: u64,
+    /// Sessions we initiated, authenticated.
+    pub outgoing_authenticated: u64,
+    /// Sessions we initiated, connected and still negotiating.
+    pub outgoing_negotiating: u64,
+}
+
+impl SessionCounts {
+    /// Count one session.
+    pub fn add(&mut self, outgoing: bool, authenticated: bool) {
+        let slot = match (outgoing, authenticated) {
+            (false, true) => &mut self.incoming_authenticated,
+            (false, false) => &mut self.incoming_negotiating,
+            (true, true) => &mut self.outgoing_authenticated,
+            (true, false) => &mut self.outgoing_negotiating,
+        };
+        *slot += 1;
+    }
+}
+
+/// One tunnel peer (a core on the edge; the edge on a core).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelPeer {
+    /// core_id on the edge, the edge's name on a core.
+    pub peer: String,
+    /// A session with it is established.
+    pub connected: bool,
+    /// Stanzas sent to it and not yet acknowledged (replayed after a reconnect).
+    pub unacked: u64,
+    /// Sessions established after the first one.
+    pub reconnects: u64,
+}
+
+/// Everything a daemon exposes, read from its s2s service and tunnel at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Live s2s sessions.
+    pub sessions: SessionCounts,
+    /// Outgoing (local, remote) domain pairs with a session open or opening.
+    pub outgoing_routes: u64,
+    /// Stanzas accepted from s2s peers.
+    pub stanzas_in: u64,
+    /// Stanzas written to s2s peers.
+    pub stanzas_out: u64,
+    /// Stanzas refused (spoofed, unroutable, refused by policy).
+    pub stanzas_refused: u64,
+    /// Stanzas bounced to their sender with a stanza error.
+    pub stanzas_bounced: u64,
+    /// Failed TLS handshakes.
+    pub tls_handshake_failures: u64,
+    /// Dialback verifications that failed or said invalid.
+    pub dialback_failures: u64,
+    /// Tunnel peers.
+    pub tunnels: Vec<TunnelPeer>,
+    /// DNS lookups for remote servers (the edge only).
+    pub dns_lookups: Option<u64>,
+}
+
+impl Snapshot {
+    /// The Prometheus text of this snapshot (`causeway_*` families, HELP and TYPE for each).
+    pub fn render(&self) -> String {
+        use Kind::{Counter, Gauge};
+        let mut e = Exposition::new();
+        e.single("causeway_up", "1 while the daemon runs.", Gauge, 1.0);
+        let n = "causeway_s2s_sessions";
+        e.family(n, "Live s2s sessions by direction and state.", Gauge);
+        let s = &self.sessions;
+        for (direction, state, v) in [
+            ("incoming", "authenticated", s.incoming_authenticated),
+            ("incoming", "negotiating", s.incoming_negotiating),
+            ("outgoing", "authenticated", s.outgoing_authenticated),
+            ("outgoing", "negotiating", s.outgoing_negotiating),
+        ] {
+            e.sample(n, &[("direction", direction), ("state", state)], value(v));
+        }
+        e.single(
+            "causeway_s2s_outgoing_routes",
+            "Outgoing (local, remote) domain pairs with an s2s session open or opening.",
+            Gauge,
+            value(self.outgoing_routes),
+        );
+        let n = "causeway_stanzas_total";
+        e.family(
+            n,
+            "Stanzas received from (in) and written to (out) s2s peers.",
+            Counter,
+        )
+        .sample(n, &[("direction", "in")], value(self.stanzas_in))
+        .sample(n, &[("direction", "out")], value(self.stanzas_out));
+        e.single(
+            "causeway_stanzas_refused_total",
+            "Stanzas refused: spoofed, unroutable or refused by the privacy policy.",
+            Counter,
+            value(self.stanzas_refused),
+        );
+        e.single(
+            "causeway_stanzas_bounced_total",
+            "Stanzas returned to their sender with a stanza error.",
+            Counter,
+            value(self.stanzas_bounced),
+        );
+        e.single(
+            "causeway_tls_handshake_failures_total",
+            "s2s TLS handshakes that failed.",
+            Counter,
+            value(self.tls_handshake_failures),
+        );
+        e.single(
+            "causeway_dialback_failures_total",
+            "Dialback verifications that failed or said invalid.",
+            Counter,
+            value(self.dialback_failures),
+        );
+        let peers =
+            |e: &mut Exposition, name: &str, help: &str, kind, f: &dyn Fn(&TunnelPeer) -> f64| {
+                e.family(name, help, kind);
+                for t in &self.tunnels {
+                    e.sample(name, &[("peer", &t.peer)], f(t));
+                }
+            };
+        peers(
+            &mut e,
+            "causeway_tunnel_connected",
+            "1 while the traversal tunnel to this peer is established.",
+            Gauge,
+            &|t| if t.connected { 1.0 } else { 0.0 },
+        );
+        peers(
+            &mut e,
+            "causeway_tunnel_reconnects_total",
+            "Tunnel sessions with this peer established after the first one.",
+            Counter,
+            &|t| value(t.reconnects),
+        );
+        peers(
+            &mut e,
+            "causeway_tunnel_replay_depth",
+            "Stanzas sent to this peer and not yet acknowledged (replayed after a reconnect).",
+            Gauge,
+            &|t| value(t.unacked),
+        );
+        if let Some(n) = self.dns_lookups {
+            e.single(
+                "causeway_dns_lookups_total",
+                "DNS lookups (SRV, then addresses) for remote servers.",
+                Counter,
+                value(n),
+            );
+        }
+        e.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = |s: &str| route(s.as_bytes());
+        assert_eq!(
+            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            r("HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Route::Metrics { head_only: true }
+        );
+        assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(r("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);
+        assert_eq!(r("GET /metrics\r\n\r\n"), Route::BadRequest);
+        assert_eq!(r("GET metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
+        assert_eq!(r("GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
+        assert_eq!(r(""), Route::BadRequest);
+        assert_eq!(route(b"\xff\xfe /metrics HTTP/1.1\r\n"), Route::BadRequest);
+    }
+
+    #[test]
+    fn exposition_text() {
+        let mut e = Exposition::new();
+        e.family("x_total", "Things.\nMore", Kind::Counter)
+            .sample("x_total", &[("a", "b\"c\\d"), ("e", "f")], 3.0)
+            .sample("x_total", &[], 0.5);
+        e.single("up", "Up.", Kind::Gauge, 1.0);
+        assert_eq!(
+            e.finish(),
+            "# HELP x_total Things.\\nMore\n# TYPE x_total counter\n\
+             x_total{a=\"b\\\"c\\\\d\",e=\"f\"} 3\nx_total 0.5\n\
+             # HELP up Up.\n# TYPE up gauge\nup 1\n"
+        );
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(1e20), "100000000000000000000");
+    }
+
+    async fn request(addr: SocketAddr, req: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_closes() {
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), || {
+            "up 1\n".to_string()
+        })
+        .await
+        .expect("serve");
+        let ok = request(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
+            "{ok}"
+        );
+        assert!(ok.contains("Content-Length: 5\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
+        let head = request(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+        let nf = request(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(nf.starts_with("HTTP/1.1 404 "), "{nf}");
+        let bad = request(addr, "BLAH\r\n\r\n").await;
+        assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+        let post = request(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        // A client that sends nothing and hangs up does not stop the server.
+        drop(TcpStream::connect(addr).await.expect("connect"));
+        let again = request(addr, "GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(again.starts_with("HTTP/1.1 200 OK\r\n"), "{again}");
+    }
+}

@@ -1,0 +1,265 @@
+//! core's local admin API (`causeway.admin.v1.Admin` on `[admin].socket`) and the
+//! `core status` / `connections` / `reload` commands that talk to it.
+//!
+//! Status says whether the tunnel to the edge is up, and lists the local domains with their
+//! IM&P nodes and chat node aliases as core's config has them (refreshed by every successful
+//! reload, through the admin API or SIGHUP).
+
+use std::sync::{Arc, RwLock};
+
+use causeway_api::admin::admin_server::Admin;
+use causeway_api::admin::{
+    ConnectionsReply, ConnectionsRequest, CoreStatus, LocalDomain, ReloadReply, ReloadRequest,
+    StatusReply, StatusRequest, Tunnel,
+};
+use causeway_app::admin::{self as plumbing, AdminServerHandle, Daemon, DaemonArgs};
+use causeway_tunnel::TunnelState;
+use tonic::{Request, Response};
+
+use crate::config::Validated;
+use crate::Core;
+
+/// core's defaults for the daemon commands.
+pub const DAEMON: Daemon = Daemon {
+    binary: "core",
+    default_config: "/etc/causeway/core.toml",
+    default_socket: DEFAULT_SOCKET,
+};
+
+/// The admin socket when `[admin].socket` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/causeway/core.sock";
+
+/// What status reports from core's config.
+#[derive(Debug, Clone)]
+pub struct ConfigView {
+    core_id: String,
+    edge: String,
+    edge_name: String,
+    domains: Vec<LocalDomain>,
+}
+
+impl ConfigView {
+    /// The parts of a validated config that status shows.
+    pub fn of(cfg: &Validated) -> Self {
+        let norm =
+            |d: &str| causeway_xmpp::addr::normalize_domain(d).unwrap_or_else(|_| d.to_owned());
+        let domains = cfg
+            .raw
+            .domains
+            .iter()
+            .map(|d| LocalDomain {
+                name: norm(&d.name),
+                nodes: d.nodes.iter().map(|n| n.to_string()).collect(),
+                chat_node_aliases: d.chat_node_aliases.iter().map(|a| norm(a)).collect(),
+                node_state: "configured".into(),
+            })
+            .collect();
+        Self {
+            core_id: cfg.raw.core.id.clone(),
+            edge: cfg.raw.tunnel.edge.clone(),
+            edge_name: cfg.raw.tunnel.edge_name.clone(),
+            domains,
+        }
+    }
+}
+
+/// The admin API of a running core.
+pub struct CoreAdmin {
+    core: Arc<Core>,
+    view: RwLock<ConfigView>,
+}
+
+impl CoreAdmin {
+    /// Around a running core and the config it was started with.
+    pub fn new(core: Arc<Core>, view: ConfigView) -> Arc<Self> {
+        Arc::new(Self {
+            core,
+            view: RwLock::new(view),
+        })
+    }
+
+    /// Serve it as `[admin]` says.
+    pub async fn serve(
+        self: &Arc<Self>,
+        section: &causeway_app::admin::AdminSection,
+    ) -> anyhow::Result<AdminServerHandle> {
+        plumbing::serve(
+            Service(self.clone()),
+            &section.socket_or(DEFAULT_SOCKET),
+            section.tcp,
+        )
+        .await
+    }
+
+    /// [`Core::reload`], then refresh what status shows from the config file it applied.
+    pub async fn reload(&self) -> anyhow::Result<String> {
+        let summary = self.core.reload().await?;
+        match crate::config::load(&self.core.config_path) {
+            Ok(cfg) => {
+                let view = ConfigView::of(&cfg);
+                match self.view.write() {
+                    Ok(mut v) => *v = view,
+                    Err(poisoned) => *poisoned.into_inner() = view,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "admin: config changed again during the reload; status shows the previous domains")
+            }
+        }
+        Ok(summary)
+    }
+
+    /// What core is doing now.
+    pub fn status(&self) -> StatusReply {
+        let core = &self.core;
+        let view = match self.view.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut reply = plumbing::status_common(
+            "core",
+            core.started,
+            &core.config_path,
+            &core.s2s,
+            &core.tunnel.stats(),
+        );
+        let mut tunnel = Tunnel {
+            edge: view.edge,
+            edge_name: view.edge_name,
+            ..Default::default()
+        };
+        match core.tunnel.state() {
+            TunnelState::Connected { since } => {
+                tunnel.state = "connected".into();
+                tunnel.since_unix = plumbing::unix_secs(since);
+            }
+            TunnelState::Connecting {
+                last_error,
+                attempts,
+            } => {
+                tunnel.state = "connecting".into();
+                tunnel.last_error = last_error.unwrap_or_default();
+                tunnel.attempts = attempts;
+            }
+            TunnelState::Stopped => tunnel.state = "stopped".into(),
+        }
+        reply.core = Some(CoreStatus {
+            core_id: view.core_id,
+            tunnel: Some(tunnel),
+            domains: view.domains,
+            s2s_listen: core.s2s_addr.to_string(),
+        });
+        reply
+    }
+}
+
+struct Service(Arc<CoreAdmin>);
+
+#[tonic::async_trait]
+impl Admin for Service {
+    async fn status(
+        &self,
+        _: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, tonic::Status> {
+        Ok(Response::new(self.0.status()))
+    }
+
+    async fn connections(
+        &self,
+        _: Request<ConnectionsRequest>,
+    ) -> Result<Response<ConnectionsReply>, tonic::Status> {
+        Ok(Response::new(ConnectionsReply {
+            sessions: plumbing::sessions(&self.0.core.s2s),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        _: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadReply>, tonic::Status> {
+        Ok(Response::new(plumbing::reload_reply(self.0.reload().await)))
+    }
+}
+
+/// `core status` as text, and its exit code: 0 when the tunnel is connected, 2 when not.
+pub fn render_status(reply: &StatusReply) -> (String, i32) {
+    let core = reply.core.clone().unwrap_or_default();
+    let tunnel = core.tunnel.clone().unwrap_or_default();
+    let mut out = plumbing::render_header(reply, &format!("core {}", core.core_id));
+    let to = format!("tunnel to {} at {}", tunnel.edge_name, tunnel.edge);
+    let connected = tunnel.state == "connected";
+    match tunnel.state.as_str() {
+        "connected" => out.push_str(&format!(
+            "{to}: Connected since {}\n",
+            plumbing::since(tunnel.since_unix)
+        )),
+        "connecting" => {
+            out.push_str(&format!(
+                "{to}: Not connected: connecting, {} attempt{} since the last session",
+                tunnel.attempts,
+                if tunnel.attempts == 1 { "" } else { "s" }
+            ));
+            if tunnel.last_error.is_empty() {
+                out.push('\n');
+            } else {
+                out.push_str(&format!("; last error: {}\n", tunnel.last_error));
+            }
+        }
+        other => out.push_str(&format!("{to}: Not connected: {other}\n")),
+    }
+    if !reply.tunnel_links.is_empty() {
+        out.push_str(&plumbing::render_tunnel_links(&reply.tunnel_links, "EDGE"));
+    }
+    out.push('\n');
+    out.push_str("local domains (from the config):\n");
+    let rows: Vec<Vec<String>> = core
+        .domains
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.nodes.join(","),
+                if d.chat_node_aliases.is_empty() {
+                    "-".into()
+                } else {
+                    d.chat_node_aliases.join(",")
+                },
+                d.node_state.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&plumbing::table(
+        "  ",
+        &["DOMAIN", "IM&P NODES", "CHAT NODE ALIASES", "NODE STATE"],
+        &rows,
+    ));
+    out.push_str(&format!(
+        "s2s listening for the nodes: {}\n\n",
+        core.s2s_listen
+    ));
+    out.push_str(&plumbing::render_counters(reply, "with the IM&P nodes"));
+    (
+        out,
+        if connected {
+            0
+        } else {
+            plumbing::EXIT_DEGRADED
+        },
+    )
+}
+
+/// `core status`: exit code 0 when the tunnel is connected, 2 when not; an error (exit 1)
+/// when the daemon cannot be reached.
+pub async fn status_command(args: &DaemonArgs) -> anyhow::Result<i32> {
+    let reply = plumbing::Connection::open(&DAEMON, args)
+        .await?
+        .status()
+        .await?;
+    let (text, code) = render_status(&reply);
+    if args.json {
+        plumbing::print_json(&reply)?;
+    } else {
+        print!("{text}");
+    }
+    Ok(code)
+}

@@ -1,0 +1,243 @@
+//! The edge's local admin API (`causeway.admin.v1.Admin` on `[admin].socket`) and the
+//! `edge status` / `connections` / `reload` commands that talk to it.
+//!
+//! Status says whether XMPP federation is Active: a core is connected and local domains are
+//! known (learnt from the cores' hellos). Otherwise it is Inactive, with the reasons.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use causeway_api::admin::admin_server::Admin;
+use causeway_api::admin::{
+    ConnectedCore, ConnectionsReply, ConnectionsRequest, EdgeStatus, Federation, LearnedDomain,
+    Listeners, ReloadReply, ReloadRequest, StatusReply, StatusRequest,
+};
+use causeway_app::admin::{self as plumbing, AdminServerHandle, Daemon, DaemonArgs};
+use tonic::{Request, Response};
+
+use crate::Edge;
+
+/// The edge's defaults for the daemon commands.
+pub const DAEMON: Daemon = Daemon {
+    binary: "edge",
+    default_config: "/etc/causeway/edge.toml",
+    default_socket: DEFAULT_SOCKET,
+};
+
+/// The admin socket when `[admin].socket` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/causeway/edge.sock";
+
+/// Serve the admin API of a running edge as `[admin]` says.
+pub async fn serve(
+    edge: Arc<Edge>,
+    section: &causeway_app::admin::AdminSection,
+) -> anyhow::Result<AdminServerHandle> {
+    plumbing::serve(
+        Service { edge },
+        &section.socket_or(DEFAULT_SOCKET),
+        section.tcp,
+    )
+    .await
+}
+
+struct Service {
+    edge: Arc<Edge>,
+}
+
+#[tonic::async_trait]
+impl Admin for Service {
+    async fn status(
+        &self,
+        _: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, tonic::Status> {
+        Ok(Response::new(status(&self.edge)))
+    }
+
+    async fn connections(
+        &self,
+        _: Request<ConnectionsRequest>,
+    ) -> Result<Response<ConnectionsReply>, tonic::Status> {
+        Ok(Response::new(ConnectionsReply {
+            sessions: plumbing::sessions(&self.edge.s2s),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        _: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadReply>, tonic::Status> {
+        Ok(Response::new(plumbing::reload_reply(
+            self.edge.reload().await,
+        )))
+    }
+}
+
+/// What the edge is doing now.
+pub fn status(edge: &Edge) -> StatusReply {
+    let mut reply = plumbing::status_common(
+        "edge",
+        edge.started,
+        &edge.config_path,
+        &edge.s2s,
+        &edge.tunnel.stats(),
+    );
+    let hellos: HashMap<String, (causeway_tunnel::CoreHello, std::time::SystemTime)> =
+        match edge.host.hellos.read() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+    let learned: HashMap<String, String> = match edge.host.domains.read() {
+        Ok(d) => d.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let connected = edge.tunnel.connected_cores();
+    let connected_ids: HashSet<&str> = connected.iter().map(|h| h.core_id.as_str()).collect();
+    let cores = connected
+        .iter()
+        .map(|h| ConnectedCore {
+            id: h.core_id.clone(),
+            version: h.version.clone(),
+            since_unix: hellos
+                .get(&h.core_id)
+                .map(|(_, t)| plumbing::unix_secs(*t))
+                .unwrap_or(0),
+            domains: h.domains.clone(),
+            chat_node_aliases: h.chat_node_aliases.clone(),
+        })
+        .collect();
+    let mut domains: Vec<LearnedDomain> = learned
+        .iter()
+        .map(|(name, core)| {
+            let alias = hellos.get(core).is_some_and(|(h, _)| {
+                h.chat_node_aliases
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(name))
+            });
+            LearnedDomain {
+                name: name.clone(),
+                kind: if alias { "chat node alias" } else { "domain" }.into(),
+                core: core.clone(),
+                core_connected: connected_ids.contains(core.as_str()),
+            }
+        })
+        .collect();
+    // Domains first, then chat node aliases, each by name.
+    domains.sort_by(|a, b| (a.kind != "domain", &a.name).cmp(&(b.kind != "domain", &b.name)));
+    let mut reasons = Vec::new();
+    if connected.is_empty() {
+        reasons.push("no core is connected".to_owned());
+    }
+    if learned.is_empty() {
+        reasons.push("no local domains are known (no core has announced any)".to_owned());
+    }
+    let active = reasons.is_empty();
+    reply.edge = Some(EdgeStatus {
+        federation: Some(Federation {
+            active,
+            state: if active { "Active" } else { "Inactive" }.into(),
+            reasons,
+        }),
+        cores,
+        domains,
+        listeners: Some(Listeners {
+            s2s: edge.s2s_addr.to_string(),
+            direct_tls: edge
+                .direct_tls_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            tunnel: edge.tunnel_addr.to_string(),
+        }),
+    });
+    reply
+}
+
+/// `edge status` as text, and its exit code: 0 when federation is Active, 2 when Inactive.
+pub fn render_status(reply: &StatusReply) -> (String, i32) {
+    let edge = reply.edge.clone().unwrap_or_default();
+    let fed = edge.federation.clone().unwrap_or_default();
+    let mut out = plumbing::render_header(reply, "edge");
+    if fed.active {
+        out.push_str("XMPP federation: Active\n");
+    } else {
+        out.push_str(&format!(
+            "XMPP federation: Inactive: {}\n",
+            fed.reasons.join("; ")
+        ));
+    }
+    if let Some(l) = &edge.listeners {
+        out.push_str(&format!("listening: s2s {}", l.s2s));
+        if !l.direct_tls.is_empty() {
+            out.push_str(&format!(", direct TLS {}", l.direct_tls));
+        }
+        out.push_str(&format!(", tunnel {}\n", l.tunnel));
+    }
+    out.push('\n');
+    if edge.cores.is_empty() {
+        out.push_str("connected cores: none\n");
+    } else {
+        out.push_str("connected cores:\n");
+        let rows: Vec<Vec<String>> = edge
+            .cores
+            .iter()
+            .map(|c| {
+                vec![
+                    c.id.clone(),
+                    c.version.clone(),
+                    plumbing::since(c.since_unix),
+                ]
+            })
+            .collect();
+        out.push_str(&plumbing::table("  ", &["ID", "VERSION", "SINCE"], &rows));
+    }
+    if edge.domains.is_empty() {
+        out.push_str("local domains: none known\n");
+    } else {
+        out.push_str("local domains (learnt from the cores):\n");
+        let rows: Vec<Vec<String>> = edge
+            .domains
+            .iter()
+            .map(|d| {
+                vec![
+                    d.name.clone(),
+                    d.kind.clone(),
+                    if d.core_connected {
+                        d.core.clone()
+                    } else {
+                        format!("{} (disconnected)", d.core)
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&plumbing::table("  ", &["NAME", "KIND", "CORE"], &rows));
+    }
+    if !reply.tunnel_links.is_empty() {
+        out.push_str("tunnel:\n");
+        out.push_str(&plumbing::render_tunnel_links(&reply.tunnel_links, "CORE"));
+    }
+    out.push('\n');
+    out.push_str(&plumbing::render_counters(reply, "with federated servers"));
+    (
+        out,
+        if fed.active {
+            0
+        } else {
+            plumbing::EXIT_DEGRADED
+        },
+    )
+}
+
+/// `edge status`: exit code 0 when Active, 2 when Inactive; an error (exit 1) when the daemon
+/// cannot be reached.
+pub async fn status_command(args: &DaemonArgs) -> anyhow::Result<i32> {
+    let reply = plumbing::Connection::open(&DAEMON, args)
+        .await?
+        .status()
+        .await?;
+    let (text, code) = render_status(&reply);
+    if args.json {
+        plumbing::print_json(&reply)?;
+    } else {
+        print!("{text}");
+    }
+    Ok(code)
+}
