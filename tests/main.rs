@@ -7,6 +7,7 @@ mod support;
 mod certs_metrics;
 mod config;
 mod federation;
+mod groupchat;
 mod hostile;
 mod liveness;
 mod modes;

@@ -196,7 +196,9 @@ class Driver:
                 kw["pstatus"] = cmd["status"]
             x.send_presence(**kw)
         elif c == "join_muc":
-            await self.join_muc(cmd["room"], cmd["nick"], float(cmd.get("timeout", 20)))
+            await self.join_muc(
+                cmd["room"], cmd["nick"], float(cmd.get("timeout", 20)), int(cmd.get("history", 0))
+            )
         elif c == "roster":
             # Without 'ver': always the full roster (no versioning shortcut).
             req = x.Iq()
@@ -220,7 +222,7 @@ class Driver:
             raise ValueError("unknown command %r" % c)
         return None
 
-    async def join_muc(self, room, nick, timeout):
+    async def join_muc(self, room, nick, timeout, history=0):
         loop = asyncio.get_event_loop()
         fut = loop.create_future()
         self.muc_waiters[room] = (fut, nick)
@@ -228,7 +230,7 @@ class Driver:
             pres = self.x.make_presence(pto="%s/%s" % (room, nick))
             muc = ET.Element("{%s}x" % NS_MUC)
             hist = ET.SubElement(muc, "{%s}history" % NS_MUC)
-            hist.set("maxstanzas", "0")
+            hist.set("maxstanzas", str(history))
             pres.xml.append(muc)
             pres.send()
             kind, info = await asyncio.wait_for(fut, timeout)

@@ -372,8 +372,19 @@ impl Client {
     /// the self-presence (status 110); a new room is configured as an
     /// instant room. No history is requested.
     pub fn join_muc(&mut self, room_jid: &str, nick: &str) -> Result<()> {
+        self.join_muc_with_history(room_jid, nick, 0)
+    }
+
+    /// [`join_muc`](Self::join_muc) asking for up to `history` past messages of the room
+    /// (they arrive as groupchat messages with a delay element).
+    pub fn join_muc_with_history(
+        &mut self,
+        room_jid: &str,
+        nick: &str,
+        history: u32,
+    ) -> Result<()> {
         self.request(
-            json!({"cmd": "join_muc", "room": room_jid, "nick": nick, "timeout": 20}),
+            json!({"cmd": "join_muc", "room": room_jid, "nick": nick, "timeout": 20, "history": history}),
             Duration::from_secs(25),
         )
         .map(|_| ())
