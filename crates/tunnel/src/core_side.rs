@@ -1,7 +1,7 @@
 //! Core side: dials the edge, keeps the session alive, reconnects with
 //! exponential backoff and resumes without loss.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use causeway_api::traversal::traversal_client::TraversalClient;
@@ -15,11 +15,12 @@ use tracing::{debug, info, warn};
 
 use crate::edge::error_chain;
 use crate::link::{
-    hello_frame, random_instance, status_text, Link, Session, SessionEnd, MAX_FRAME_BYTES,
+    hello_frame, lock, random_instance, status_text, Link, Session, SessionEnd, MAX_FRAME_BYTES,
     OUTBOUND_BUFFER,
 };
 use crate::{
-    tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,
+    tls, CoreHello, LinkStats, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelState,
+    TunnelStats,
 };
 
 /// Capacity of the channel that delivers the edge's stanzas to the core.
@@ -52,6 +53,11 @@ struct CoreInner {
     cancel: CancellationToken,
     edge_name: String,
     instance: u64,
+    /// What the next hello announces, and its revision (bumped by `reannounce`).
+    hello: Mutex<(u64, CoreHello)>,
+    /// Ends the current session (so that the next one says hello again), with the hello
+    /// revision that session announced.
+    session: Mutex<Option<(u64, CancellationToken)>>,
 }
 
 impl CoreTunnel {
@@ -74,6 +80,8 @@ impl CoreTunnel {
             cancel: CancellationToken::new(),
             edge_name: cfg.edge_name.clone(),
             instance: random_instance(),
+            hello: Mutex::new((0, cfg.hello.clone())),
+            session: Mutex::new(None),
         });
         tokio::spawn(run_loop(inner.clone(), cfg, deliver_tx));
         (CoreTunnel { inner }, deliver_rx)
@@ -107,6 +115,32 @@ impl CoreTunnel {
         }
     }
 
+    /// Counters of the link to the edge.
+    pub fn link_stats(&self) -> LinkStats {
+        self.inner.link.stats()
+    }
+
+    /// True while a session with the edge is established.
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.inner.state.borrow(), TunnelState::Connected { .. })
+    }
+
+    /// Takes back every stanza the edge has not acknowledged, in order, so
+    /// the caller can send it through another edge when this one is gone for
+    /// good. They leave the replay window as if acknowledged: a later session
+    /// with this edge does not replay them. Returns nothing while a session
+    /// is established (the edge is alive and will acknowledge them).
+    ///
+    /// The edge may have delivered some of them without its acknowledgement
+    /// reaching us (acks are batched, at most 20 ms late): sending those
+    /// elsewhere duplicates them.
+    pub fn take_unacked(&self) -> Vec<TunnelStanza> {
+        if self.is_connected() {
+            return Vec::new();
+        }
+        self.inner.link.take_unacked()
+    }
+
     /// Waits up to `timeout` for a session to be established; true if it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.inner.state.subscribe();
@@ -121,6 +155,25 @@ impl CoreTunnel {
     /// This core's random instance id (changes at every start).
     pub fn instance(&self) -> u64 {
         self.inner.instance
+    }
+
+    /// Announces new domain and chat node alias lists to the edge. The hello is the only frame
+    /// that carries them, so a running session ends and the tunnel reconnects at once with the
+    /// new hello, replaying whatever the edge had not acknowledged (nothing is lost). Every
+    /// later reconnect announces them too.
+    pub fn reannounce(&self, domains: Vec<String>, chat_node_aliases: Vec<String>) {
+        let revision = {
+            let mut h = lock(&self.inner.hello);
+            h.0 += 1;
+            h.1.domains = domains;
+            h.1.chat_node_aliases = chat_node_aliases;
+            h.0
+        };
+        if let Some((announced, session)) = lock(&self.inner.session).as_ref() {
+            if *announced < revision {
+                session.cancel();
+            }
+        }
     }
 
     /// Stops the tunnel: ends the session, stops reconnecting and makes
@@ -157,6 +210,13 @@ async fn run_loop(
             attempts,
         });
         match attempt(&inner, &cfg, &deliver).await {
+            // Only `reannounce` ends a session this way: say hello again at once.
+            Attempt::Ended(SessionEnd::Cancelled) if !inner.cancel.is_cancelled() => {
+                info!(edge = %cfg.edge_addr, "tunnel session ended to announce new domains; reconnecting");
+                attempts = 0;
+                delay = backoff_min;
+                continue;
+            }
             Attempt::Ended(end) => {
                 info!(edge = %cfg.edge_addr, reason = %end.describe(), "tunnel session ended");
                 if matches!(end, SessionEnd::DeliveryClosed) {
@@ -230,6 +290,8 @@ struct Established {
     inbound: tonic::Streaming<causeway_api::traversal::Frame>,
     out_tx: mpsc::Sender<causeway_api::traversal::Frame>,
     peer: Hello,
+    /// The revision of the hello we sent.
+    revision: u64,
 }
 
 async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Established, TunnelError> {
@@ -254,14 +316,14 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
     let mut client = TraversalClient::new(channel).max_decoding_message_size(MAX_FRAME_BYTES);
 
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
-    let h = &cfg.hello;
+    let (revision, h) = lock(&inner.hello).clone();
     let hello = hello_frame(
         &inner.link,
         inner.instance,
-        h.core_id.clone(),
-        h.version.clone(),
-        h.domains.clone(),
-        h.chat_node_aliases.clone(),
+        h.core_id,
+        h.version,
+        h.domains,
+        h.chat_node_aliases,
     );
     out_tx
         .try_send(hello)
@@ -307,6 +369,7 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
         inbound,
         out_tx,
         peer,
+        revision,
     })
 }
 
@@ -321,7 +384,14 @@ async fn run_session(
         inbound,
         out_tx,
         peer,
+        revision,
     } = est;
+    let cancel = inner.cancel.child_token();
+    *lock(&inner.session) = Some((revision, cancel.clone()));
+    if lock(&inner.hello).0 != revision {
+        // Re-announced while we were saying hello: say it again.
+        cancel.cancel();
+    }
     let resume = inner.link.resume_from(&peer, inner.instance);
     inner.link.set_connected(true);
     inner.state.send_replace(TunnelState::Connected {
@@ -337,10 +407,11 @@ async fn run_session(
         resume,
         keepalive: cfg.opts.keepalive_or_min(),
         dead_after: cfg.opts.dead_after(),
-        cancel: inner.cancel.clone(),
+        cancel,
     }
     .run()
     .await;
+    *lock(&inner.session) = None;
     inner.link.set_connected(false);
     drop(_client);
     end

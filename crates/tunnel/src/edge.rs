@@ -144,6 +144,29 @@ impl EdgeTunnel {
         link.send(stanza).await
     }
 
+    /// True while the core `core_id` has a session.
+    pub fn is_connected(&self, core_id: &str) -> bool {
+        lock(&self.inner.cores)
+            .get(core_id)
+            .is_some_and(|e| e.link.is_connected())
+    }
+
+    /// Takes back every stanza queued for the core `core_id` and not yet
+    /// acknowledged, in order, so the caller can send it to another core when
+    /// this one is gone for good. They leave the replay window as if
+    /// acknowledged. Returns nothing for an unknown core and while the core
+    /// has a session. The core may have delivered some of them without its
+    /// acknowledgement reaching us: sending those elsewhere duplicates them.
+    pub fn take_unacked(&self, core_id: &str) -> Vec<TunnelStanza> {
+        let Some(link) = lock(&self.inner.cores).get(core_id).map(|e| e.link.clone()) else {
+            return Vec::new();
+        };
+        if link.is_connected() {
+            return Vec::new();
+        }
+        link.take_unacked()
+    }
+
     /// The hellos of the cores that currently have a session.
     pub fn connected_cores(&self) -> Vec<CoreHello> {
         let mut out: Vec<CoreHello> = lock(&self.inner.cores)

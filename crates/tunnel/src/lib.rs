@@ -13,11 +13,16 @@
 //!   intervals closes the connection, and the core redials with jittered
 //!   exponential backoff.
 //!
-//! The edge side is [`EdgeTunnel`], the core side [`CoreTunnel`].
+//! The edge side is [`EdgeTunnel`], the core side [`CoreTunnel`]. With several
+//! tunnels side by side (several edges per core, several cores per edge),
+//! [`ha`] chooses the peer for each domain pair and tells when a peer that
+//! stays away is gone, and `take_unacked` on either side hands back what
+//! such a peer never acknowledged.
 
 mod core_side;
 mod edge;
 mod error;
+pub mod ha;
 mod link;
 mod tls;
 mod types;

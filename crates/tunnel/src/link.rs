@@ -67,6 +67,7 @@ struct Counters {
     acked: AtomicU64,
     received: AtomicU64,
     duplicates: AtomicU64,
+    taken_back: AtomicU64,
     sessions: AtomicU64,
     /// Highest sequence number ever written (to tell replays apart).
     highest_sent: AtomicU64,
@@ -131,6 +132,19 @@ impl Link {
         }
     }
 
+    /// Empties the replay window and returns its stanzas in order, freeing
+    /// their room as an ack would (see [`ReplayWindow::take_all`]).
+    pub(crate) fn take_unacked(&self) -> Vec<TunnelStanza> {
+        let taken = lock(&self.window).take_all();
+        if !taken.is_empty() {
+            self.counters
+                .taken_back
+                .fetch_add(taken.len() as u64, Ordering::Relaxed);
+            self.room.add_permits(taken.len());
+        }
+        taken
+    }
+
     /// Makes pending and future `send` calls fail with `Closed`.
     pub(crate) fn close(&self) {
         self.room.close();
@@ -175,6 +189,10 @@ impl Link {
         Resume { cursor, delivered }
     }
 
+    pub(crate) fn is_connected(&self) -> bool {
+        self.counters.connected.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn set_connected(&self, up: bool) {
         self.counters.connected.store(up, Ordering::Relaxed);
     }
@@ -190,6 +208,7 @@ impl Link {
             acked: c.acked.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
+            taken_back: c.taken_back.load(Ordering::Relaxed),
             reconnects: c.sessions.load(Ordering::Relaxed).saturating_sub(1),
         }
     }

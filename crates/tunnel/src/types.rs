@@ -94,6 +94,9 @@ pub struct LinkStats {
     pub received: u64,
     /// Received stanzas dropped as duplicates.
     pub duplicates: u64,
+    /// Unacknowledged stanzas taken back out of the window (`take_unacked`)
+    /// to be sent through another peer.
+    pub taken_back: u64,
     /// Sessions established after the first one.
     pub reconnects: u64,
 }

@@ -3,7 +3,8 @@
 //! * [`ReplayWindow`] lives on the sending side: it numbers outgoing items
 //!   (starting at 1), keeps every item until the peer acknowledges it
 //!   cumulatively, and yields the unacknowledged tail for replay after a
-//!   reconnect.
+//!   reconnect, or gives everything unacknowledged back at once
+//!   ([`ReplayWindow::take_all`]) when the peer is gone for good.
 //! * [`Dedup`] lives on the receiving side: it remembers the highest sequence
 //!   number delivered from one peer *instance* and rejects anything at or below
 //!   it, so replays never produce duplicates.
@@ -133,6 +134,20 @@ impl<T> ReplayWindow<T> {
     /// Highest sequence number acknowledged so far (0 if none).
     pub fn acked_through(&self) -> u64 {
         self.first_seq - 1
+    }
+
+    /// Empties the window and returns its items in sequence order, for the
+    /// caller to send some other way (failover to another peer when this one
+    /// is gone for good).
+    ///
+    /// The items count as settled, exactly as if the peer had acknowledged
+    /// them: numbering continues at [`next_seq`](Self::next_seq), later acks
+    /// for them free nothing, and a resume finds nothing to replay. Whether
+    /// the peer had already delivered some of them is unknown to the window;
+    /// resending them elsewhere may duplicate those.
+    pub fn take_all(&mut self) -> Vec<T> {
+        self.first_seq = self.next_seq();
+        self.items.drain(..).collect()
     }
 }
 
@@ -271,6 +286,56 @@ mod tests {
         assert_eq!(w.get(2), None);
         assert_eq!(w.get(4), Some(&"d"));
         assert_eq!(w.get(6), None);
+    }
+
+    #[test]
+    fn take_all_returns_the_unacked_in_order_and_settles_them() {
+        let mut w = ReplayWindow::new(4);
+        for c in ["a", "b", "c", "d"] {
+            w.push(c).expect("room");
+        }
+        w.ack(1);
+        assert_eq!(w.take_all(), vec!["b", "c", "d"]);
+        assert!(w.is_empty());
+        assert_eq!(w.room(), 4, "taking frees the room");
+        assert_eq!(w.acked_through(), 4, "taken items count as settled");
+        assert_eq!(w.next_seq(), 5, "numbering continues");
+        assert_eq!(w.ack(3), 0, "a late ack for taken items frees nothing");
+        assert_eq!(w.ack(4), 0);
+        assert_eq!(w.unacked_after(0).count(), 0, "nothing left to replay");
+        assert_eq!(w.push("e"), Ok(5));
+        assert_eq!(w.take_all(), vec!["e"]);
+        assert!(w.take_all().is_empty(), "an empty window gives nothing");
+        assert_eq!(w.next_seq(), 6);
+    }
+
+    #[test]
+    fn after_take_all_a_returning_peer_gets_only_new_items() {
+        // The peer delivered 1..=2 from this instance, then vanished with 3..=5
+        // unacknowledged; those were taken and sent elsewhere. When it comes
+        // back (same instance on both sides) its duplicate filter must accept
+        // what is pushed next, and nothing taken is replayed to it.
+        let mut w = ReplayWindow::new(8);
+        let mut peer = Dedup::new();
+        peer.reset_for_instance(1);
+        for i in 1..=5u64 {
+            w.push(i).expect("room");
+        }
+        assert!(peer.accept(1) && peer.accept(2));
+        assert_eq!(w.take_all(), vec![1, 2, 3, 4, 5]);
+        // The peer's hello says it delivered through 2: nothing to release.
+        assert_eq!(w.ack(peer.last_delivered()), 0);
+        let seq = w.push(6).expect("room");
+        assert_eq!(seq, 6);
+        let replay: Vec<_> = w
+            .unacked_after(peer.last_delivered())
+            .map(|(s, v)| (s, *v))
+            .collect();
+        assert_eq!(replay, vec![(6, 6)]);
+        assert!(
+            peer.accept(6),
+            "the gap left by the taken items is harmless"
+        );
     }
 
     #[test]

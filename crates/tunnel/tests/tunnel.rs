@@ -637,3 +637,130 @@ async fn edge_restart_and_core_restart_resume_with_new_instances() {
     core_b.shutdown();
     edge2.stop().await.unwrap();
 }
+
+/// Failover support: stanzas an edge never acknowledged can be taken back
+/// from the core's window once that edge is gone (to go through another edge),
+/// and a later session with an edge does not replay them. The edge side can do
+/// the same for a core that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_stanzas_can_be_taken_back_from_a_peer_that_is_gone() {
+    init_tracing();
+    let pki = Pki::new();
+    let opts = fast_opts();
+    let mut edge1 = Edge::start(pki.edge.clone(), opts.clone(), 64).await;
+    let relay = Relay::start(edge1.addr).await;
+    let (core, mut core_rx) = start_core(relay.addr, pki.core1.clone(), opts.clone());
+    edge1.wait_core_up().await;
+    for i in 1..=3 {
+        core.send(stanza(i)).await.unwrap();
+    }
+    for i in 1..=3 {
+        assert_eq!(stanza_num(&recv_edge_stanza(&mut edge1).await.1), i);
+    }
+    // While a session is up nothing is taken, acknowledged or not.
+    assert!(core.is_connected());
+    assert!(core.take_unacked().is_empty());
+    assert!(edge1.tunnel.take_unacked(CORE_ID).is_empty());
+    assert!(edge1.tunnel.take_unacked("nobody").is_empty());
+    eventually("edge1 acked", || core.link_stats().unacked == 0).await;
+
+    // The edge goes away; what is queued meanwhile can be taken back, in order.
+    edge1.stop().await.unwrap();
+    let mut states = core.watch_state();
+    tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| !matches!(s, TunnelState::Connected { .. })),
+    )
+    .await
+    .expect("core did not notice the edge going away")
+    .unwrap();
+    assert!(!core.is_connected());
+    for i in 4..=8 {
+        core.send(stanza(i)).await.unwrap();
+    }
+    let taken: Vec<u64> = core.take_unacked().iter().map(stanza_num).collect();
+    assert_eq!(taken, vec![4, 5, 6, 7, 8]);
+    let stats = core.link_stats();
+    assert_eq!((stats.unacked, stats.taken_back), (0, 5), "{stats:?}");
+    assert!(core.take_unacked().is_empty(), "taken only once");
+
+    // An edge comes back: only what was queued after the take crosses.
+    core.send(stanza(9)).await.unwrap();
+    let mut edge2 = Edge::start(pki.edge.clone(), opts, 64).await;
+    relay.set_target(edge2.addr);
+    relay.cut();
+    edge2.wait_core_up().await;
+    assert_eq!(stanza_num(&recv_edge_stanza(&mut edge2).await.1), 9);
+
+    // Edge side: a core that is gone leaves its queue to be taken back.
+    core.shutdown();
+    loop {
+        if let EdgeEvent::CoreDown { .. } = edge2.next_event().await {
+            break;
+        }
+    }
+    assert!(!edge2.tunnel.is_connected(CORE_ID));
+    for i in 1..=2 {
+        edge2.tunnel.send(CORE_ID, stanza(100 + i)).await.unwrap();
+    }
+    let taken: Vec<u64> = edge2
+        .tunnel
+        .take_unacked(CORE_ID)
+        .iter()
+        .map(stanza_num)
+        .collect();
+    assert_eq!(taken, vec![101, 102]);
+    assert_eq!(edge2.tunnel.stats().link(CORE_ID).unwrap().unacked, 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), core_rx.recv())
+            .await
+            .map_or(true, |s| s.is_none()),
+        "the stopped core got something"
+    );
+    edge2.stop().await.unwrap();
+}
+
+/// New domain lists reach the edge in a new hello (the session restarts at once), and what
+/// was in flight crosses exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reannounce_says_hello_again_without_losing_stanzas() {
+    init_tracing();
+    let pki = Pki::new();
+    let mut edge = Edge::start(pki.edge.clone(), fast_opts(), 64).await;
+    let (core, _core_rx) = start_core(edge.addr, pki.core1.clone(), fast_opts());
+    assert_eq!(edge.wait_core_up().await.domains, vec!["inside.example"]);
+    let c = core.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..200 {
+            c.send(stanza(i)).await.unwrap();
+            if i == 100 {
+                c.reannounce(
+                    vec!["inside.example".into(), "new.example".into()],
+                    vec!["muc.new.example".into()],
+                );
+            }
+        }
+    });
+    let mut next = 0;
+    let mut hello = None;
+    while next < 200 {
+        match edge.next_event().await {
+            EdgeEvent::Stanza { stanza: s, .. } => {
+                assert_eq!(stanza_num(&s), next, "lost, duplicated or reordered");
+                next += 1;
+            }
+            EdgeEvent::CoreUp(h) => hello = Some(h),
+            EdgeEvent::CoreDown { .. } => {}
+        }
+    }
+    sender.await.unwrap();
+    let hello = match hello {
+        Some(h) => h,
+        None => edge.wait_core_up().await,
+    };
+    assert_eq!(hello.domains, vec!["inside.example", "new.example"]);
+    assert_eq!(hello.chat_node_aliases, vec!["muc.new.example"]);
+    assert!(core.wait_connected(PATIENCE).await);
+    assert_eq!(core.link_stats().reconnects, 1, "one new session");
+    edge.stop().await.unwrap();
+}
