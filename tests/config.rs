@@ -198,3 +198,56 @@ fn bad_core_settings_are_named() {
         );
     }
 }
+
+/// Several edges: the commented `[[tunnel.edges]]` of the example validates in place of
+/// `tunnel.edge`, and mistakes in the list are named.
+#[test]
+fn core_with_several_edges() {
+    let dir = causeway_testkit::temp_dir("cfg-").expect("dir");
+    lab_pki(dir.path());
+    let good = example("core.example.toml");
+    let list = good
+        .replace("# [[tunnel.edges]]", "[[tunnel.edges]]")
+        .replace("# address = ", "address = ")
+        .replace("# name = ", "name = ");
+    let single = "edge = \"edge.example.com:7400\"";
+    let name = "edge_name = \"edge.example.com\"";
+    let several = list.replace(single, "").replace(name, "");
+    let file = dir.path().join("ha-core.toml");
+    std::fs::write(&file, &several).expect("write");
+    let (ok, out) = check(CORE, &file);
+    assert!(ok, "two edges do not validate: {out}\n{several}");
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("both forms", list.clone(), "not both"),
+        (
+            "an address twice",
+            several.replace("edge2.example.com:7400", "edge1.example.com:7400"),
+            "tunnel.edges[1].address",
+        ),
+        (
+            "not host:port",
+            several.replace("edge2.example.com:7400", "edge2.example.com"),
+            "tunnel.edges[1].address",
+        ),
+        (
+            "no edge at all",
+            good.replace(single, "").replace(name, ""),
+            "no edge configured",
+        ),
+        (
+            "a name without an address",
+            good.replace(single, ""),
+            "tunnel.edge: required",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        let file = dir.path().join("bad-ha-core.toml");
+        std::fs::write(&file, text).expect("write");
+        let (ok, out) = check(CORE, &file);
+        assert!(!ok, "{what}: accepted");
+        assert!(
+            out.contains(needle),
+            "{what}: message does not name {needle:?}: {out}"
+        );
+    }
+}

@@ -6,8 +6,11 @@ mod support;
 
 mod certs_metrics;
 mod config;
+mod discovery;
+mod email;
 mod federation;
 mod groupchat;
+mod ha;
 mod hostile;
 mod liveness;
 mod modes;

@@ -153,11 +153,17 @@ fn status_shows_the_connected_core_and_active_federation() {
         strings(&c["domains"][0]["nodes"]),
         vec![lab.internal.s2s_addr().to_string()]
     );
-    assert_eq!(c["domains"][0]["node_state"], "configured");
+    // Node health: the node is active once a probe since it started succeeded (core starts
+    // before it in the lab; probes run every 15 s).
+    let active = causeway_testkit::wait_until(Duration::from_secs(30), || {
+        core(&lab, "status", &["--json"]).json()["core"]["domains"][0]["node_state"] == "active"
+    });
+    assert!(active, "{}", core(&lab, "status", &[]).text());
     let human = core(&lab, "status", &[]);
     println!("$ core status\n{}", human.stdout);
     assert_eq!(human.code, 0, "{}", human.text());
     assert!(human.stdout.contains("Connected since"), "{}", human.stdout);
+    assert!(human.stdout.contains("active"), "{}", human.stdout);
 }
 
 /// After a conversation, `edge connections` lists the outgoing session to partner.test (its

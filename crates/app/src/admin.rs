@@ -409,6 +409,18 @@ impl Connection {
             Err(s) => Err(self.failed("Reload", &s)),
         }
     }
+
+    /// The Servers RPC (core only); `refresh` runs discovery first.
+    pub async fn servers(
+        &mut self,
+        refresh: bool,
+    ) -> anyhow::Result<causeway_api::admin::ServersReply> {
+        let request = causeway_api::admin::ServersRequest { refresh };
+        match self.client.servers(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failed("Servers", &s)),
+        }
+    }
 }
 
 /// `<binary> connections`: every s2s session, as a table or a JSON array. Exit code 0.
@@ -909,6 +921,12 @@ mod tests {
             Ok(tonic::Response::new(reload_reply(Err(anyhow::anyhow!(
                 "not today"
             )))))
+        }
+        async fn servers(
+            &self,
+            _: tonic::Request<causeway_api::admin::ServersRequest>,
+        ) -> Result<tonic::Response<causeway_api::admin::ServersReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no servers here"))
         }
     }
 

@@ -1,16 +1,17 @@
 //! core's local admin API (`causeway.admin.v1.Admin` on `[admin].socket`) and the
 //! `core status` / `connections` / `reload` commands that talk to it.
 //!
-//! Status says whether the tunnel to the edge is up, and lists the local domains with their
-//! IM&P nodes and chat node aliases as core's config has them (refreshed by every successful
-//! reload, through the admin API or SIGHUP).
+//! Status says whether the tunnel to each edge is up, and lists the local domains with their
+//! IM&P nodes (active or inactive, and why) and chat node aliases as the node table has them
+//! now (crates/core/src/nodes.rs); `core servers` shows the table in full
+//! (crates/core/src/servers.rs).
 
 use std::sync::{Arc, RwLock};
 
 use causeway_api::admin::admin_server::Admin;
 use causeway_api::admin::{
-    ConnectionsReply, ConnectionsRequest, CoreStatus, LocalDomain, ReloadReply, ReloadRequest,
-    StatusReply, StatusRequest, Tunnel,
+    ConnectionsReply, ConnectionsRequest, CoreStatus, ReloadReply, ReloadRequest, ServersReply,
+    ServersRequest, StatusReply, StatusRequest, Tunnel,
 };
 use causeway_app::admin::{self as plumbing, AdminServerHandle, Daemon, DaemonArgs};
 use causeway_tunnel::TunnelState;
@@ -33,32 +34,13 @@ pub const DEFAULT_SOCKET: &str = "/run/causeway/core.sock";
 #[derive(Debug, Clone)]
 pub struct ConfigView {
     core_id: String,
-    edge: String,
-    edge_name: String,
-    domains: Vec<LocalDomain>,
 }
 
 impl ConfigView {
     /// The parts of a validated config that status shows.
     pub fn of(cfg: &Validated) -> Self {
-        let norm =
-            |d: &str| causeway_xmpp::addr::normalize_domain(d).unwrap_or_else(|_| d.to_owned());
-        let domains = cfg
-            .raw
-            .domains
-            .iter()
-            .map(|d| LocalDomain {
-                name: norm(&d.name),
-                nodes: d.nodes.iter().map(|n| n.to_string()).collect(),
-                chat_node_aliases: d.chat_node_aliases.iter().map(|a| norm(a)).collect(),
-                node_state: "configured".into(),
-            })
-            .collect();
         Self {
             core_id: cfg.raw.core.id.clone(),
-            edge: cfg.raw.tunnel.edge.clone(),
-            edge_name: cfg.raw.tunnel.edge_name.clone(),
-            domains,
         }
     }
 }
@@ -123,34 +105,41 @@ impl CoreAdmin {
             &core.s2s,
             &core.tunnel.stats(),
         );
-        let mut tunnel = Tunnel {
-            edge: view.edge,
-            edge_name: view.edge_name,
-            ..Default::default()
-        };
-        match core.tunnel.state() {
-            TunnelState::Connected { since } => {
-                tunnel.state = "connected".into();
-                tunnel.since_unix = plumbing::unix_secs(since);
-            }
-            TunnelState::Connecting {
-                last_error,
-                attempts,
-            } => {
-                tunnel.state = "connecting".into();
-                tunnel.last_error = last_error.unwrap_or_default();
-                tunnel.attempts = attempts;
-            }
-            TunnelState::Stopped => tunnel.state = "stopped".into(),
-        }
+        let tunnels: Vec<Tunnel> = core.tunnel.links().iter().map(tunnel_status).collect();
         reply.core = Some(CoreStatus {
             core_id: view.core_id,
-            tunnel: Some(tunnel),
-            domains: view.domains,
+            tunnel: tunnels.first().cloned(),
+            tunnels,
+            domains: crate::servers::local_domains(core.discovery.nodes()),
             s2s_listen: core.s2s_addr.to_string(),
         });
         reply
     }
+}
+
+/// The state of the tunnel to one edge.
+fn tunnel_status(link: &crate::edges::EdgeLink) -> Tunnel {
+    let mut tunnel = Tunnel {
+        edge: link.address.clone(),
+        edge_name: link.name.clone(),
+        ..Default::default()
+    };
+    match link.tunnel.state() {
+        TunnelState::Connected { since } => {
+            tunnel.state = "connected".into();
+            tunnel.since_unix = plumbing::unix_secs(since);
+        }
+        TunnelState::Connecting {
+            last_error,
+            attempts,
+        } => {
+            tunnel.state = "connecting".into();
+            tunnel.last_error = last_error.unwrap_or_default();
+            tunnel.attempts = attempts;
+        }
+        TunnelState::Stopped => tunnel.state = "stopped".into(),
+    }
+    tunnel
 }
 
 struct Service(Arc<CoreAdmin>);
@@ -179,60 +168,40 @@ impl Admin for Service {
     ) -> Result<Response<ReloadReply>, tonic::Status> {
         Ok(Response::new(plumbing::reload_reply(self.0.reload().await)))
     }
+
+    async fn servers(
+        &self,
+        request: Request<ServersRequest>,
+    ) -> Result<Response<ServersReply>, tonic::Status> {
+        let refresh = request.into_inner().refresh;
+        Ok(Response::new(
+            crate::servers::reply(&self.0.core.discovery, refresh).await,
+        ))
+    }
 }
 
-/// `core status` as text, and its exit code: 0 when the tunnel is connected, 2 when not.
+/// `core status` as text, and its exit code: 0 when the tunnel to every edge is connected, 2 when
+/// one is not.
 pub fn render_status(reply: &StatusReply) -> (String, i32) {
     let core = reply.core.clone().unwrap_or_default();
-    let tunnel = core.tunnel.clone().unwrap_or_default();
+    let mut tunnels = core.tunnels.clone();
+    if tunnels.is_empty() {
+        tunnels.extend(core.tunnel.clone());
+    }
     let mut out = plumbing::render_header(reply, &format!("core {}", core.core_id));
-    let to = format!("tunnel to {} at {}", tunnel.edge_name, tunnel.edge);
-    let connected = tunnel.state == "connected";
-    match tunnel.state.as_str() {
-        "connected" => out.push_str(&format!(
-            "{to}: Connected since {}\n",
-            plumbing::since(tunnel.since_unix)
-        )),
-        "connecting" => {
-            out.push_str(&format!(
-                "{to}: Not connected: connecting, {} attempt{} since the last session",
-                tunnel.attempts,
-                if tunnel.attempts == 1 { "" } else { "s" }
-            ));
-            if tunnel.last_error.is_empty() {
-                out.push('\n');
-            } else {
-                out.push_str(&format!("; last error: {}\n", tunnel.last_error));
-            }
-        }
-        other => out.push_str(&format!("{to}: Not connected: {other}\n")),
+    let up = tunnels.iter().filter(|t| t.state == "connected").count();
+    let connected = up > 0 && up == tunnels.len();
+    if tunnels.len() > 1 {
+        out.push_str(&format!("edges: {up} of {} connected\n", tunnels.len()));
+    }
+    for tunnel in &tunnels {
+        out.push_str(&render_tunnel(tunnel));
     }
     if !reply.tunnel_links.is_empty() {
         out.push_str(&plumbing::render_tunnel_links(&reply.tunnel_links, "EDGE"));
     }
     out.push('\n');
-    out.push_str("local domains (from the config):\n");
-    let rows: Vec<Vec<String>> = core
-        .domains
-        .iter()
-        .map(|d| {
-            vec![
-                d.name.clone(),
-                d.nodes.join(","),
-                if d.chat_node_aliases.is_empty() {
-                    "-".into()
-                } else {
-                    d.chat_node_aliases.join(",")
-                },
-                d.node_state.clone(),
-            ]
-        })
-        .collect();
-    out.push_str(&plumbing::table(
-        "  ",
-        &["DOMAIN", "IM&P NODES", "CHAT NODE ALIASES", "NODE STATE"],
-        &rows,
-    ));
+    out.push_str(&crate::servers::render_domains(&core.domains));
     out.push_str(&format!(
         "s2s listening for the nodes: {}\n\n",
         core.s2s_listen
@@ -248,8 +217,31 @@ pub fn render_status(reply: &StatusReply) -> (String, i32) {
     )
 }
 
-/// `core status`: exit code 0 when the tunnel is connected, 2 when not; an error (exit 1)
-/// when the daemon cannot be reached.
+/// One line for the tunnel to one edge.
+fn render_tunnel(tunnel: &Tunnel) -> String {
+    let to = format!("tunnel to {} at {}", tunnel.edge_name, tunnel.edge);
+    match tunnel.state.as_str() {
+        "connected" => format!(
+            "{to}: Connected since {}\n",
+            plumbing::since(tunnel.since_unix)
+        ),
+        "connecting" => {
+            let mut line = format!(
+                "{to}: Not connected: connecting, {} attempt{} since the last session",
+                tunnel.attempts,
+                if tunnel.attempts == 1 { "" } else { "s" }
+            );
+            if !tunnel.last_error.is_empty() {
+                line.push_str(&format!("; last error: {}", tunnel.last_error));
+            }
+            line + "\n"
+        }
+        other => format!("{to}: Not connected: {other}\n"),
+    }
+}
+
+/// `core status`: exit code 0 when the tunnel to every edge is connected, 2 when one is not; an
+/// error (exit 1) when the daemon cannot be reached.
 pub async fn status_command(args: &DaemonArgs) -> anyhow::Result<i32> {
     let reply = plumbing::Connection::open(&DAEMON, args)
         .await?

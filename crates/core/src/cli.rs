@@ -30,13 +30,23 @@ pub enum Command {
     },
     /// Ask the running daemon how it is doing.
     ///
-    /// Exit code 0: the tunnel to the edge is connected; 2: it is not; 1: the daemon cannot be
-    /// reached.
+    /// Exit code 0: the tunnel to every edge is connected; 2: one is not; 1: the daemon cannot
+    /// be reached.
     Status(causeway_app::admin::DaemonArgs),
     /// List the running daemon's s2s sessions with the IM&P nodes.
     Connections(causeway_app::admin::DaemonArgs),
     /// Make the running daemon apply its config file again (exit code 0: applied, 1: refused).
     Reload(causeway_app::admin::DaemonArgs),
+    /// List the IM&P clusters: their nodes (active or inactive, last error, last probe) and
+    /// chat node aliases. Exit code 0; 1 when the daemon cannot be reached.
+    Servers {
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: causeway_app::admin::DaemonArgs,
+        /// Run discovery now (DNS SRV, XEP-0030), print what changed and apply it.
+        #[arg(long)]
+        refresh: bool,
+    },
     /// Lab certificates.
     Pki {
         /// What to generate.
@@ -55,7 +65,10 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
-            crate::config::load(&config)?;
+            let cfg = crate::config::load(&config)?;
+            for w in &cfg.node_config.warnings {
+                println!("warning: {w}");
+            }
             println!("{}: OK", config.display());
             Ok(())
         }
@@ -103,6 +116,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => causeway_app::admin::finish(
             causeway_app::admin::reload_command(&crate::admin::DAEMON, &args).await?,
         ),
+        Command::Servers { daemon, refresh } => {
+            causeway_app::admin::finish(crate::servers::servers_command(&daemon, refresh).await?)
+        }
         Command::Pki { command } => causeway_app::pki::run(command),
         Command::Cert { command } => causeway_app::cert::run(
             &causeway_app::cert::CertContext {

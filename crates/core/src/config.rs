@@ -20,6 +20,12 @@ pub struct CoreConfig {
     /// Local domains and the nodes that serve them.
     #[serde(default)]
     pub domains: Vec<DomainSection>,
+    /// IM&P clusters whose nodes and chat node aliases core discovers.
+    #[serde(default)]
+    pub clusters: Vec<crate::discovery::ClusterSection>,
+    /// How nodes are discovered and health-checked.
+    #[serde(default)]
+    pub discovery: crate::discovery::DiscoverySection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -29,6 +35,9 @@ pub struct CoreConfig {
     /// Prometheus metrics over HTTP; absent: off.
     #[serde(default)]
     pub metrics: Option<causeway_app::metrics::MetricsSection>,
+    /// Email address for federation; absent: off.
+    #[serde(default)]
+    pub email_translation: crate::email::EmailSection,
 }
 
 impl CoreConfig {
@@ -70,14 +79,19 @@ pub struct CoreSection {
     pub id: String,
 }
 
-/// `[tunnel]`
+/// `[tunnel]`: one edge (`edge`, `edge_name`) or several (`[[tunnel.edges]]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSection {
-    /// The edge's traversal address (host:port or ip:port).
-    pub edge: String,
-    /// The name in the edge's traversal server certificate.
-    pub edge_name: String,
+    /// The edge's traversal address (host:port or ip:port), when there is one edge.
+    #[serde(default)]
+    pub edge: Option<String>,
+    /// The name in that edge's traversal server certificate.
+    #[serde(default)]
+    pub edge_name: Option<String>,
+    /// Every edge, when there are several (high availability); instead of `edge`.
+    #[serde(default)]
+    pub edges: Vec<EdgeEntry>,
     /// core's traversal client certificate chain (PEM).
     pub cert: PathBuf,
     /// Its private key (PEM).
@@ -90,6 +104,16 @@ pub struct TunnelSection {
     /// Keepalive interval in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+}
+
+/// `[[tunnel.edges]]`: one edge core keeps a tunnel to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeEntry {
+    /// Its traversal address (host:port or ip:port).
+    pub address: String,
+    /// The name in its traversal server certificate.
+    pub name: String,
 }
 
 /// `[s2s]`: the internal leg.
@@ -126,11 +150,20 @@ pub struct S2sSection {
 pub struct DomainSection {
     /// The local XMPP domain, e.g. example.com.
     pub name: String,
-    /// s2s addresses of the IM&P nodes serving it (ip:port).
+    /// s2s addresses of the IM&P nodes serving it (ip:port); empty when a `[[clusters]]`
+    /// entry discovers them.
+    #[serde(default)]
     pub nodes: Vec<SocketAddr>,
     /// Chat node aliases (MUC services) hosted by those nodes.
     #[serde(default)]
     pub chat_node_aliases: Vec<String>,
+    /// IM and presence service on for this domain (default true).
+    #[serde(default = "default_true")]
+    pub im_presence: bool,
+    /// XMPP federation on for this domain (default true; with `im_presence` off it does not
+    /// federate, and a warning is logged).
+    #[serde(default = "default_true")]
+    pub xmpp_federation: bool,
 }
 
 /// `[log]`
@@ -191,8 +224,14 @@ pub struct Validated {
     pub domains: Vec<String>,
     /// Chat node aliases (lowercase).
     pub aliases: Vec<String>,
+    /// Clusters of IM&P nodes, domain switches, discovery and health settings, warnings.
+    pub node_config: crate::nodes::NodesConfig,
     /// The dialback secret.
     pub dialback_secret: String,
+    /// Email address for federation (`[email_translation]`), its directory loaded.
+    pub email: crate::email::Translation,
+    /// The edges to keep a tunnel to, in config order (`tunnel.edge` or `[[tunnel.edges]]`).
+    pub edges: Vec<EdgeEntry>,
 }
 
 /// Read, parse and validate. Relative paths are taken from the file's directory.
@@ -215,6 +254,9 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
         *p = base.join(&*p);
     }
     raw.admin.resolve_paths(base);
+    if let Some(p) = raw.email_translation.directory.as_mut() {
+        *p = base.join(&*p);
+    }
     let mut validated = validate(raw)?;
     validated.path = path.to_owned();
     Ok(validated)
@@ -237,8 +279,8 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         raw.s2s.dialback_secret.as_deref(),
         raw.s2s.dialback_secret_file.as_deref(),
     )?;
-    if raw.domains.is_empty() {
-        bail!("domains: at least one [[domains]] entry is needed");
+    if raw.domains.is_empty() && raw.clusters.is_empty() {
+        bail!("domains: at least one [[domains]] (or [[clusters]]) entry is needed");
     }
     let mut nodes: HashMap<String, Vec<SocketAddr>> = HashMap::new();
     let mut domains = Vec::new();
@@ -246,8 +288,17 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
     for (i, d) in raw.domains.iter().enumerate() {
         let name = causeway_xmpp::addr::normalize_domain(&d.name)
             .map_err(|e| anyhow::anyhow!("domains[{i}].name: {e}"))?;
-        if d.nodes.is_empty() {
-            bail!("domains[{i}].nodes: at least one IM&P node address");
+        let discovered = raw.clusters.iter().any(|c| {
+            c.publisher.is_some()
+                || c.domain
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&name))
+        });
+        if d.nodes.is_empty() && !discovered {
+            bail!(
+                "domains[{i}].nodes: at least one IM&P node address (or a [[clusters]] entry \
+                 that discovers {name})"
+            );
         }
         insert_unique(&mut nodes, &name, &d.nodes, &format!("domains[{i}].name"))?;
         domains.push(name);
@@ -259,7 +310,11 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
             aliases.push(alias);
         }
     }
+    let node_config = crate::nodes::NodesConfig::validate(&raw, &domains)?;
+    domains.extend(node_config.cluster_domains());
+    let edges = crate::edges::edges_of(&raw.tunnel)?;
     raw.admin.validate()?;
+    let email = crate::email::Translation::from_config(&raw.email_translation, &domains)?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
         other => bail!("log.format: {other:?} is not text or json"),
@@ -270,7 +325,10 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         nodes,
         domains,
         aliases,
+        node_config,
         dialback_secret,
+        edges,
+        email,
     })
 }
 

@@ -6,18 +6,13 @@
 //! stanza, and puts it on the tunnel. Inbound: a stanza from the tunnel goes to an IM&P node of
 //! its `to` domain over an s2s session that core opens as the remote domain.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use causeway_s2s::{
-    BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
-};
-use causeway_tunnel::{
-    CoreHello, CoreTunnel, CoreTunnelConfig, TlsFiles, TunnelOptions, TunnelStanza,
-};
+use causeway_s2s::{BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, LOG_MODULE};
+use causeway_tunnel::{CoreHello, TlsFiles, TunnelOptions, TunnelStanza};
 use causeway_xmpp::StanzaCondition;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -26,19 +21,30 @@ use tracing::{info, warn};
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod discovery;
+pub mod edges;
+pub mod email;
+pub mod health;
 pub mod metrics;
+pub mod nodes;
 pub mod reload;
+pub mod servers;
 
 /// What core knows; the [`Host`] of its s2s service towards the IM&P nodes.
 pub struct CoreHost {
-    /// Local domain or chat node alias -> IM&P node s2s addresses.
-    nodes: HashMap<String, Vec<SocketAddr>>,
-    tunnel: OnceLock<CoreTunnel>,
+    /// Local domains, chat node aliases and the IM&P nodes that serve them, with their health
+    /// (crates/core/src/nodes.rs).
+    nodes: Arc<nodes::NodeTable>,
+    /// The tunnels to the edges.
+    tunnel: OnceLock<edges::Edges>,
+    /// Email address for federation (off unless configured).
+    email: email::Translation,
 }
 
 impl CoreHost {
+    /// A local domain or chat node alias that federates (see crates/core/src/nodes.rs).
     fn is_local(&self, domain: &str) -> bool {
-        self.nodes.contains_key(domain)
+        self.nodes.federates(domain)
     }
 
     async fn to_edge(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
@@ -78,29 +84,30 @@ impl CoreHost {
 impl Host for CoreHost {
     /// Towards the nodes, core speaks for every remote domain.
     fn serves(&self, domain: &str) -> bool {
-        !self.is_local(domain) && causeway_xmpp::addr::normalize_domain(domain).is_ok()
+        !self.nodes.is_known(domain) && causeway_xmpp::addr::normalize_domain(domain).is_ok()
     }
 
     /// Only the local domains' nodes are peers of core.
     fn peer_allowed(&self, remote: &str, _direction: Direction) -> bool {
-        self.is_local(remote)
+        self.nodes.peer_allowed(remote)
     }
 
     fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
-        Box::pin(async move {
-            self.nodes
-                .get(domain)
-                .cloned()
-                .ok_or_else(|| format!("{domain} is not a local domain"))
-        })
+        Box::pin(async move { self.nodes.resolve(domain) })
     }
 
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // Answers to discovery's disco requests are core's own (crates/core/src/discovery.rs).
+            if self.nodes.intercept_answer(&stanza) {
+                return;
+            }
+            self.nodes.wait_ready().await;
             if self.is_local(&stanza.to_domain) {
                 warn!(module = LOG_MODULE, from = %stanza.from_domain, to = %stanza.to_domain, "stanza between two local domains: internal federation is not routed yet; dropped");
                 return;
             }
+            let stanza = self.email.outbound(stanza);
             self.to_edge(stanza.from_domain, stanza.to_domain, stanza.payload)
                 .await;
         })
@@ -108,6 +115,10 @@ impl Host for CoreHost {
 
     fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            if self.nodes.intercept_bounce(&stanza, condition) {
+                return;
+            }
+            let stanza = self.email.bounced(stanza);
             let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
                 return;
             };
@@ -120,81 +131,84 @@ impl Host for CoreHost {
 pub struct Core {
     /// s2s towards the IM&P nodes.
     pub s2s: Arc<S2s>,
-    /// The tunnel client.
-    pub tunnel: CoreTunnel,
+    /// The tunnels to the edges.
+    pub tunnel: edges::Edges,
     /// Where s2s listens.
     pub s2s_addr: SocketAddr,
     /// The config file (reloads read it again).
     pub config_path: std::path::PathBuf,
     /// When it started.
     pub started: std::time::SystemTime,
+    /// IM&P discovery and health checks, and the node table.
+    pub discovery: Arc<discovery::Discovery>,
 }
 
 /// Start core from a validated config (a wiring function).
 pub async fn start(
-    cfg: config::Validated,
+    mut cfg: config::Validated,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Core> {
     let s = &cfg.raw.s2s;
-    let certs = causeway_pki::load_certs(&s.cert)?;
-    let key = causeway_pki::load_key(&s.key)?;
     causeway_app::cert::log_certificate_warnings([
         (&s.cert, cfg.raw.certificate_names()?.all()),
         (&cfg.raw.tunnel.cert, vec![cfg.raw.core.id.clone()]),
     ]);
-    let tls_server = causeway_pki::s2s_server_config(certs, key)?;
-    let tls_client = causeway_pki::s2s_client_config_dialback()?;
-    let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
-    s2s_cfg.tls_mode = if s.require_tls {
-        causeway_s2s::TlsMode::Required
-    } else {
-        causeway_s2s::TlsMode::Optional
-    };
-    s2s_cfg.limits.max_stanza_bytes = s.max_stanza_bytes;
-    s2s_cfg.idle_timeout = Duration::from_secs(s.idle_timeout_secs);
+    let s2s_cfg = reload::s2s_config(&cfg)?;
 
     let host = Arc::new(CoreHost {
-        nodes: cfg.nodes.clone(),
+        nodes: Arc::new(nodes::NodeTable::new(&cfg.node_config)),
         tunnel: OnceLock::new(),
+        email: cfg.email.start(),
     });
     let s2s = S2s::new(s2s_cfg, host.clone());
     let listener = TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("s2s.listen {}", s.listen))?;
     let s2s_addr = listener.local_addr()?;
+    // Serve the nodes before the tunnel exists: the initial discovery asks them over s2s, so
+    // that the first hello carries what it found (stanzas for the edge wait in `deliver` until
+    // `discovery.spawn()` below).
+    tokio::spawn(s2s.clone().serve(listener, shutdown));
+    let discovery = discovery::Discovery::new(&cfg, host.nodes.clone(), s2s.clone());
+    (cfg.domains, cfg.aliases) = discovery.initial().await;
 
     let t = &cfg.raw.tunnel;
-    let tunnel_cfg = CoreTunnelConfig {
-        edge_addr: t.edge.clone(),
-        edge_name: t.edge_name.clone(),
-        tls: TlsFiles {
+    let (tunnel, from_edge) = edges::Edges::start(
+        &cfg.edges,
+        TlsFiles {
             cert_pem: causeway_pki::read_file(&t.cert)?,
             key_pem: causeway_pki::read_file(&t.key)?,
             ca_pem: causeway_pki::read_file(&t.ca)?,
         },
-        hello: CoreHello {
+        CoreHello {
             core_id: cfg.raw.core.id.clone(),
             domains: cfg.domains.clone(),
             chat_node_aliases: cfg.aliases.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         },
-        opts: TunnelOptions {
+        TunnelOptions {
             window: t.window,
             keepalive: Duration::from_secs(t.keepalive_secs),
             ..TunnelOptions::default()
         },
-    };
-    let (tunnel, from_edge) = CoreTunnel::start(tunnel_cfg);
+    );
     let _ = host.tunnel.set(tunnel.clone());
-    tokio::spawn(s2s.clone().serve(listener, shutdown));
+    // Domains that change later (discovery, reload) reach the edges in a new hello.
+    let announcing = tunnel.clone();
+    let _ = host
+        .nodes
+        .set_announcer(move |domains, aliases| announcing.reannounce(domains, aliases));
     tokio::spawn(pump_tunnel(host, s2s.clone(), from_edge));
-    info!(module = LOG_MODULE, s2s = %s2s_addr, edge = %t.edge, "core started");
+    discovery.spawn();
+    let edge_addrs: Vec<&str> = cfg.edges.iter().map(|e| e.address.as_str()).collect();
+    info!(module = LOG_MODULE, s2s = %s2s_addr, edges = ?edge_addrs, "core started");
     Ok(Core {
         s2s,
         tunnel,
         s2s_addr,
         config_path: cfg.path.clone(),
         started: std::time::SystemTime::now(),
+        discovery,
     })
 }
 
@@ -212,6 +226,9 @@ async fn pump_tunnel(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
+        let Some(st) = email::inbound(&host, &s2s, st) else {
+            continue;
+        };
         s2s.send(OutboundStanza {
             from_domain: st.from_domain,
             to_domain: st.to_domain,

@@ -1,5 +1,5 @@
 //! core's Prometheus metrics (`[metrics] listen`): s2s sessions and counters towards the
-//! internal nodes, the tunnel to the edge. Rendered at scrape time from the live state.
+//! internal nodes, the tunnel to each edge. Rendered at scrape time from the live state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use causeway_app::metrics::{MetricsSection, SessionCounts, Snapshot, TunnelPeer};
 use causeway_s2s::{Direction, S2s};
-use causeway_tunnel::CoreTunnel;
 
 use crate::Core;
 
@@ -15,7 +14,7 @@ use crate::Core;
 #[derive(Clone)]
 pub struct Sources {
     s2s: Arc<S2s>,
-    tunnel: CoreTunnel,
+    tunnel: crate::edges::Edges,
 }
 
 impl Sources {

@@ -70,6 +70,16 @@ impl Admin for Service {
             self.edge.reload().await,
         )))
     }
+
+    /// IM&P servers are core's business.
+    async fn servers(
+        &self,
+        _: Request<causeway_api::admin::ServersRequest>,
+    ) -> Result<Response<causeway_api::admin::ServersReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the edge has no IM&P servers: ask core (core servers)",
+        ))
+    }
 }
 
 /// What the edge is doing now.
@@ -86,10 +96,8 @@ pub fn status(edge: &Edge) -> StatusReply {
             Ok(h) => h.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-    let learned: HashMap<String, String> = match edge.host.domains.read() {
-        Ok(d) => d.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
+    // (domain, core) pairs: one row per core serving the domain.
+    let learned: Vec<(String, String)> = edge.host.domain_cores().entries();
     let connected = edge.tunnel.connected_cores();
     let connected_ids: HashSet<&str> = connected.iter().map(|h| h.core_id.as_str()).collect();
     let cores = connected

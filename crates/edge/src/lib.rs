@@ -1,9 +1,10 @@
 //! The edge daemon as a library: federation sockets on the internet side, the traversal tunnel
 //! to the cores on the other.
 //!
-//! Inbound: s2s stanza from a federated server -> [`EdgeHost::deliver`] -> the tunnel to the core
-//! that announced the `to` domain. Outbound: tunnel stanza from a core -> checks (the core
-//! announced the `from` domain; the privacy policy allows the `to` domain) -> [`S2s::send`].
+//! Inbound: s2s stanza from a federated server -> [`EdgeHost::deliver`] -> the tunnel to a
+//! connected core that announced the `to` domain (see [`cores`]). Outbound: tunnel stanza from a
+//! core -> checks (the core announced the `from` domain; the privacy policy allows the `to`
+//! domain) -> [`S2s::send`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod cores;
 pub mod metrics;
 pub mod reload;
 
@@ -58,8 +60,8 @@ impl Rules {
 
 /// What the edge knows and decides; the [`Host`] of its s2s service.
 pub struct EdgeHost {
-    /// Local domain or chat node alias -> the core that serves it.
-    domains: RwLock<HashMap<String, String>>,
+    /// Local domain or chat node alias -> the cores that serve it.
+    domains: RwLock<cores::DomainCores>,
     /// Policy, routes and DNS: replaced whole by a reload.
     rules: RwLock<Arc<Rules>>,
     tunnel: OnceLock<EdgeTunnel>,
@@ -86,8 +88,20 @@ impl EdgeHost {
         }
     }
 
-    fn core_for(&self, domain: &str) -> Option<String> {
-        self.domains.read().ok()?.get(domain).cloned()
+    /// Which cores serve which domains, now.
+    pub fn domain_cores(&self) -> std::sync::RwLockReadGuard<'_, cores::DomainCores> {
+        match self.domains.read() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The core for a stanza from `from_domain` to the local `to_domain` (see [`cores`]).
+    fn core_for(&self, from_domain: &str, to_domain: &str) -> Option<String> {
+        let tunnel = self.tunnel()?;
+        self.domain_cores()
+            .choose(from_domain, to_domain, |c| tunnel.is_connected(c))
+            .map(str::to_owned)
     }
 
     fn tunnel(&self) -> Option<&EdgeTunnel> {
@@ -96,7 +110,8 @@ impl EdgeHost {
 
     /// Send a stanza towards the inside, to the core serving `to_domain`.
     async fn to_core(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
-        let (Some(core), Some(tunnel)) = (self.core_for(&to_domain), self.tunnel()) else {
+        let (Some(core), Some(tunnel)) = (self.core_for(&from_domain, &to_domain), self.tunnel())
+        else {
             warn!(module = LOG_MODULE, to = %to_domain, "no core serves this domain; stanza dropped");
             return;
         };
@@ -122,7 +137,10 @@ impl EdgeHost {
     /// that drains the tunnel, which must never wait for tunnel window room (if both windows
     /// were full, neither side would drain: deadlock).
     fn to_core_detached(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
-        let (Some(core), Some(tunnel)) = (self.core_for(&to_domain), self.tunnel().cloned()) else {
+        let (Some(core), Some(tunnel)) = (
+            self.core_for(&from_domain, &to_domain),
+            self.tunnel().cloned(),
+        ) else {
             warn!(module = LOG_MODULE, to = %to_domain, "no core serves this domain; bounce dropped");
             return;
         };
@@ -141,7 +159,7 @@ impl EdgeHost {
 
 impl Host for EdgeHost {
     fn serves(&self, domain: &str) -> bool {
-        self.core_for(domain).is_some()
+        self.domain_cores().serves(domain)
     }
 
     fn peer_allowed(&self, remote: &str, direction: Direction) -> bool {
@@ -253,7 +271,7 @@ pub async fn start(
     let rules = Rules::from_config(&cfg)?;
     warn_shadowed(&rules.policy);
     let host = Arc::new(EdgeHost {
-        domains: RwLock::new(HashMap::new()),
+        domains: RwLock::new(cores::DomainCores::default()),
         rules: RwLock::new(Arc::new(rules)),
         tunnel: OnceLock::new(),
         hellos: RwLock::new(HashMap::new()),
@@ -280,6 +298,8 @@ pub async fn start(
         keepalive: Duration::from_secs(cfg.raw.tunnel.keepalive_secs),
         ..TunnelOptions::default()
     };
+    // A core silent this long is gone (see cores.rs).
+    let failover_grace = opts.dead_after();
     let (events_tx, events_rx) = mpsc::channel(1024);
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let (tunnel, _server) =
@@ -299,6 +319,7 @@ pub async fn start(
     };
     tokio::spawn(s2s.clone().serve(s2s_listener, shutdown));
     tokio::spawn(pump_tunnel(host.clone(), s2s.clone(), events_rx));
+    tokio::spawn(cores::supervise(host.clone(), failover_grace));
     info!(module = LOG_MODULE, s2s = %s2s_addr, direct_tls = ?direct_tls_addr, tunnel = %tunnel_addr, "edge listening");
     Ok(Edge {
         s2s,
@@ -356,10 +377,7 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
             EdgeEvent::CoreUp(hello) => {
                 info!(module = LOG_MODULE, core = %hello.core_id, domains = ?hello.domains, aliases = ?hello.chat_node_aliases, "core connected");
                 if let Ok(mut map) = host.domains.write() {
-                    map.retain(|_, core| *core != hello.core_id);
-                    for d in hello.domains.iter().chain(&hello.chat_node_aliases) {
-                        map.insert(d.to_ascii_lowercase(), hello.core_id.clone());
-                    }
+                    map.announce(&hello);
                 }
                 if let Ok(mut hellos) = host.hellos.write() {
                     let now = std::time::SystemTime::now();
@@ -378,7 +396,7 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
 }
 
 async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: TunnelStanza) {
-    if host.core_for(&st.from_domain).as_deref() != Some(core_id) {
+    if !host.domain_cores().announced_by(&st.from_domain, core_id) {
         warn!(module = LOG_MODULE, core = %core_id, from = %st.from_domain, "stanza from a domain this core did not announce: dropped");
         s2s.counters
             .stanzas_refused

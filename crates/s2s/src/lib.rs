@@ -368,6 +368,24 @@ impl S2s {
         }
     }
 
+    /// Close every live session with the server at `peer` (the socket address we connected
+    /// to, for outgoing sessions): e.g. an internal node a health check found unresponsive, so
+    /// that queued and new stanzas go to a fresh session (and another server) at once instead
+    /// of waiting for the ping timeout. Returns how many sessions were told to close.
+    pub fn close_sessions_with(&self, peer: SocketAddr) -> usize {
+        let Ok(map) = self.sessions.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for entry in map.values() {
+            if entry.info.lock().is_ok_and(|i| i.peer == peer) {
+                entry.closer.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// An answer to one of our pings: consume it (true) rather than deliver it.
     pub(crate) fn take_pong(&self, id: &str) -> bool {
         if !id.starts_with(PING_ID_PREFIX) {

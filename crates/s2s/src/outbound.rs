@@ -470,6 +470,10 @@ impl S2s {
                     pong = Some(Pong { id: ping.id, answered: waiter, deadline: Instant::now() + cfg.ping_timeout });
                     ping_at = Instant::now() + cfg.ping_interval;
                 },
+                _ = entry.closer.notified() => {
+                    conn.abort();
+                    return "closed: its server was found unresponsive or removed".into();
+                },
                 _ = wait_pong(&mut pong) => {
                     pong = None;
                 },

@@ -7,6 +7,12 @@
 //!                                                     dnsmasq .53 (SRV for every domain)
 //! ```
 //!
+//! With `second_edge`, a second edge runs at `.5` (same PKI and dialback secret, `edge2.toml`,
+//! `edge2.log`, `edge2.sock`), the SRV records of example.com and conference.example.com list both
+//! edges with equal priority and weight, and core keeps a tunnel to each. With `second_core`, a
+//! second core `core2.example.com` runs at `.6` (`core2.*`), serving the same domains over the
+//! same tunnels; the internal Prosody still routes its federation to the first core.
+//!
 //! Each test uses its own `N`, so labs run side by side. The edge and core binaries are given
 //! by path (integration tests pass `CARGO_BIN_EXE_edge` / `CARGO_BIN_EXE_core`).
 
@@ -73,6 +79,26 @@ pub struct LabOptions {
     pub edge_extra: String,
     /// partner.test's s2s port (default: a free one).
     pub partner_s2s_port: Option<u16>,
+    /// Also start a second edge at `.5`, listed in DNS and in core's config.
+    pub second_edge: bool,
+    /// Also start a second core at `.6` serving the same domains.
+    pub second_core: bool,
+    /// Also start a second internal Prosody for example.com at `.12` (same accounts, MUC and
+    /// dialback secret as the first): another node of the same cluster.
+    pub internal_node2: bool,
+    /// core discovers its nodes: an internal DNS view (dnsmasq at `.54`) publishes
+    /// `_xmpp-server._tcp.example.com` -> `imp1.example.com` (and `imp2.example.com`), and
+    /// core.toml has `[discovery]` and `[[clusters]] domain = "example.com"` instead of its
+    /// `[[domains]]` entry (so the chat node alias comes from disco).
+    pub core_discovery: bool,
+    /// With `core_discovery` and `internal_node2`: the internal DNS lists node 2 from the start.
+    pub node2_in_dns: bool,
+    /// With `core_discovery`: TOML lines added to core's `[discovery]` section.
+    pub core_discovery_extra: String,
+    /// Start the internal node(s) before core, so that core's first discovery reaches them.
+    pub internal_first: bool,
+    /// TOML appended to core's config `core.toml` (e.g. an `[email_translation]` section).
+    pub core_extra: String,
 }
 
 impl LabOptions {
@@ -96,6 +122,14 @@ impl LabOptions {
             edge_policy: None,
             edge_extra: String::new(),
             partner_s2s_port: None,
+            second_edge: false,
+            second_core: false,
+            internal_node2: false,
+            core_discovery: false,
+            node2_in_dns: true,
+            core_discovery_extra: String::new(),
+            internal_first: false,
+            core_extra: String::new(),
         }
     }
 }
@@ -114,8 +148,16 @@ pub struct Lab {
     pub edge: Option<ChildGuard>,
     /// The core process.
     pub core: Option<ChildGuard>,
+    /// The second edge (`LabOptions::second_edge`).
+    pub edge2: Option<ChildGuard>,
+    /// The second core (`LabOptions::second_core`).
+    pub core2: Option<ChildGuard>,
     /// Internal Prosody (example.com, conference.example.com).
     pub internal: Prosody,
+    /// The second internal node (`LabOptions::internal_node2`).
+    pub internal2: Option<Prosody>,
+    /// The internal DNS view (`LabOptions::core_discovery`).
+    pub internal_dns: Option<DnsServer>,
     /// External Prosody (partner.test).
     pub partner: Prosody,
     /// External ejabberd (partner2.test).
@@ -152,6 +194,26 @@ impl Lab {
         internal.muc = Some(LOCAL_MUC.into());
         internal.route_s2s_to = Some(core_s2s);
         internal.log_level = opts.peer_log_level.clone();
+        let internal2 = opts.internal_node2.then(|| {
+            // Nodes of one cluster verify each other's dialback keys: one secret.
+            internal.extra_global = "dialback_secret = \"lab-internal-dialback-0001\"\n".into();
+            let mut spec = internal.clone();
+            spec.ip = Self::ip(n, 12);
+            spec.c2s_port = crate::free_port(spec.ip);
+            spec.s2s_port = crate::free_port(spec.ip);
+            spec
+        });
+        let internal_dns = if opts.core_discovery {
+            let node1 = SocketAddr::from((internal.ip, internal.s2s_port));
+            let node2 = internal2
+                .as_ref()
+                .filter(|_| opts.node2_in_dns)
+                .map(|s| SocketAddr::from((s.ip, s.s2s_port)));
+            let records = internal_dns_records(Some(node1), node2);
+            Some(DnsServer::start(Self::ip(n, 54), &records)?)
+        } else {
+            None
+        };
         let mut partner = ProsodySpec::new(Self::ip(n, 21), PARTNER).user("bob", &password("bob"));
         partner.muc = Some(format!("conference.{PARTNER}"));
         partner.log_level = opts.peer_log_level.clone();
@@ -194,17 +256,27 @@ impl Lab {
             }
             s
         });
-        let edge_ip = Self::ip(n, 2).to_string();
-        let mut records = vec![
-            DnsRecord::xmpp_server(LOCAL, &edge_ip, 5269),
-            DnsRecord::xmpp_server(LOCAL_MUC, &edge_ip, 5269),
+        let mut edge_ips = vec![Self::ip(n, 2).to_string()];
+        if opts.second_edge {
+            edge_ips.push(Self::ip(n, 5).to_string());
+        }
+        let mut records: Vec<DnsRecord> = edge_ips
+            .iter()
+            .flat_map(|ip| {
+                [
+                    DnsRecord::xmpp_server(LOCAL, ip, 5269),
+                    DnsRecord::xmpp_server(LOCAL_MUC, ip, 5269),
+                ]
+            })
+            .collect();
+        records.extend([
             DnsRecord::xmpp_server(PARTNER, &partner.ip.to_string(), partner.s2s_port),
             DnsRecord::xmpp_server(
                 &format!("conference.{PARTNER}"),
                 &partner.ip.to_string(),
                 partner.s2s_port,
             ),
-        ];
+        ]);
         if let Some(s) = &ejabberd_spec {
             records.push(DnsRecord::xmpp_server(
                 PARTNER2,
@@ -231,22 +303,76 @@ impl Lab {
         }
         edge_toml.push('\n');
         edge_toml.push_str(&opts.edge_extra);
-        std::fs::write(dir.path().join("edge.toml"), edge_toml)?;
-        std::fs::write(
-            dir.path().join("core.toml"),
-            core_config(core_s2s, tunnel_target, internal.ip, internal.s2s_port),
-        )?;
+        std::fs::write(dir.path().join("edge.toml"), &edge_toml)?;
+        let mut edges = vec![tunnel_target];
+        if opts.second_edge {
+            // The same config at .5, with its own admin socket.
+            let (ip2, ip5) = (Self::ip(n, 2).to_string(), Self::ip(n, 5).to_string());
+            let edge2_toml = edge_toml
+                .replace(&format!("\"{ip2}:"), &format!("\"{ip5}:"))
+                .replace("socket = \"edge.sock\"", "socket = \"edge2.sock\"");
+            std::fs::write(dir.path().join("edge2.toml"), edge2_toml)?;
+            edges.push(SocketAddr::from((Self::ip(n, 5), 7400)));
+        }
+        let node = SocketAddr::from((internal.ip, internal.s2s_port));
+        let core_lab = LabCore {
+            id: "core1.example.com",
+            file: "core",
+            s2s: core_s2s,
+            edges: &edges,
+            node,
+        };
+        let mut core_toml = core_lab.config();
+        if let Some(view) = &internal_dns {
+            core_toml = with_discovery(&core_toml, view.addr, &opts.core_discovery_extra);
+        }
+        core_toml.push('\n');
+        core_toml.push_str(&opts.core_extra);
+        std::fs::write(dir.path().join("core.toml"), core_toml)?;
+        let (internal, internal2) = if opts.internal_first {
+            let first = Prosody::start(internal)?;
+            let second = internal2.map(Prosody::start).transpose()?;
+            (Ok(first), second.map(Ok))
+        } else {
+            (Err(internal), internal2.map(Err))
+        };
+        if opts.second_core {
+            write_core2_pki(&pki)?;
+            let core2 = LabCore {
+                id: "core2.example.com",
+                file: "core2",
+                s2s: SocketAddr::from((Self::ip(n, 6), 5269)),
+                ..core_lab
+            };
+            std::fs::write(dir.path().join("core2.toml"), core2.config())?;
+        }
 
         // The edge's "core connected" line is how the lab knows the tunnel is up.
         let edge_log = format!("{},causeway_edge=info", opts.rust_log);
         let edge = spawn_daemon(&opts.edge_bin, "edge", dir.path(), &edge_log)?;
+        let edge2 = opts
+            .second_edge
+            .then(|| spawn_daemon(&opts.edge_bin, "edge2", dir.path(), &edge_log))
+            .transpose()?;
         let relay = if opts.relay {
             Some(Relay::start(relay_addr, edge_tunnel)?)
         } else {
             None
         };
         let core = spawn_daemon(&opts.core_bin, "core", dir.path(), &opts.rust_log)?;
-        let internal = Prosody::start(internal)?;
+        let core2 = opts
+            .second_core
+            .then(|| spawn_daemon(&opts.core_bin, "core2", dir.path(), &opts.rust_log))
+            .transpose()?;
+        let internal = match internal {
+            Ok(started) => started,
+            Err(spec) => Prosody::start(spec)?,
+        };
+        let internal2 = match internal2 {
+            Some(Ok(started)) => Some(started),
+            Some(Err(spec)) => Some(Prosody::start(spec)?),
+            None => None,
+        };
         let partner = Prosody::start(partner)?;
         let partner2 = ejabberd_spec.map(Ejabberd::start).transpose()?;
         let lab = Self {
@@ -256,7 +382,11 @@ impl Lab {
             relay,
             edge: Some(edge),
             core: Some(core),
+            edge2,
+            core2,
             internal,
+            internal2,
+            internal_dns,
             partner,
             partner2,
             dns,
@@ -267,13 +397,30 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Wait until the edge logged that core connected (since it last started).
+    /// Wait until every edge logged that every core connected (since it last started).
     pub fn wait_tunnel_up(&self, timeout: Duration) -> Result<()> {
-        let log = self.dir.path().join("edge.log");
+        let mut edges = vec!["edge"];
+        if self.opts.second_edge {
+            edges.push("edge2");
+        }
+        let mut cores = vec!["core1.example.com"];
+        if self.opts.second_core {
+            cores.push("core2.example.com");
+        }
         let ok = crate::wait_until(timeout, || {
-            std::fs::read_to_string(&log)
-                .map(|s| s.contains("core connected"))
-                .unwrap_or(false)
+            edges.iter().all(|edge| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{edge}.log")))
+                    .unwrap_or_default();
+                let connected: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("core connected"))
+                    .collect();
+                // One core: any "core connected" line (a test may run a core of another name).
+                cores.len() == 1 && !connected.is_empty()
+                    || cores
+                        .iter()
+                        .all(|c| connected.iter().any(|l| l.contains(c)))
+            })
         });
         anyhow::ensure!(ok, "core never connected to edge:\n{}", self.diagnostics());
         Ok(())
@@ -319,10 +466,30 @@ impl Lab {
         Ok(())
     }
 
+    /// Replace the internal DNS view (`core_discovery`) with one listing the given nodes
+    /// (`_xmpp-server._tcp.example.com` -> `imp1`/`imp2.example.com`).
+    pub fn set_internal_dns(&mut self, node1: bool, node2: bool) -> Result<()> {
+        let n = self.opts.subnet;
+        drop(self.internal_dns.take());
+        let node2 = match (&self.internal2, node2) {
+            (Some(p), true) => Some(p.s2s_addr()),
+            _ => None,
+        };
+        let node1 = node1.then(|| self.internal.s2s_addr());
+        let records = internal_dns_records(node1, node2);
+        self.internal_dns = Some(DnsServer::start(Self::ip(n, 54), &records)?);
+        Ok(())
+    }
+
     /// Logs of everything, for a failing test's message.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for (name, guard) in [("edge", &self.edge), ("core", &self.core)] {
+        for (name, guard) in [
+            ("edge", &self.edge),
+            ("edge2", &self.edge2),
+            ("core", &self.core),
+            ("core2", &self.core2),
+        ] {
             if let Some(g) = guard {
                 out.push_str(&format!("---- {name} ----\n{}\n", g.log_tail(40)));
             }
@@ -331,6 +498,12 @@ impl Lab {
             "---- prosody example.com ----\n{}\n",
             self.internal.log_tail(30)
         ));
+        if let Some(p) = &self.internal2 {
+            out.push_str(&format!(
+                "---- prosody example.com node 2 ----\n{}\n",
+                p.log_tail(30)
+            ));
+        }
         out.push_str(&format!(
             "---- prosody partner.test ----\n{}\n",
             self.partner.log_tail(30)
@@ -405,22 +578,73 @@ allow = ["{PARTNER}", "conference.{PARTNER}", "{PARTNER2}"{extra}]
     )
 }
 
-/// core's config for the lab.
+/// core's config for the lab (one edge: `tunnel.edge` and `tunnel.edge_name`).
 pub fn core_config(s2s: SocketAddr, edge: SocketAddr, node_ip: Ipv4Addr, node_port: u16) -> String {
-    format!(
-        r#"[core]
-id = "core1.example.com"
+    LabCore {
+        id: "core1.example.com",
+        file: "core",
+        s2s,
+        edges: &[edge],
+        node: SocketAddr::from((node_ip, node_port)),
+    }
+    .config()
+}
+
+/// One lab core's config.
+#[derive(Clone, Copy)]
+struct LabCore<'a> {
+    /// Its `core.id` (and tunnel certificate name).
+    id: &'a str,
+    /// Its file stem: `core` or `core2` (tunnel certificate `pki/{file}-tunnel.*`, admin
+    /// socket `{file}.sock`).
+    file: &'a str,
+    /// Its `s2s.listen`.
+    s2s: SocketAddr,
+    /// The edges' tunnel addresses: one is written as `tunnel.edge`, several as
+    /// `[[tunnel.edges]]`.
+    edges: &'a [SocketAddr],
+    /// The internal Prosody's s2s address.
+    node: SocketAddr,
+}
+
+impl LabCore<'_> {
+    fn config(&self) -> String {
+        let LabCore {
+            id,
+            file,
+            s2s,
+            edges,
+            node,
+        } = *self;
+        let (single, list) = match edges {
+            [edge] => (
+                format!("edge = \"{edge}\"\nedge_name = \"edge.example.com\"\n"),
+                String::new(),
+            ),
+            _ => (
+                String::new(),
+                edges
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "\n[[tunnel.edges]]\naddress = \"{e}\"\nname = \"edge.example.com\"\n"
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        format!(
+            r#"[core]
+id = "{id}"
 
 [tunnel]
-edge = "{edge}"
-edge_name = "edge.example.com"
-cert = "pki/core-tunnel.crt"
-key = "pki/core-tunnel.key"
+{single}cert = "pki/{file}-tunnel.crt"
+key = "pki/{file}-tunnel.key"
 ca = "pki/traversal-ca.crt"
 keepalive_secs = 2
-
+{list}
 [admin]
-socket = "core.sock"
+socket = "{file}.sock"
 
 [s2s]
 listen = "{s2s}"
@@ -430,10 +654,51 @@ dialback_secret_file = "pki/core-dialback-secret"
 
 [[domains]]
 name = "{LOCAL}"
-nodes = ["{node_ip}:{node_port}"]
+nodes = ["{node}"]
 chat_node_aliases = ["{LOCAL_MUC}"]
 "#
+        )
+    }
+}
+
+/// The internal DNS view: `_xmpp-server._tcp.example.com` -> `imp1.example.com` (node 1),
+/// `imp2.example.com` (node 2), with their A records.
+fn internal_dns_records(node1: Option<SocketAddr>, node2: Option<SocketAddr>) -> Vec<DnsRecord> {
+    let mut records = Vec::new();
+    for (name, node) in [("imp1.example.com", node1), ("imp2.example.com", node2)] {
+        if let Some(SocketAddr::V4(a)) = node {
+            records.push(DnsRecord::a(name, *a.ip()));
+            records.push(DnsRecord::xmpp_server(LOCAL, name, a.port()));
+        }
+    }
+    records
+}
+
+/// core's config with discovery instead of its `[[domains]]` entry: `[discovery]` pointing at
+/// the internal DNS view (plus `extra` lines) and `[[clusters]] domain = "example.com"`.
+pub fn with_discovery(core_toml: &str, view: SocketAddr, extra: &str) -> String {
+    let start = core_toml.find("[[domains]]").unwrap_or(core_toml.len());
+    format!(
+        "{}[discovery]\nnameservers = [\"{view}\"]\n{extra}\n\n[[clusters]]\ndomain = \"{LOCAL}\"\n",
+        &core_toml[..start]
     )
+}
+
+/// The second core's traversal client certificate, from the lab's traversal CA.
+fn write_core2_pki(pki: &Path) -> Result<()> {
+    let ca = causeway_pki::CertPair {
+        cert_pem: std::fs::read_to_string(pki.join("traversal-ca.crt"))?,
+        key_pem: std::fs::read_to_string(pki.join("traversal-ca.key"))?,
+    };
+    let leaf = causeway_pki::issue(
+        &ca,
+        &["core2.example.com"],
+        causeway_pki::Usage::ServerAndClient,
+        30,
+    )?;
+    std::fs::write(pki.join("core2-tunnel.crt"), leaf.cert_pem)?;
+    std::fs::write(pki.join("core2-tunnel.key"), leaf.key_pem)?;
+    Ok(())
 }
 
 /// Start `edge run` or `core run` in `dir` and wait for its ready line.
