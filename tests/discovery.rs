@@ -10,39 +10,7 @@ use causeway_testkit::lab::{password, Lab, LabOptions, LOCAL, LOCAL_MUC, PARTNER
 use causeway_testkit::Client;
 use serde_json::Value;
 
-use crate::support::{options, start, Step, PATIENCE};
-
-const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-const CORE: &str = env!("CARGO_BIN_EXE_core");
-
-/// What a command said.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn json(&self) -> Value {
-        match serde_json::from_str(&self.stdout) {
-            Ok(v) => v,
-            Err(e) => panic!("not JSON ({e}):\n{}\nstderr: {}", self.stdout, self.stderr),
-        }
-    }
-
-    fn text(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-fn run(bin: &str, args: &[&str]) -> Ran {
-    let out = Command::new(bin).args(args).output().expect("run the CLI");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use crate::support::{options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
 
 /// `<which> <command> --config <the lab's file> <extra>`.
 fn daemon(lab: &Lab, which: &str, command: &str, extra: &[&str]) -> Ran {

@@ -10,11 +10,7 @@ use causeway_testkit::synthetic::SyntheticServer;
 use causeway_testkit::DnsRecord;
 use causeway_xmpp::{dialback, ns, Event, Limits, StreamHeader};
 
-use crate::support::{options, start, Step, PATIENCE};
-
-fn edge_log(lab: &Lab) -> String {
-    std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
-}
+use crate::support::{edge_log, options, start, Step, PATIENCE};
 
 /// bob -> alice still works: the attack did not disturb legitimate federation.
 fn legitimate_traffic_flows(lab: &Lab, body: &str) {

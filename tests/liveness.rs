@@ -3,13 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use causeway_testkit::lab::{Lab, PARTNER};
+use causeway_testkit::lab::PARTNER;
 
-use crate::support::{options, start, Step, PATIENCE};
-
-fn edge_log(lab: &Lab) -> String {
-    std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
-}
+use crate::support::{edge_log, options, start, Step, PATIENCE};
 
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")

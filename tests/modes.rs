@@ -3,11 +3,7 @@
 
 use causeway_testkit::lab::{Lab, PARTNER, PARTNER2};
 
-use crate::support::{options, start, Step, PATIENCE};
-
-fn edge_log(lab: &Lab) -> String {
-    std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
-}
+use crate::support::{edge_log, options, start, Step, PATIENCE};
 
 /// Edge and partner.test trust one CA: they authenticate each other with SASL EXTERNAL both
 /// ways instead of dialback, and messages flow.

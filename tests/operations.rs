@@ -3,46 +3,12 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, LOCAL, LOCAL_MUC, PARTNER};
 use serde_json::Value;
 
-use crate::support::{options, start, Step, PATIENCE};
-
-const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-const CORE: &str = env!("CARGO_BIN_EXE_core");
-
-/// What a command said.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn json(&self) -> Value {
-        match serde_json::from_str(&self.stdout) {
-            Ok(v) => v,
-            Err(e) => panic!("not JSON ({e}):\n{}\nstderr: {}", self.stdout, self.stderr),
-        }
-    }
-
-    fn text(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-/// Run `<bin> <args>`.
-fn run(bin: &str, args: &[&str]) -> Ran {
-    let out = Command::new(bin).args(args).output().expect("run the CLI");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use crate::support::{options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
 
 /// `edge <command> --config <the lab's edge.toml> <extra>`: the socket comes from the config.
 fn edge(lab: &Lab, command: &str, extra: &[&str]) -> Ran {

@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, PARTNER, PARTNER2};
 
-use crate::support::{options, start, Step, PATIENCE};
-
-fn edge_log(lab: &Lab) -> String {
-    std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
-}
+use crate::support::{edge_log, options, start, Step, PATIENCE};
 
 fn sighup_edge(lab: &Lab) {
     let pid = lab.edge.as_ref().expect("edge running").pid();

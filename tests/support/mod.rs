@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests.
 
+use std::process::Command;
 use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, LabOptions};
@@ -36,5 +37,50 @@ impl<T> Step<T> for anyhow::Result<T> {
             Ok(v) => v,
             Err(e) => panic!("{what}: {e:#}\n{}", lab.diagnostics()),
         }
+    }
+}
+
+/// Everything the edge logged so far.
+pub fn edge_log(lab: &Lab) -> String {
+    std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
+}
+
+/// The `edge` binary under test.
+pub const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+/// The `core` binary under test.
+pub const CORE: &str = env!("CARGO_BIN_EXE_core");
+
+/// What a command said.
+pub struct Ran {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// stdout parsed as JSON, or a panic showing both outputs.
+    pub fn json(&self) -> serde_json::Value {
+        match serde_json::from_str(&self.stdout) {
+            Ok(v) => v,
+            Err(e) => panic!("not JSON ({e}):\n{}\nstderr: {}", self.stdout, self.stderr),
+        }
+    }
+
+    /// stdout and stderr together.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run `<bin> <args>` to completion.
+pub fn run(bin: &str, args: &[&str]) -> Ran {
+    let out = Command::new(bin).args(args).output().expect("run the CLI");
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }

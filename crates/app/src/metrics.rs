@@ -310,6 +310,46 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Read a daemon's numbers now: its s2s service, its tunnel links' stats, and (edge only)
+    /// its DNS lookup count.
+    pub fn read(
+        s2s: &causeway_s2s::S2s,
+        tunnel: causeway_tunnel::TunnelStats,
+        dns_lookups: Option<u64>,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let mut sessions = SessionCounts::default();
+        for s in s2s.sessions() {
+            sessions.add(
+                s.direction == causeway_s2s::Direction::Outbound,
+                !s.pairs.is_empty(),
+            );
+        }
+        let c = &s2s.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            sessions,
+            outgoing_routes: s2s.outgoing_count() as u64,
+            stanzas_in: load(&c.stanzas_in),
+            stanzas_out: load(&c.stanzas_out),
+            stanzas_refused: load(&c.stanzas_refused),
+            stanzas_bounced: load(&c.stanzas_bounced),
+            tls_handshake_failures: load(&c.tls_failures),
+            dialback_failures: load(&c.dialback_failures),
+            tunnels: tunnel
+                .links
+                .into_iter()
+                .map(|(peer, l)| TunnelPeer {
+                    peer,
+                    connected: l.connected,
+                    unacked: l.unacked as u64,
+                    reconnects: l.reconnects,
+                })
+                .collect(),
+            dns_lookups,
+        }
+    }
+
     /// The Prometheus text of this snapshot (`causeway_*` families, HELP and TYPE for each).
     pub fn render(&self) -> String {
         use Kind::{Counter, Gauge};

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use causeway_app::metrics::{MetricsSection, SessionCounts, Snapshot, TunnelPeer};
-use causeway_s2s::{Direction, S2s};
+use causeway_app::metrics::{MetricsSection, Snapshot};
+use causeway_s2s::S2s;
 use causeway_tunnel::EdgeTunnel;
 
 use crate::{Edge, EdgeHost};
@@ -31,35 +31,11 @@ impl Sources {
 
     /// The numbers, now.
     pub fn snapshot(&self) -> Snapshot {
-        let mut sessions = SessionCounts::default();
-        for s in self.s2s.sessions() {
-            sessions.add(s.direction == Direction::Outbound, !s.pairs.is_empty());
-        }
-        let c = &self.s2s.counters;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        Snapshot {
-            sessions,
-            outgoing_routes: self.s2s.outgoing_count() as u64,
-            stanzas_in: load(&c.stanzas_in),
-            stanzas_out: load(&c.stanzas_out),
-            stanzas_refused: load(&c.stanzas_refused),
-            stanzas_bounced: load(&c.stanzas_bounced),
-            tls_handshake_failures: load(&c.tls_failures),
-            dialback_failures: load(&c.dialback_failures),
-            tunnels: self
-                .tunnel
-                .stats()
-                .links
-                .into_iter()
-                .map(|(peer, l)| TunnelPeer {
-                    peer,
-                    connected: l.connected,
-                    unacked: l.unacked as u64,
-                    reconnects: l.reconnects,
-                })
-                .collect(),
-            dns_lookups: Some(self.host.dns_lookups.load(Ordering::Relaxed)),
-        }
+        Snapshot::read(
+            &self.s2s,
+            self.tunnel.stats(),
+            Some(self.host.dns_lookups.load(Ordering::Relaxed)),
+        )
     }
 }
 
