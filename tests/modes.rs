@@ -343,3 +343,53 @@ fn required_client_certificates_with_a_trusted_ejabberd() {
         "the edge did not authenticate to ejabberd with SASL EXTERNAL:\n{log}"
     );
 }
+
+/// ejabberd in every mode: `no-tls` federates with an ejabberd that does not use STARTTLS and
+/// fails back to the sender with one that requires it; `tls-optional` uses TLS with one that
+/// offers it.
+#[test]
+fn security_modes_with_ejabberd_matching_and_mismatching() {
+    let carol_jid = format!("carol@{PARTNER2}");
+    for (subnet, mode, starttls, works) in [
+        (115, "no-tls", "false", true),
+        (116, "no-tls", "required", false),
+        (117, "tls-optional", "optional", true),
+    ] {
+        let mut opts = options(subnet);
+        opts.ejabberd = true;
+        opts.ejabberd_starttls = starttls.into();
+        opts.edge_federation_extra = format!("security_mode = \"{mode}\"");
+        let lab = start(opts);
+        let mut alice = lab.client("alice").step(&lab, "alice connects");
+        let mut carol = lab.client("carol").step(&lab, "carol connects");
+        if works {
+            alice.send_message(&carol_jid, mode).step(&lab, "send");
+            carol
+                .expect_message("alice@example.com", mode, PATIENCE)
+                .step(&lab, "alice -> carol");
+            carol
+                .send_message("alice@example.com", "and back")
+                .step(&lab, "send");
+            alice
+                .expect_message(&carol_jid, "and back", PATIENCE)
+                .step(&lab, "carol -> alice");
+            let log = edge_log(&lab);
+            let tls_used = log.lines().any(|l| {
+                l.contains("authenticated") && l.contains(PARTNER2) && l.contains("STARTTLS")
+            });
+            assert_eq!(
+                tls_used,
+                mode != "no-tls",
+                "{mode} with ejabberd {starttls}:\n{log}"
+            );
+        } else {
+            expect_bounce_within(
+                &lab,
+                &mut alice,
+                &carol_jid,
+                &["remote-server-not-found", "remote-server-timeout"],
+                std::time::Duration::from_secs(45),
+            );
+        }
+    }
+}

@@ -43,6 +43,8 @@ pub struct EjabberdSpec {
     /// YAML appended at the top level of ejabberd.yml (must not repeat keys
     /// that are already set).
     pub extra_config: String,
+    /// `s2s_use_starttls`: `required` (default), `optional` or `false`.
+    pub s2s_use_starttls: String,
     /// Issue the certificates from this CA and trust it (`ca_file`);
     /// `None`: self-signed (peers fall back to dialback).
     pub ca: Option<Arc<Certs>>,
@@ -74,6 +76,7 @@ impl EjabberdSpec {
             http_port: free_port(ip),
             outgoing_s2s_port: None,
             extra_config: String::new(),
+            s2s_use_starttls: "required".into(),
             ca: None,
             loglevel: "info".to_owned(),
             stop_grace: Duration::ZERO,
@@ -243,8 +246,9 @@ impl Ejabberd {
         );
         let _ = writeln!(
             y,
-            "s2s_use_starttls: required\noutgoing_s2s_families:\n  - ipv4\n\
-             auth_method: internal\nauth_password_format: plain"
+            "s2s_use_starttls: {}\noutgoing_s2s_families:\n  - ipv4\n\
+             auth_method: internal\nauth_password_format: plain",
+            spec.s2s_use_starttls
         );
         if let Some(port) = spec.outgoing_s2s_port {
             let _ = writeln!(y, "outgoing_s2s_port: {port}");

@@ -66,6 +66,8 @@ pub struct LabOptions {
     pub federation_ca: bool,
     /// With `federation_ca`: ejabberd too (false: it keeps a self-signed certificate).
     pub ejabberd_trusted: bool,
+    /// ejabberd's `s2s_use_starttls` (default `required`).
+    pub ejabberd_starttls: String,
     /// TOML lines added to the edge's `[federation]` section.
     pub edge_federation_extra: String,
     /// Lua lines added to partner.test's Prosody global section.
@@ -116,6 +118,7 @@ impl LabOptions {
             extra_dns: Vec::new(),
             federation_ca: false,
             ejabberd_trusted: true,
+            ejabberd_starttls: "required".into(),
             edge_federation_extra: String::new(),
             partner_extra_global: String::new(),
             revoked_names: Vec::new(),
@@ -251,6 +254,7 @@ impl Lab {
             let mut s = EjabberdSpec::new(ejabberd_ip, PARTNER2, SocketAddr::from((dns_ip, 53)))
                 .user("carol", &password("carol"));
             s.loglevel = opts.peer_log_level.clone();
+            s.s2s_use_starttls = opts.ejabberd_starttls.clone();
             if opts.ejabberd_trusted {
                 s.ca = federation_ca.clone();
             }
