@@ -50,6 +50,11 @@ fn status_shows_the_connected_core_and_active_federation() {
     assert_eq!(v["binary"], "edge");
     let fed = &v["edge"]["federation"];
     assert_eq!(fed["active"], true, "{v:#}");
+    // The lab's federation certificate covers every domain and alias the core announced.
+    assert!(
+        strings(&v["warnings"]).is_empty(),
+        "unexpected warnings: {v:#}"
+    );
     assert_eq!(fed["state"], "Active", "{v:#}");
     let cores = v["edge"]["cores"].as_array().cloned().unwrap_or_default();
     assert_eq!(cores.len(), 1, "{v:#}");
@@ -108,6 +113,14 @@ fn status_shows_the_connected_core_and_active_federation() {
     let v = cst.json();
     let c = &v["core"];
     assert_eq!(c["core_id"], "core1.example.com", "{v:#}");
+    // The lab's core s2s certificate names core1.example.com only, not the chat node alias.
+    let warnings = strings(&v["warnings"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("does not cover") && w.contains(LOCAL_MUC)),
+        "core status shows no certificate warning for {LOCAL_MUC}: {v:#}"
+    );
     assert_eq!(c["tunnel"]["state"], "connected", "{v:#}");
     assert!(c["tunnel"]["since_unix"].as_u64().unwrap_or(0) > 0, "{v:#}");
     assert_eq!(c["domains"][0]["name"], LOCAL, "{v:#}");

@@ -521,6 +521,7 @@ pub fn status_common(
         tunnel_links: tunnel_links(tunnel),
         edge: None,
         core: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -690,8 +691,19 @@ pub fn render_header(reply: &StatusReply, name: &str) -> String {
     )
 }
 
-/// Session counts and counters, as both daemons print them.
+/// Session counts and counters (and certificate warnings), as both daemons print them.
 pub fn render_counters(reply: &StatusReply, sessions_with: &str) -> String {
+    let mut out = render_counts(reply, sessions_with);
+    if !reply.warnings.is_empty() {
+        out.push_str("warnings:\n");
+        for w in &reply.warnings {
+            out.push_str(&format!("  - {w}\n"));
+        }
+    }
+    out
+}
+
+fn render_counts(reply: &StatusReply, sessions_with: &str) -> String {
     let s = reply.sessions.unwrap_or_default();
     let c = reply.counters.unwrap_or_default();
     format!(

@@ -113,8 +113,31 @@ impl CoreAdmin {
             domains: crate::servers::local_domains(core.discovery.nodes()),
             s2s_listen: core.s2s_addr.to_string(),
         });
+        reply.warnings = certificate_warnings(core);
         reply
     }
+}
+
+/// Warnings about core's certificate files, read now: its s2s certificate must cover its
+/// name and chat node aliases, its tunnel certificate its name.
+fn certificate_warnings(core: &crate::Core) -> Vec<String> {
+    let cfg = match crate::config::load(&core.config_path) {
+        Ok(cfg) => cfg,
+        Err(e) => return vec![format!("config {}: {e:#}", core.config_path.display())],
+    };
+    let names = cfg
+        .raw
+        .certificate_names()
+        .map(|n| n.all())
+        .unwrap_or_default();
+    let days = causeway_app::cert::WARN_DAYS;
+    let mut out = causeway_app::cert::certificate_warnings(&cfg.raw.s2s.cert, &names, days);
+    out.extend(causeway_app::cert::certificate_warnings(
+        &cfg.raw.tunnel.cert,
+        std::slice::from_ref(&cfg.raw.core.id),
+        days,
+    ));
+    out
 }
 
 /// The state of the tunnel to one edge.

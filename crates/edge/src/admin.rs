@@ -82,6 +82,30 @@ impl Admin for Service {
     }
 }
 
+/// Warnings about the certificate files the config names, read now: the federation
+/// certificate must cover the configured names and every domain and alias learnt from cores.
+fn certificate_warnings(edge: &Edge, learned: &[(String, String)]) -> Vec<String> {
+    let cfg = match crate::config::load(&edge.config_path) {
+        Ok(cfg) => cfg,
+        Err(e) => return vec![format!("config {}: {e:#}", edge.config_path.display())],
+    };
+    let fed = &cfg.raw.federation;
+    let mut names = fed.certificate_names().map(|n| n.all()).unwrap_or_default();
+    for (domain, _) in learned {
+        if !names.contains(domain) {
+            names.push(domain.clone());
+        }
+    }
+    let mut out =
+        causeway_app::cert::certificate_warnings(&fed.cert, &names, causeway_app::cert::WARN_DAYS);
+    out.extend(causeway_app::cert::certificate_warnings(
+        &cfg.raw.tunnel.cert,
+        &[],
+        causeway_app::cert::WARN_DAYS,
+    ));
+    out
+}
+
 /// What the edge is doing now.
 pub fn status(edge: &Edge) -> StatusReply {
     let mut reply = plumbing::status_common(
@@ -134,6 +158,14 @@ pub fn status(edge: &Edge) -> StatusReply {
     let mut reasons = Vec::new();
     if connected.is_empty() {
         reasons.push("no core is connected".to_owned());
+    }
+    reply.warnings = certificate_warnings(edge, &learned);
+    if let Some(expired) = reply
+        .warnings
+        .iter()
+        .find(|w| w.contains("federation") && w.contains("expired"))
+    {
+        reasons.push(expired.clone());
     }
     if learned.is_empty() {
         reasons.push("no local domains are known (no core has announced any)".to_owned());
