@@ -12,6 +12,7 @@ mod federation;
 mod groupchat;
 mod ha;
 mod hostile;
+mod internal;
 mod liveness;
 mod modes;
 mod operations;

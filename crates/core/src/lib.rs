@@ -39,6 +39,9 @@ pub struct CoreHost {
     tunnel: OnceLock<edges::Edges>,
     /// Email address for federation (off unless configured).
     email: email::Translation,
+    /// core's own s2s service, for internal federation (stanzas between two local domains go
+    /// straight to the other domain's nodes, never through an edge).
+    s2s: OnceLock<std::sync::Weak<S2s>>,
 }
 
 impl CoreHost {
@@ -81,10 +84,33 @@ impl CoreHost {
     }
 }
 
+impl CoreHost {
+    /// Internal federation: a stanza from one local domain to another goes over s2s straight
+    /// to the nodes of the other (Expressway cannot do internal and external federation
+    /// together). Email translation does not apply: this is not federated traffic.
+    async fn internal(&self, stanza: InboundStanza) {
+        if stanza.from_domain == stanza.to_domain {
+            warn!(module = LOG_MODULE, domain = %stanza.to_domain, "stanza from a domain to itself through core: dropped");
+            return;
+        }
+        let Some(s2s) = self.s2s.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        tracing::debug!(module = LOG_MODULE, from = %stanza.from_domain, to = %stanza.to_domain, "internal federation");
+        s2s.send(OutboundStanza {
+            from_domain: stanza.from_domain,
+            to_domain: stanza.to_domain,
+            payload: stanza.payload,
+        })
+        .await;
+    }
+}
+
 impl Host for CoreHost {
-    /// Towards the nodes, core speaks for every remote domain.
+    /// Towards the nodes, core speaks for every remote domain, and for each local domain
+    /// towards the nodes of the others (internal federation).
     fn serves(&self, domain: &str) -> bool {
-        !self.nodes.is_known(domain) && causeway_xmpp::addr::normalize_domain(domain).is_ok()
+        causeway_xmpp::addr::normalize_domain(domain).is_ok()
     }
 
     /// Only the local domains' nodes are peers of core.
@@ -104,7 +130,7 @@ impl Host for CoreHost {
             }
             self.nodes.wait_ready().await;
             if self.is_local(&stanza.to_domain) {
-                warn!(module = LOG_MODULE, from = %stanza.from_domain, to = %stanza.to_domain, "stanza between two local domains: internal federation is not routed yet; dropped");
+                self.internal(stanza).await;
                 return;
             }
             let stanza = self.email.outbound(stanza);
@@ -122,6 +148,19 @@ impl Host for CoreHost {
             let Some(reply) = causeway_s2s::error_reply(&stanza.payload, condition) else {
                 return;
             };
+            if self.is_local(&stanza.from_domain) && self.is_local(&stanza.to_domain) {
+                // Internal federation: the error goes back to the sender's own nodes.
+                let Some(s2s) = self.s2s.get().and_then(std::sync::Weak::upgrade) else {
+                    return;
+                };
+                let back = OutboundStanza {
+                    from_domain: stanza.to_domain,
+                    to_domain: stanza.from_domain,
+                    payload: reply,
+                };
+                tokio::spawn(async move { s2s.send(back).await });
+                return;
+            }
             self.to_edge_detached(stanza.to_domain, stanza.from_domain, reply);
         })
     }
@@ -159,8 +198,10 @@ pub async fn start(
         nodes: Arc::new(nodes::NodeTable::new(&cfg.node_config)),
         tunnel: OnceLock::new(),
         email: cfg.email.start(),
+        s2s: OnceLock::new(),
     });
     let s2s = S2s::new(s2s_cfg, host.clone());
+    let _ = host.s2s.set(Arc::downgrade(&s2s));
     let listener = TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("s2s.listen {}", s.listen))?;
