@@ -413,11 +413,29 @@ fn metrics_after_a_conversation_and_certificate_warnings() {
             &format!("causeway_s2s_sessions{{direction=\"{dir}\",state=\"authenticated\"}}"),
         )
     };
+    // One refusal by the privacy policy, counted under its reason.
+    alice
+        .send_message("someone@not-allowed.test", "refused")
+        .step(&lab, "send to a refused domain");
+    let refused_by = |s: &BTreeMap<String, f64>, reason: &str| {
+        get(
+            s,
+            &format!("causeway_stanzas_refused_by_reason_total{{reason=\"{reason}\"}}"),
+        )
+    };
     let edge = scrape_until(&lab, edge_metrics, |s| {
         get(s, "causeway_stanzas_total{direction=\"out\"}") >= 1.0
             && get(s, "causeway_stanzas_total{direction=\"in\"}") >= 1.0
             && authenticated(s, "outgoing") >= 1.0
+            && refused_by(s, "policy") >= 1.0
+            // The bounce for the refused stanza crossed the tunnel and was acknowledged.
+            && get(s, &format!("causeway_tunnel_replay_depth{core_peer}")) == 0.0
     });
+    assert_eq!(refused_by(&edge, "spoofed"), 0.0, "{edge:#?}");
+    assert!(
+        get(&edge, "causeway_stanzas_refused_total") >= 1.0,
+        "{edge:#?}"
+    );
     assert_eq!(get(&edge, "causeway_up"), 1.0);
     assert!(get(&edge, "causeway_dns_lookups_total") >= 1.0, "{edge:#?}");
     assert_eq!(

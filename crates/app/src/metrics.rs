@@ -297,6 +297,8 @@ pub struct Snapshot {
     pub stanzas_out: u64,
     /// Stanzas refused (spoofed, unroutable, refused by policy).
     pub stanzas_refused: u64,
+    /// Refused stanzas by reason label.
+    pub refused_by: Vec<(&'static str, u64)>,
     /// Stanzas bounced to their sender with a stanza error.
     pub stanzas_bounced: u64,
     /// Failed TLS handshakes.
@@ -333,6 +335,7 @@ impl Snapshot {
             stanzas_in: load(&c.stanzas_in),
             stanzas_out: load(&c.stanzas_out),
             stanzas_refused: load(&c.stanzas_refused),
+            refused_by: c.refused_by_reason(),
             stanzas_bounced: load(&c.stanzas_bounced),
             tls_handshake_failures: load(&c.tls_failures),
             dialback_failures: load(&c.dialback_failures),
@@ -386,6 +389,11 @@ impl Snapshot {
             Counter,
             value(self.stanzas_refused),
         );
+        let n = "causeway_stanzas_refused_by_reason_total";
+        e.family(n, "Stanzas refused, by reason.", Counter);
+        for (reason, count) in &self.refused_by {
+            e.sample(n, &[("reason", reason)], value(*count));
+        }
         e.single(
             "causeway_stanzas_bounced_total",
             "Stanzas returned to their sender with a stanza error.",

@@ -36,7 +36,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -466,7 +465,8 @@ pub(crate) fn inbound(host: &CoreHost, s2s: &S2s, st: TunnelStanza) -> Option<Tu
         Inbound::Deliver(st) => Some(st),
         Inbound::Refused { from, to, reply } => {
             warn!(module = LOG_MODULE, from = %from, to = %to, answered = reply.is_some(), "stanza to the JID of a user who federates with an email address: dropped");
-            s2s.counters.stanzas_refused.fetch_add(1, Ordering::Relaxed);
+            s2s.counters
+                .refuse(causeway_s2s::RefusalReason::EmailTranslation);
             if let Some(r) = reply {
                 // Detached: this runs in the task that drains the tunnel.
                 host.to_edge_detached(r.from_domain, r.to_domain, r.payload);

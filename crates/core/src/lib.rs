@@ -262,9 +262,7 @@ async fn pump_tunnel(
     while let Some(st) = from_edge.recv().await {
         if !host.is_local(&st.to_domain) || host.is_local(&st.from_domain) {
             warn!(module = LOG_MODULE, from = %st.from_domain, to = %st.to_domain, "tunnel stanza not from a remote domain to a local one: dropped");
-            s2s.counters
-                .stanzas_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s2s.counters.refuse(causeway_s2s::RefusalReason::Unroutable);
             continue;
         }
         let Some(st) = email::inbound(&host, &s2s, st) else {

@@ -398,9 +398,7 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
 async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: TunnelStanza) {
     if !host.domain_cores().announced_by(&st.from_domain, core_id) {
         warn!(module = LOG_MODULE, core = %core_id, from = %st.from_domain, "stanza from a domain this core did not announce: dropped");
-        s2s.counters
-            .stanzas_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s2s.counters.refuse(causeway_s2s::RefusalReason::Spoofed);
         return;
     }
     let out = OutboundStanza {
@@ -419,9 +417,7 @@ async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: 
         .check(&out.to_domain, causeway_policy::Direction::Outbound)
     {
         warn!(module = LOG_MODULE, direction = "outgoing", remote = %out.to_domain, %reason, "domain refused by the federation policy; stanza bounced");
-        s2s.counters
-            .stanzas_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s2s.counters.refuse(causeway_s2s::RefusalReason::Policy);
         host.bounce(out, StanzaCondition::ServiceUnavailable).await;
         return;
     }

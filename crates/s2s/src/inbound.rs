@@ -697,10 +697,7 @@ impl InboundStream {
                 self.refuse(&pair.0, to, "to a domain not served here");
                 return Flow::Continue;
             }
-            self.s2s
-                .counters
-                .stanzas_refused
-                .fetch_add(1, Ordering::Relaxed);
+            self.s2s.counters.refuse(crate::RefusalReason::Spoofed);
             warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %from, to = %to, "stanza from a domain this stream did not authenticate: refused");
             return self
                 .fail(
@@ -727,10 +724,7 @@ impl InboundStream {
     }
 
     fn refuse(&self, from_domain: &str, to: &str, why: &str) {
-        self.s2s
-            .counters
-            .stanzas_refused
-            .fetch_add(1, Ordering::Relaxed);
+        self.s2s.counters.refuse(crate::RefusalReason::Unroutable);
         warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %from_domain, to = %to, reason = why, "stanza refused");
     }
 

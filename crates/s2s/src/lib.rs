@@ -233,6 +233,39 @@ impl SessionEntry {
     }
 }
 
+/// Why a stanza was refused (a label of the refusal counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Its `from` is not a domain the stream (or tunnel peer) authenticated.
+    Spoofed,
+    /// Its `to` is not a domain served here, or the route is not allowed (unroutable).
+    Unroutable,
+    /// The privacy policy refuses the remote domain.
+    Policy,
+    /// Addressed to the raw JID of a user who federates with an email address.
+    EmailTranslation,
+}
+
+impl RefusalReason {
+    /// Every reason, in label order.
+    pub const ALL: [RefusalReason; 4] = [
+        RefusalReason::Spoofed,
+        RefusalReason::Unroutable,
+        RefusalReason::Policy,
+        RefusalReason::EmailTranslation,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Spoofed => "spoofed",
+            RefusalReason::Unroutable => "unroutable",
+            RefusalReason::Policy => "policy",
+            RefusalReason::EmailTranslation => "email_translation",
+        }
+    }
+}
+
 /// Counters across all sessions.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -242,12 +275,33 @@ pub struct Counters {
     pub stanzas_out: AtomicU64,
     /// Stanzas refused (spoofed, unroutable, policy).
     pub stanzas_refused: AtomicU64,
+    /// Stanzas refused, by reason (indexed like [`RefusalReason::ALL`]).
+    pub refused_by: [AtomicU64; 4],
     /// Stanzas bounced back to their sender.
     pub stanzas_bounced: AtomicU64,
     /// TLS handshakes that failed.
     pub tls_failures: AtomicU64,
     /// Dialback verifications that said invalid or failed.
     pub dialback_failures: AtomicU64,
+}
+
+impl Counters {
+    /// Count a refused stanza (in the total and under its reason).
+    pub fn refuse(&self, reason: RefusalReason) {
+        self.stanzas_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = RefusalReason::ALL.iter().position(|r| *r == reason) {
+            self.refused_by[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refused stanzas by reason label.
+    pub fn refused_by_reason(&self) -> Vec<(&'static str, u64)> {
+        RefusalReason::ALL
+            .iter()
+            .zip(&self.refused_by)
+            .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// The s2s service of one process: inbound listener and outgoing session pool.
