@@ -48,6 +48,21 @@ fn example(name: &str) -> String {
     std::fs::read_to_string(&path).expect("example config")
 }
 
+/// Write each (what, config text, needle) case to `file`: `<bin> check` must refuse it and
+/// its message must contain the needle (the setting's name).
+fn assert_each_refused(bin: &str, file: &Path, good: &str, cases: Vec<(&str, String, &str)>) {
+    for (what, text, needle) in cases {
+        assert_ne!(text, good, "{what}: the case did not change the config");
+        std::fs::write(file, text).expect("write");
+        let (ok, out) = check(bin, file);
+        assert!(!ok, "{what}: accepted");
+        assert!(
+            out.contains(needle),
+            "{what}: message does not name {needle:?}: {out}"
+        );
+    }
+}
+
 #[test]
 fn the_shipped_example_configs_validate() {
     let dir = causeway_testkit::temp_dir("cfg-").expect("dir");
@@ -137,17 +152,7 @@ fn bad_edge_settings_are_named() {
             "dialback_secret",
         ),
     ];
-    for (what, text, needle) in cases {
-        assert_ne!(text, good, "{what}: the case did not change the config");
-        let file = dir.path().join("bad-edge.toml");
-        std::fs::write(&file, text).expect("write");
-        let (ok, out) = check(EDGE, &file);
-        assert!(!ok, "{what}: accepted");
-        assert!(
-            out.contains(needle),
-            "{what}: message does not name {needle:?}: {out}"
-        );
-    }
+    assert_each_refused(EDGE, &dir.path().join("bad-edge.toml"), &good, cases);
 }
 
 /// Each bad core setting is refused, and the message names it.
@@ -186,17 +191,7 @@ fn bad_core_settings_are_named() {
             "domains[0].nodes",
         ),
     ];
-    for (what, text, needle) in cases {
-        assert_ne!(text, good, "{what}: the case did not change the config");
-        let file = dir.path().join("bad-core.toml");
-        std::fs::write(&file, text).expect("write");
-        let (ok, out) = check(CORE, &file);
-        assert!(!ok, "{what}: accepted");
-        assert!(
-            out.contains(needle),
-            "{what}: message does not name {needle:?}: {out}"
-        );
-    }
+    assert_each_refused(CORE, &dir.path().join("bad-core.toml"), &good, cases);
 }
 
 /// Several edges: the commented `[[tunnel.edges]]` of the example validates in place of
@@ -240,14 +235,5 @@ fn core_with_several_edges() {
             "tunnel.edge: required",
         ),
     ];
-    for (what, text, needle) in cases {
-        let file = dir.path().join("bad-ha-core.toml");
-        std::fs::write(&file, text).expect("write");
-        let (ok, out) = check(CORE, &file);
-        assert!(!ok, "{what}: accepted");
-        assert!(
-            out.contains(needle),
-            "{what}: message does not name {needle:?}: {out}"
-        );
-    }
+    assert_each_refused(CORE, &dir.path().join("bad-ha-core.toml"), &good, cases);
 }

@@ -691,6 +691,24 @@ pub fn render_header(reply: &StatusReply, name: &str) -> String {
     )
 }
 
+/// `<daemon> status`: ask the daemon, print its answer (a table from `render`, or JSON with
+/// `--json`) and return the exit code `render` chose; an error (exit 1) when the daemon cannot
+/// be reached.
+pub async fn status_command(
+    daemon: &Daemon,
+    args: &DaemonArgs,
+    render: fn(&StatusReply) -> (String, i32),
+) -> anyhow::Result<i32> {
+    let reply = Connection::open(daemon, args).await?.status().await?;
+    let (text, code) = render(&reply);
+    if args.json {
+        print_json(&reply)?;
+    } else {
+        print!("{text}");
+    }
+    Ok(code)
+}
+
 /// Session counts and counters (and certificate warnings), as both daemons print them.
 pub fn render_counters(reply: &StatusReply, sessions_with: &str) -> String {
     let mut out = render_counts(reply, sessions_with);

@@ -266,15 +266,5 @@ fn render_tunnel(tunnel: &Tunnel) -> String {
 /// `core status`: exit code 0 when the tunnel to every edge is connected, 2 when one is not; an
 /// error (exit 1) when the daemon cannot be reached.
 pub async fn status_command(args: &DaemonArgs) -> anyhow::Result<i32> {
-    let reply = plumbing::Connection::open(&DAEMON, args)
-        .await?
-        .status()
-        .await?;
-    let (text, code) = render_status(&reply);
-    if args.json {
-        plumbing::print_json(&reply)?;
-    } else {
-        print!("{text}");
-    }
-    Ok(code)
+    plumbing::status_command(&DAEMON, args, render_status).await
 }

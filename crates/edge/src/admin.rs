@@ -269,15 +269,5 @@ pub fn render_status(reply: &StatusReply) -> (String, i32) {
 /// `edge status`: exit code 0 when Active, 2 when Inactive; an error (exit 1) when the daemon
 /// cannot be reached.
 pub async fn status_command(args: &DaemonArgs) -> anyhow::Result<i32> {
-    let reply = plumbing::Connection::open(&DAEMON, args)
-        .await?
-        .status()
-        .await?;
-    let (text, code) = render_status(&reply);
-    if args.json {
-        plumbing::print_json(&reply)?;
-    } else {
-        print!("{text}");
-    }
-    Ok(code)
+    plumbing::status_command(&DAEMON, args, render_status).await
 }
