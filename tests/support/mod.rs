@@ -17,11 +17,20 @@ pub fn options(subnet: u8) -> LabOptions {
     )
 }
 
-/// Start a lab or fail the test with the reason.
+/// Start a lab or fail the test with the reason. Setting up is tried twice: the peers take
+/// free ports by probing (ejabberd's distribution port on 127.0.0.1 among them), which another
+/// process can take in between on a busy machine. Nothing the test asserts is retried.
 pub fn start(opts: LabOptions) -> Lab {
-    match Lab::start(opts) {
+    match Lab::start(opts.clone()) {
         Ok(lab) => lab,
-        Err(e) => panic!("lab did not start: {e:#}"),
+        Err(first) => {
+            eprintln!("lab did not start, trying once more: {first:#}");
+            std::thread::sleep(Duration::from_secs(1));
+            match Lab::start(opts) {
+                Ok(lab) => lab,
+                Err(e) => panic!("lab did not start: {e:#}\n(first attempt: {first:#})"),
+            }
+        }
     }
 }
 
