@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{core_config, edge_config, Lab, LOCAL, LOCAL_MUC, PARTNER};
 
-use crate::support::{options, start, Step, PATIENCE};
-
-const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-const CORE: &str = env!("CARGO_BIN_EXE_core");
+use crate::support::{options, start, Step, CORE, EDGE, PATIENCE};
 
 /// Names of the edge's federation certificate, in the lab edge config's `[federation]`.
 const EDGE_NAMES: &str = "fqdn = \"edge.example.com\"\n\

@@ -4,24 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn lab_pki(dir: &Path) {
-    let pki = dir.join("pki");
-    causeway_pki::lab_init(
-        &pki,
-        &["edge.example.com"],
-        "core1.example.com",
-        &["example.com", "conference.example.com"],
-        &["core1.example.com"],
-        true,
-    )
-    .expect("lab pki");
-    std::fs::write(pki.join("dialback-secret"), "example-edge-secret-000\n").expect("secret");
-    std::fs::write(
-        pki.join("core-dialback-secret"),
-        "example-core-secret-000\n",
-    )
-    .expect("secret");
-}
+use crate::support::{lab_pki, CORE, EDGE};
 
 /// Run `<bin> check -c <file>`; (success, stdout + stderr).
 fn check(bin: &str, file: &Path) -> (bool, String) {
@@ -37,9 +20,6 @@ fn check(bin: &str, file: &Path) -> (bool, String) {
     );
     (out.status.success(), text)
 }
-
-const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-const CORE: &str = env!("CARGO_BIN_EXE_core");
 
 fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

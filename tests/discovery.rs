@@ -10,7 +10,7 @@ use causeway_testkit::lab::{password, Lab, LabOptions, LOCAL, LOCAL_MUC, PARTNER
 use causeway_testkit::Client;
 use serde_json::Value;
 
-use crate::support::{options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
+use crate::support::{lab_pki, options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
 
 /// `<which> <command> --config <the lab's file> <extra>`.
 fn daemon(lab: &Lab, which: &str, command: &str, extra: &[&str]) -> Ran {
@@ -433,20 +433,7 @@ fn reload_applies_a_changed_node_list_and_refuses_a_bad_config() {
 #[test]
 fn check_warns_about_federation_without_im_and_names_bad_discovery_settings() {
     let dir = causeway_testkit::temp_dir("disco-cfg-").expect("dir");
-    causeway_pki::lab_init(
-        &dir.path().join("pki"),
-        &["edge.example.com"],
-        "core1.example.com",
-        &[LOCAL, LOCAL_MUC],
-        &["core1.example.com"],
-        true,
-    )
-    .expect("lab pki");
-    std::fs::write(
-        dir.path().join("pki/core-dialback-secret"),
-        "disco-core-dialback-secret-01\n",
-    )
-    .expect("secret");
+    lab_pki(dir.path());
     let good = causeway_testkit::lab::core_config(
         "127.0.0.1:5269".parse().expect("addr"),
         "127.0.0.1:7400".parse().expect("addr"),

@@ -2,7 +2,7 @@
 
 use causeway_testkit::lab::{PARTNER, PARTNER2};
 
-use crate::support::{options, start, Step, PATIENCE};
+use crate::support::{options, start, warm_up, Step, PATIENCE};
 
 /// alice@example.com <-> bob@partner.test (Prosody) and carol@partner2.test (ejabberd).
 #[test]
@@ -122,14 +122,7 @@ fn a_thousand_messages_each_way_in_order() {
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     let mut bob = lab.client("bob").step(&lab, "bob connects");
     // First contact (dialback) out of the way, so the burst measures the steady path.
-    alice.send_message(&bob_jid, "warm-up").step(&lab, "send");
-    bob.expect_message("alice@example.com", "warm-up", PATIENCE)
-        .step(&lab, "warm-up a->b");
-    bob.send_message("alice@example.com", "warm-up")
-        .step(&lab, "send");
-    alice
-        .expect_message(&bob_jid, "warm-up", PATIENCE)
-        .step(&lab, "warm-up b->a");
+    warm_up(&lab, &mut alice, &mut bob);
 
     alice
         .send_burst_prefixed(&bob_jid, 1000, "a2b-")

@@ -10,10 +10,8 @@ use causeway_testkit::lab::{Lab, LOCAL, PARTNER, PARTNER2};
 use causeway_testkit::{ChildGuard, Client};
 use serde_json::Value;
 
-use crate::support::{options, start, Step, PATIENCE};
+use crate::support::{options, start, Step, CORE, EDGE, PATIENCE};
 
-const EDGE: &str = env!("CARGO_BIN_EXE_edge");
-const CORE: &str = env!("CARGO_BIN_EXE_core");
 /// Messages each way in a paced conversation, and when the kill comes.
 const MESSAGES: usize = 200;
 const KILL_AFTER: usize = 50;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use causeway_testkit::lab::{Lab, LOCAL, LOCAL_MUC, PARTNER};
 use serde_json::Value;
 
-use crate::support::{options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
+use crate::support::{lab_pki, options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
 
 /// `edge <command> --config <the lab's edge.toml> <extra>`: the socket comes from the config.
 fn edge(lab: &Lab, command: &str, extra: &[&str]) -> Ran {
@@ -386,20 +386,7 @@ fn reload_reports_what_the_daemon_did() {
 #[test]
 fn admin_tcp_must_be_loopback() {
     let dir = causeway_testkit::temp_dir("ops-cfg-").expect("dir");
-    causeway_pki::lab_init(
-        &dir.path().join("pki"),
-        &["edge.example.com"],
-        "core1.example.com",
-        &[LOCAL, LOCAL_MUC],
-        &["core1.example.com"],
-        true,
-    )
-    .expect("lab pki");
-    std::fs::write(
-        dir.path().join("pki/dialback-secret"),
-        "ops-edge-dialback-secret-01\n",
-    )
-    .expect("secret");
+    lab_pki(dir.path());
     let cfg = causeway_testkit::lab::edge_config(
         "127.0.0.1:5269".parse().expect("addr"),
         "127.0.0.1:7400".parse().expect("addr"),

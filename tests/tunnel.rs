@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, PARTNER};
 
-use crate::support::{options, start, Step, PATIENCE};
+use crate::support::{options, start, warm_up, Step, PATIENCE};
 
 /// The tunnel's TCP connection is cut again and again while 1,000 messages flow each way:
 /// every message arrives once, in order.
@@ -17,14 +17,7 @@ fn cutting_the_tunnel_mid_stream_loses_and_duplicates_nothing() {
     let bob_jid = format!("bob@{PARTNER}");
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     let mut bob = lab.client("bob").step(&lab, "bob connects");
-    alice.send_message(&bob_jid, "warm-up").step(&lab, "send");
-    bob.expect_message("alice@example.com", "warm-up", PATIENCE)
-        .step(&lab, "warm-up a->b");
-    bob.send_message("alice@example.com", "warm-up")
-        .step(&lab, "send");
-    alice
-        .expect_message(&bob_jid, "warm-up", PATIENCE)
-        .step(&lab, "warm-up b->a");
+    warm_up(&lab, &mut alice, &mut bob);
     let before = relay.total_accepted();
 
     let cuts = std::thread::scope(|s| {

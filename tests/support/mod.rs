@@ -93,3 +93,40 @@ pub fn run(bin: &str, args: &[&str]) -> Ran {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A lab PKI and both dialback secrets in `dir/pki`, for config-file tests.
+pub fn lab_pki(dir: &std::path::Path) {
+    let pki = dir.join("pki");
+    causeway_pki::lab_init(
+        &pki,
+        &["edge.example.com"],
+        "core1.example.com",
+        &["example.com", "conference.example.com"],
+        &["core1.example.com"],
+        true,
+    )
+    .expect("lab pki");
+    std::fs::write(pki.join("dialback-secret"), "example-edge-secret-000\n").expect("secret");
+    std::fs::write(
+        pki.join("core-dialback-secret"),
+        "example-core-secret-000\n",
+    )
+    .expect("secret");
+}
+
+/// First contact (dialback both ways) out of the way: one message alice -> bob and back.
+pub fn warm_up(
+    lab: &Lab,
+    alice: &mut causeway_testkit::Client,
+    bob: &mut causeway_testkit::Client,
+) {
+    let bob_jid = format!("bob@{}", causeway_testkit::lab::PARTNER);
+    alice.send_message(&bob_jid, "warm-up").step(lab, "send");
+    bob.expect_message("alice@example.com", "warm-up", PATIENCE)
+        .step(lab, "warm-up a->b");
+    bob.send_message("alice@example.com", "warm-up")
+        .step(lab, "send");
+    alice
+        .expect_message(&bob_jid, "warm-up", PATIENCE)
+        .step(lab, "warm-up b->a");
+}
