@@ -163,7 +163,9 @@ mod tests {
 
     #[test]
     fn free_ports_differ_and_bind() {
-        let ip = Ipv4Addr::new(127, 0, 0, 1);
+        // An address nothing else uses: on 127.0.0.1 the peers started by the other tests
+        // take ephemeral ports, and one once took the probed port in between.
+        let ip = Ipv4Addr::new(127, 254, 0, 1);
         let p = free_udp_tcp_port(ip);
         assert!(p > 0);
         assert!(TcpListener::bind((ip, p)).is_ok());
