@@ -86,7 +86,8 @@ async fn rest(conn: &mut XmlConn) -> String {
 
 /// (a) A peer that skips STARTTLS against tls-required: its dialback is refused with
 /// policy-violation. (b) A peer that forges partner.test's dialback key over TLS: the edge
-/// asks partner.test's real server, which says invalid, and the peer is refused.
+/// asks partner.test's real server, which says invalid, and the peer is refused (its early
+/// XEP-0198 `<enable/>` was refused too).
 #[test]
 fn plaintext_dialback_and_forged_keys_are_refused() {
     let subnet = 130;
@@ -106,7 +107,19 @@ fn plaintext_dialback_and_forged_keys_are_refused() {
             "(a) plaintext dialback: {answer}"
         );
 
+        // XEP-0198 stream management is never enabled before authentication.
         let mut conn = open(edge, PARTNER, true).await;
+        conn.send(b"<enable xmlns='urn:xmpp:sm:3'/>")
+            .await
+            .expect("send");
+        let failed = next_element(&mut conn).await;
+        assert!(
+            failed.is("failed", ns::SM)
+                && failed
+                    .child("unexpected-request", ns::STANZA_ERRORS)
+                    .is_some(),
+            "stream management before authentication: {failed:?}"
+        );
         conn.send(request.to_xml(ns::SERVER).as_bytes())
             .await
             .expect("send");

@@ -120,6 +120,10 @@ pub struct FederationSection {
     /// Offer and use SASL EXTERNAL (XEP-0178) where certificates allow; dialback otherwise.
     #[serde(default = "default_true")]
     pub sasl_external: bool,
+    /// Offer XEP-0198 stream management on inbound streams authenticated with SASL, so peers
+    /// that keep unacknowledged stanzas resend them elsewhere if this edge dies.
+    #[serde(default = "default_true")]
+    pub stream_management: bool,
     /// Largest stanza accepted, in bytes.
     #[serde(default = "default_max_stanza")]
     pub max_stanza_bytes: usize,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use causeway_policy::{Policy, Verdict};
 use causeway_s2s::{
-    BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
+    BoxFuture, Direction, Handled, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
 };
 use causeway_tunnel::{EdgeEvent, EdgeTunnel, TlsFiles, TunnelOptions, TunnelStanza};
 use causeway_xmpp::StanzaCondition;
@@ -108,20 +108,30 @@ impl EdgeHost {
         self.tunnel.get()
     }
 
-    /// Send a stanza towards the inside, to the core serving `to_domain`.
-    async fn to_core(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
+    /// Send a stanza towards the inside, to the core serving `to_domain`; the receipt settles
+    /// when that core has it (none: dropped, nothing to wait for).
+    async fn to_core(
+        &self,
+        from_domain: String,
+        to_domain: String,
+        payload: bytes::Bytes,
+    ) -> Option<causeway_tunnel::Receipt> {
         let (Some(core), Some(tunnel)) = (self.core_for(&from_domain, &to_domain), self.tunnel())
         else {
             warn!(module = LOG_MODULE, to = %to_domain, "no core serves this domain; stanza dropped");
-            return;
+            return None;
         };
         let stanza = TunnelStanza {
             from_domain,
             to_domain,
             payload,
         };
-        if let Err(e) = tunnel.send(&core, stanza).await {
-            warn!(module = LOG_MODULE, core = %core, error = %e, "tunnel send failed; stanza dropped");
+        match tunnel.send_tracked(&core, stanza).await {
+            Ok(receipt) => Some(receipt),
+            Err(e) => {
+                warn!(module = LOG_MODULE, core = %core, error = %e, "tunnel send failed; stanza dropped");
+                None
+            }
         }
     }
 
@@ -223,7 +233,19 @@ impl Host for EdgeHost {
     }
 
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
-        Box::pin(self.to_core(stanza.from_domain, stanza.to_domain, stanza.payload))
+        Box::pin(async move {
+            self.to_core(stanza.from_domain, stanza.to_domain, stanza.payload)
+                .await;
+        })
+    }
+
+    fn deliver_tracked(&self, stanza: InboundStanza) -> BoxFuture<'_, Option<Handled>> {
+        Box::pin(async move {
+            let receipt = self
+                .to_core(stanza.from_domain, stanza.to_domain, stanza.payload)
+                .await?;
+            Some(Box::pin(receipt.settled()) as Handled)
+        })
     }
 
     fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) -> BoxFuture<'_, ()> {
@@ -353,6 +375,7 @@ pub fn s2s_config(cfg: &config::Validated) -> anyhow::Result<S2sConfig> {
     s2s_cfg.peer_trust = cfg.peer_trust.clone();
     s2s_cfg.require_peer_certs = fed.require_client_certs;
     s2s_cfg.sasl_external = fed.sasl_external;
+    s2s_cfg.stream_management = fed.stream_management;
     s2s_cfg.presents_client_cert = true;
     s2s_cfg.tls_mode = fed.security_mode.tls_mode();
     s2s_cfg.limits.max_stanza_bytes = fed.max_stanza_bytes;

@@ -18,10 +18,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
+use crate::sm::{self, InboundSm};
 use crate::transport::tls_summary;
 use crate::verify::Verdict;
 use crate::{
-    CertStatus, Direction, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
+    CertStatus, Direction, Handled, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
 };
 
 impl S2s {
@@ -114,6 +115,8 @@ impl S2s {
             authed: HashSet::new(),
             pending: HashSet::new(),
             verdict_tx,
+            sm: None,
+            receipt: None,
         };
         let end = stream.run(verdict_rx).await;
         self.unregister(&entry);
@@ -122,7 +125,8 @@ impl S2s {
             .lock()
             .map(|i| i.pairs.clone())
             .unwrap_or_default();
-        info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, reason = %end, "s2s session closed");
+        let sm_handled = stream.sm.as_ref().map(InboundSm::handled);
+        info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, ?sm_handled, reason = %end, "s2s session closed");
     }
 }
 
@@ -164,6 +168,10 @@ struct InboundStream {
     /// Pairs whose dialback verification is under way.
     pending: HashSet<(String, String)>,
     verdict_tx: mpsc::Sender<PairVerdict>,
+    /// XEP-0198 state once the peer enabled stream management.
+    sm: Option<InboundSm>,
+    /// When the stanza just delivered is safe (handed from `on_stanza` to the counting).
+    receipt: Option<Handled>,
 }
 
 impl InboundStream {
@@ -180,6 +188,7 @@ impl InboundStream {
             } else {
                 idle_deadline
             };
+            let sm_deadline = self.sm.as_ref().and_then(InboundSm::deadline);
             let flow = tokio::select! {
                 ev = self.conn.next_event() => match ev {
                     Ok(Event::StreamOpen(h)) => self.on_header(h).await,
@@ -203,6 +212,16 @@ impl InboundStream {
                     Err(e) => Flow::Close(e.to_string()),
                 },
                 Some(v) = verdicts.recv() => self.on_verdict(v).await,
+                h = sm::next_safe(&mut self.sm) => match self.sm.as_mut().and_then(|sm| sm.became_safe(h)) {
+                    Some(h) => self.send_sm_ack(h).await,
+                    None => Flow::Continue,
+                },
+                _ = sm::sleep_until_opt(sm_deadline) => {
+                    match self.sm.as_mut().map(InboundSm::expire) {
+                        Some(h) => self.send_sm_ack(h).await,
+                        None => Flow::Continue,
+                    }
+                }
                 Ok(()) = generation.changed() => self.recheck().await,
                 _ = entry.closer.notified() => {
                     self.conn.abort();
@@ -302,6 +321,9 @@ impl InboundStream {
                     .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
             );
         }
+        if self.sm_offered() {
+            f = f.with_child(Element::new("sm", ns::SM));
+        }
         if self.conn.tls.is_some() || mode != TlsMode::Required {
             f = f.with_child(
                 Element::new("dialback", ns::DIALBACK_FEATURE)
@@ -326,8 +348,17 @@ impl InboundStream {
                 _ => Flow::Continue,
             };
         }
+        if el.ns == ns::SM {
+            return self.on_sm(el).await;
+        }
         if is_stanza(el) {
-            return self.on_stanza(tl).await;
+            let flow = self.on_stanza(tl).await;
+            // Every stanza counts as handled, delivered or refused (XEP-0198).
+            let receipt = self.receipt.take();
+            if let Some(sm) = self.sm.as_mut() {
+                sm.stanza(receipt);
+            }
+            return flow;
         }
         if el.is("error", ns::STREAM) {
             let (cond, text) = causeway_xmpp::error::parse_stream_error(el);
@@ -719,8 +750,46 @@ impl InboundStream {
             from_domain: pair.0,
             to_domain: pair.1,
         };
-        self.s2s.host.deliver(stanza).await;
+        if self.sm.is_some() {
+            self.receipt = self.s2s.host.deliver_tracked(stanza).await;
+        } else {
+            self.s2s.host.deliver(stanza).await;
+        }
         Flow::Continue
+    }
+
+    /// Stream management is offered after authentication by SASL (the restarted stream's
+    /// features); a peer authenticated by dialback may still enable it (XEP-0198 5: never
+    /// before authentication).
+    fn sm_offered(&self) -> bool {
+        self.s2s.cfg().stream_management && self.sasl_done
+    }
+
+    /// `<enable/>`, `<r/>` (and `<a/>`, which needs nothing: we send no stanzas here).
+    async fn on_sm(&mut self, el: &Element) -> Flow {
+        match el.name.as_str() {
+            "enable" => {
+                let allowed = self.s2s.cfg().stream_management && !self.authed.is_empty();
+                if !allowed || self.sm.is_some() {
+                    let failed = Element::new("failed", ns::SM)
+                        .with_child(Element::new("unexpected-request", ns::STANZA_ERRORS));
+                    return self.send_or_close(&failed).await;
+                }
+                self.sm = Some(InboundSm::new());
+                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), "stream management enabled (XEP-0198)");
+                self.send_or_close(&Element::new("enabled", ns::SM)).await
+            }
+            "r" => match self.sm.as_mut().and_then(|sm| sm.request(Instant::now())) {
+                Some(h) => self.send_sm_ack(h).await,
+                None => Flow::Continue,
+            },
+            _ => Flow::Continue,
+        }
+    }
+
+    async fn send_sm_ack(&mut self, h: u32) -> Flow {
+        self.send_or_close(&Element::new("a", ns::SM).with_attr("h", &h.to_string()))
+            .await
     }
 
     fn refuse(&self, from_domain: &str, to: &str, why: &str) {

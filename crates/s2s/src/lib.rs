@@ -23,6 +23,7 @@ use causeway_xmpp::{Limits, StanzaCondition};
 
 pub mod inbound;
 pub mod outbound;
+mod sm;
 pub mod transport;
 pub mod verify;
 
@@ -88,6 +89,9 @@ pub struct OutboundStanza {
     pub payload: Bytes,
 }
 
+/// Resolves once a delivered stanza is safe (see [`Host::deliver_tracked`]).
+pub type Handled = BoxFuture<'static, ()>;
+
 /// What an application tells the s2s layer about itself.
 pub trait Host: Send + Sync + 'static {
     /// Do we answer for `domain`: accept streams addressed to it, originate and vouch for
@@ -105,6 +109,16 @@ pub trait Host: Send + Sync + 'static {
     /// An authenticated, address-checked inbound stanza. Awaiting it is backpressure: the
     /// connection is not read while this is pending.
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()>;
+    /// Like [`Host::deliver`], and also says when the stanza is safe: kept somewhere that
+    /// outlives this process, so losing this process would not lose it. Streams with XEP-0198
+    /// stream management acknowledge a stanza to the peer only once it is safe. `None`: safe as
+    /// soon as delivered (the default).
+    fn deliver_tracked(&self, stanza: InboundStanza) -> BoxFuture<'_, Option<Handled>> {
+        Box::pin(async move {
+            self.deliver(stanza).await;
+            None
+        })
+    }
     /// A stanza we could not send; `condition` says why. The host should answer the sender
     /// with a stanza error where RFC 6120 asks for one.
     fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) -> BoxFuture<'_, ()>;
@@ -129,6 +143,10 @@ pub struct S2sConfig {
     pub require_peer_certs: bool,
     /// Offer and use SASL EXTERNAL (XEP-0178) where certificates allow; dialback otherwise.
     pub sasl_external: bool,
+    /// Offer XEP-0198 stream management on authenticated inbound streams, so a peer that
+    /// supports it (Prosody) learns which stanzas were taken and resends the rest elsewhere
+    /// when this process dies.
+    pub stream_management: bool,
     /// Our certificate is presented when we initiate (`tls_client` carries it): we may try
     /// SASL EXTERNAL outbound.
     pub presents_client_cert: bool,
@@ -170,6 +188,7 @@ impl S2sConfig {
             peer_trust: None,
             require_peer_certs: false,
             sasl_external: true,
+            stream_management: true,
             presents_client_cert: false,
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),

@@ -72,6 +72,8 @@ pub struct LabOptions {
     pub edge_federation_extra: String,
     /// Lua lines added to partner.test's Prosody global section.
     pub partner_extra_global: String,
+    /// Modules partner.test's Prosody loads besides the usual ones (e.g. "smacks").
+    pub partner_extra_modules: Vec<String>,
     /// With `federation_ca`: issue a certificate for each of these names and revoke it in a
     /// CRL the edge loads (`Lab::revoked`).
     pub revoked_names: Vec<String>,
@@ -121,6 +123,7 @@ impl LabOptions {
             ejabberd_starttls: "required".into(),
             edge_federation_extra: String::new(),
             partner_extra_global: String::new(),
+            partner_extra_modules: Vec::new(),
             revoked_names: Vec::new(),
             edge_policy: None,
             edge_extra: String::new(),
@@ -221,6 +224,7 @@ impl Lab {
         partner.muc = Some(format!("conference.{PARTNER}"));
         partner.log_level = opts.peer_log_level.clone();
         partner.extra_global = opts.partner_extra_global.clone();
+        partner.extra_modules = opts.partner_extra_modules.clone();
         if let Some(port) = opts.partner_s2s_port {
             partner.s2s_port = port;
         }

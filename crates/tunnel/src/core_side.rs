@@ -93,7 +93,7 @@ impl CoreTunnel {
     ///
     /// Errors: [`TunnelError::Closed`] after [`shutdown`](Self::shutdown).
     pub async fn send(&self, stanza: TunnelStanza) -> Result<(), TunnelError> {
-        self.inner.link.send(stanza).await
+        self.inner.link.send(stanza).await.map(drop)
     }
 
     /// Current connection state.

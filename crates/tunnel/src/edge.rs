@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::link::{
-    hello_frame, lock, random_instance, Link, Session, MAX_FRAME_BYTES, OUTBOUND_BUFFER,
+    hello_frame, lock, random_instance, Link, Receipt, Session, MAX_FRAME_BYTES, OUTBOUND_BUFFER,
 };
 use crate::{tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelStats};
 
@@ -137,6 +137,16 @@ impl EdgeTunnel {
     /// Errors: [`TunnelError::UnknownCore`] if that core never completed a
     /// hello, [`TunnelError::Closed`] after shutdown.
     pub async fn send(&self, core_id: &str, stanza: TunnelStanza) -> Result<(), TunnelError> {
+        self.send_tracked(core_id, stanza).await.map(drop)
+    }
+
+    /// Like [`EdgeTunnel::send`], with a [`Receipt`] that settles once the core acknowledged
+    /// the stanza (or it was taken back to go to another core).
+    pub async fn send_tracked(
+        &self,
+        core_id: &str,
+        stanza: TunnelStanza,
+    ) -> Result<Receipt, TunnelError> {
         let link = lock(&self.inner.cores)
             .get(core_id)
             .map(|e| e.link.clone())

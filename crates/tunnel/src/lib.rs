@@ -31,7 +31,7 @@ pub mod window;
 pub use core_side::{CoreTunnel, CoreTunnelConfig, CORE_DELIVERY_BUFFER};
 pub use edge::{EdgeEvent, EdgeTunnel};
 pub use error::TunnelError;
-pub use link::MAX_STANZA_BYTES;
+pub use link::{Receipt, MAX_STANZA_BYTES};
 pub use tls::peer_identity;
 pub use types::{
     CoreHello, LinkStats, TlsFiles, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,

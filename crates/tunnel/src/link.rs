@@ -82,6 +82,24 @@ pub(crate) struct Link {
     pushed: Notify,
     dedup: Mutex<Dedup>,
     counters: Counters,
+    /// Highest sequence number acknowledged (or taken back), for [`Receipt`]s.
+    acked: watch::Sender<u64>,
+}
+
+/// Says when one queued stanza has left the sender's hands: acknowledged by the peer (it was
+/// delivered there), or taken back with [`Link::take_unacked`] to go another way.
+pub struct Receipt {
+    acked: watch::Receiver<u64>,
+    seq: u64,
+}
+
+impl Receipt {
+    /// Resolves once the stanza is acknowledged or taken back; never if the tunnel is gone.
+    pub async fn settled(mut self) {
+        if self.acked.wait_for(|a| *a >= self.seq).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// What the sender side learned from the peer's hello.
@@ -102,12 +120,13 @@ impl Link {
             pushed: Notify::new(),
             dedup: Mutex::new(Dedup::new()),
             counters: Counters::default(),
+            acked: watch::Sender::new(0),
         }
     }
 
     /// Queues a stanza, waiting for window room. Cancel-safe: if the future is
     /// dropped before it resolves, nothing was queued.
-    pub(crate) async fn send(&self, stanza: TunnelStanza) -> Result<(), TunnelError> {
+    pub(crate) async fn send(&self, stanza: TunnelStanza) -> Result<Receipt, TunnelError> {
         let size = stanza.payload.len() + stanza.from_domain.len() + stanza.to_domain.len();
         if size > MAX_STANZA_BYTES {
             // Never queue what the peer would refuse to decode: it would break
@@ -120,11 +139,14 @@ impl Link {
         let permit = self.room.acquire().await.map_err(|_| TunnelError::Closed)?;
         let pushed = lock(&self.window).push(stanza);
         match pushed {
-            Ok(_) => {
+            Ok(seq) => {
                 permit.forget();
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 self.pushed.notify_waiters();
-                Ok(())
+                Ok(Receipt {
+                    acked: self.acked.subscribe(),
+                    seq,
+                })
             }
             // Permits and window room are kept equal, so this means the
             // window was torn down concurrently.
@@ -135,7 +157,12 @@ impl Link {
     /// Empties the replay window and returns its stanzas in order, freeing
     /// their room as an ack would (see [`ReplayWindow::take_all`]).
     pub(crate) fn take_unacked(&self) -> Vec<TunnelStanza> {
-        let taken = lock(&self.window).take_all();
+        let taken = {
+            let mut w = lock(&self.window);
+            let taken = w.take_all();
+            self.acked.send_replace(w.acked_through());
+            taken
+        };
         if !taken.is_empty() {
             self.counters
                 .taken_back
@@ -151,7 +178,12 @@ impl Link {
     }
 
     fn apply_ack(&self, seq: u64) {
-        let freed = lock(&self.window).ack(seq);
+        let freed = {
+            let mut w = lock(&self.window);
+            let freed = w.ack(seq);
+            self.acked.send_replace(w.acked_through());
+            freed
+        };
         if freed > 0 {
             self.counters
                 .acked
@@ -558,4 +590,44 @@ pub(crate) fn status_text(status: &tonic::Status) -> String {
         src = e.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza(body: &'static str) -> TunnelStanza {
+        TunnelStanza {
+            from_domain: "partner.test".into(),
+            to_domain: "example.com".into(),
+            payload: bytes::Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    async fn settles(r: Receipt) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), r.settled())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_receipt_settles_when_its_stanza_is_acknowledged_not_before() {
+        let link = Link::new(8);
+        let first = link.send(stanza("1")).await.expect("queued");
+        let second = link.send(stanza("2")).await.expect("queued");
+        link.apply_ack(1);
+        assert!(settles(first).await, "acknowledged");
+        assert!(!settles(second).await, "not acknowledged yet");
+    }
+
+    #[tokio::test]
+    async fn a_receipt_settles_when_its_stanza_is_taken_back() {
+        let link = Link::new(8);
+        let r = link.send(stanza("1")).await.expect("queued");
+        assert_eq!(link.take_unacked().len(), 1);
+        assert!(settles(r).await, "taken back to go another way");
+        // Numbering continues: a later stanza waits for its own ack.
+        let later = link.send(stanza("2")).await.expect("queued");
+        assert!(!settles(later).await);
+    }
 }

@@ -18,6 +18,8 @@ pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// Stanza error conditions, RFC 6120 8.3.3.
 pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Stream management (XEP-0198), version 3.
+pub const SM: &str = "urn:xmpp:sm:3";
 /// XMPP Ping (XEP-0199).
 pub const PING: &str = "urn:xmpp:ping";
 /// The namespace permanently bound to the `xml:` prefix.
