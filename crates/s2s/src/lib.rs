@@ -426,14 +426,18 @@ impl S2s {
         }
     }
 
-    /// Close every incoming session carrying `remote` (its server was found dead).
-    pub(crate) fn close_inbound_from(&self, remote: &str) {
+    /// Close every incoming session carrying `remote` from the host at `ip` (that server was
+    /// found dead). Sessions from `remote`'s other hosts (the other nodes of a cluster) stay:
+    /// closing them would make live servers lose what they had in flight.
+    pub(crate) fn close_inbound_from(&self, remote: &str, ip: std::net::IpAddr) {
         let Ok(map) = self.sessions.lock() else {
             return;
         };
         for entry in map.values() {
             let hit = entry.info.lock().is_ok_and(|i| {
-                i.direction == Direction::Inbound && i.pairs.iter().any(|(r, _)| r == remote)
+                i.direction == Direction::Inbound
+                    && i.peer.ip() == ip
+                    && i.pairs.iter().any(|(r, _)| r == remote)
             });
             if hit {
                 entry.closer.notify_one();

@@ -528,11 +528,11 @@ impl S2s {
         }
     }
 
-    /// The peer stopped answering: close this session and every incoming one from its domain,
-    /// so both directions reconnect. Returns why, for the log.
+    /// The peer stopped answering: close this session and every incoming one from its domain
+    /// and host, so both directions reconnect. Returns why, for the log.
     async fn peer_dead(&self, conn: &mut XmlConn, to: &str, why: &str) -> String {
         warn!(module = LOG_MODULE, direction = "outgoing", remote = %to, peer = %conn.peer, reason = why, "peer is not answering: closing its sessions");
-        self.close_inbound_from(to);
+        self.close_inbound_from(to, conn.peer.ip());
         conn.abort();
         format!("peer dead: {why}")
     }
