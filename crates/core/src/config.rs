@@ -228,8 +228,9 @@ pub struct Validated {
     pub node_config: crate::nodes::NodesConfig,
     /// The dialback secret.
     pub dialback_secret: String,
-    /// Email address for federation (`[email_translation]`), its directory loaded.
-    pub email: crate::email::Translation,
+    /// Email address for federation (`[email_translation]`): its directory file loaded, or its
+    /// LDAP settings checked.
+    pub email: crate::email::EmailConfig,
     /// The edges to keep a tunnel to, in config order (`tunnel.edge` or `[[tunnel.edges]]`).
     pub edges: Vec<EdgeEntry>,
 }
@@ -254,9 +255,7 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
         *p = base.join(&*p);
     }
     raw.admin.resolve_paths(base);
-    if let Some(p) = raw.email_translation.directory.as_mut() {
-        *p = base.join(&*p);
-    }
+    raw.email_translation.resolve_paths(base);
     let mut validated = validate(raw)?;
     validated.path = path.to_owned();
     Ok(validated)
@@ -314,7 +313,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
     domains.extend(node_config.cluster_domains());
     let edges = crate::edges::edges_of(&raw.tunnel)?;
     raw.admin.validate()?;
-    let email = crate::email::Translation::from_config(&raw.email_translation, &domains)?;
+    let email = crate::email::EmailConfig::from_section(&raw.email_translation, &domains)?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
         other => bail!("log.format: {other:?} is not text or json"),

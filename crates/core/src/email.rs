@@ -15,26 +15,25 @@
 //!   message (other than an error or a headline) or a get/set iq is answered with
 //!   `<service-unavailable/>` as RFC 6120 10.5.3.1 asks for an unknown user; presence is
 //!   silently ignored.
+//! * **Payloads**: users' addresses carried inside stanzas follow the same rules, in both
+//!   directions: outbound, a user's JID becomes their email address; inbound, an email address
+//!   becomes the JID (resources kept). Where (MUC items, actors, invitations and declines,
+//!   XEP-0033 addresses, XEP-0144 roster exchange, `<delay from>`, `<forwarded>` stanzas) is
+//!   listed in `payload.rs`; anything else in a payload is not translated. An inbound payload
+//!   that names the raw JID of a user who has an email address is left as it is: the partner
+//!   wrote it, the stanza is not addressed to it, and guessing what was meant would hide the
+//!   partner's mistake (only the top-level `to` decides whether a stanza is refused).
 //! * **Bounces** (a translated stanza core could not deliver to a node,
 //!   [`Translation::bounced`]): the original address is restored first, so the error comes
-//!   back from the email address the sender used.
-//!
-//! Only the `from`/`to` attributes of the top-level stanza are translated. JIDs carried inside
-//! stanzas are **not**: MUC (`<item jid=..>` in room presence, mediated invitations
-//! `<invite from/to>`, XEP-0249 direct invitations), roster items and roster exchange
-//! (XEP-0144), extended addressing (XEP-0033), forwarded stanzas (carbons, MAM results,
-//! `<forwarded>`), `<delay from=..>`, PubSub/PEP publishers, vCards, and anything else in a
-//! payload. So a partner in a room on one of our chat nodes can see the real JIDs of its
-//! occupants in non-anonymous rooms.
+//!   back from the email address the sender used. The error carries none of the payload.
 //!
 //! Stanzas are bytes on the hot path: nothing is parsed when translation is off, and when it is
 //! on a stanza is re-serialized only when an address changes (otherwise the original bytes go
 //! on).
 //!
-//! The addresses come from a [`Directory`]: today a file ([`FileDirectory`], one `jid,email`
-//! per line); an LDAP directory is a later step and implements the same trait.
+//! The addresses come from a [`Directory`]: a file ([`FileDirectory`], one `jid,email` per
+//! line, `directory.rs`) or an LDAP directory ([`LdapDirectory`], `ldap.rs`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,6 +47,13 @@ use tracing::{info, warn};
 
 use crate::CoreHost;
 
+mod directory;
+mod ldap;
+mod payload;
+
+pub use directory::{Clash, Directory, FileDirectory, User, Users};
+pub use ldap::{Entry, JidSource, LdapDirectory, LdapSettings, Snapshot};
+
 /// `[email_translation]` in core's config.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,200 +61,156 @@ pub struct EmailSection {
     /// Translate between JIDs and email addresses for all federated traffic (default false).
     #[serde(default)]
     pub enabled: bool,
+    /// Where the addresses come from: `file` (default) or `ldap`.
+    #[serde(default)]
+    pub source: Option<Source>,
     /// The directory file: one `jid,email` per line (relative to the config file).
     #[serde(default)]
     pub directory: Option<PathBuf>,
+    /// LDAP: `ldap://host[:port]` or `ldaps://host[:port]`.
+    #[serde(default)]
+    pub ldap_url: Option<String>,
+    /// LDAP: the DN to bind as (absent: anonymous).
+    #[serde(default)]
+    pub ldap_bind_dn: Option<String>,
+    /// LDAP: its password.
+    #[serde(default)]
+    pub ldap_bind_password: Option<String>,
+    /// LDAP: or a file holding it (first line; relative to the config file).
+    #[serde(default)]
+    pub ldap_bind_password_file: Option<PathBuf>,
+    /// LDAP: the subtree searched for users.
+    #[serde(default)]
+    pub ldap_base_dn: Option<String>,
+    /// LDAP: which entries are users (default `(objectClass=inetOrgPerson)`).
+    #[serde(default)]
+    pub ldap_filter: Option<String>,
+    /// LDAP: an attribute holding each user's whole JID (instead of the two below).
+    #[serde(default)]
+    pub ldap_jid_attribute: Option<String>,
+    /// LDAP: the attribute holding the user ID, the local part of the JID (default `uid`).
+    #[serde(default)]
+    pub ldap_user_attribute: Option<String>,
+    /// LDAP: the domain of `<user ID>@<domain>` JIDs.
+    #[serde(default)]
+    pub ldap_jid_domain: Option<String>,
+    /// LDAP: the attribute holding the email address (default `mail`).
+    #[serde(default)]
+    pub ldap_email_attribute: Option<String>,
+    /// LDAP: load the directory again this often (default 300; 0: at start only).
+    #[serde(default)]
+    pub ldap_refresh_seconds: Option<u64>,
+    /// LDAP: CA certificates (PEM) ldaps trusts instead of the system's store (relative to the
+    /// config file).
+    #[serde(default)]
+    pub ldap_ca: Option<PathBuf>,
 }
 
-/// One user who federates with an email address. Both addresses are bare and normalized the
-/// way XMPP compares them (RFC 7622 / stringprep: local parts and domains case-folded).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// The internal bare JID, `local@domain`.
-    pub jid: String,
-    /// Domain of [`User::jid`].
-    pub jid_domain: String,
-    /// The email address the user federates with, `local@domain`.
-    pub email: String,
-    /// Domain of [`User::email`].
-    pub email_domain: String,
+/// `email_translation.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `directory`, a file.
+    File,
+    /// An LDAP directory (`ldap_*`).
+    Ldap,
 }
 
-impl User {
-    /// Validate and normalize one pair: a bare JID with a local part, and an email address with a
-    /// local part and a domain that is also usable as a bare XMPP address. Every directory
-    /// source uses this, so they all accept the same addresses.
-    pub fn new(jid: &str, email: &str) -> Result<Self, String> {
-        let (jid, jid_domain) = bare_address(jid).map_err(|e| format!("JID {jid:?}: {e}"))?;
-        let Some((local, domain)) = email.split_once('@') else {
-            return Err(format!("email address {email:?}: no '@'"));
-        };
-        if local.is_empty() {
-            return Err(format!("email address {email:?}: no local part"));
+impl EmailSection {
+    /// Take relative paths from the config file's directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.directory,
+            &mut self.ldap_bind_password_file,
+            &mut self.ldap_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = base.join(&*p);
         }
-        causeway_xmpp::addr::normalize_domain(domain)
-            .map_err(|e| format!("email address {email:?}: {e}"))?;
-        let (email, email_domain) =
-            bare_address(email).map_err(|e| format!("email address {email:?}: {e}"))?;
-        Ok(Self {
-            jid,
-            jid_domain,
-            email,
-            email_domain,
-        })
     }
 
-    /// Both domains must be local domains (`[[domains]]` names): the email's so that the edge
-    /// lets core send as it and federated servers find us through it, the JID's so that core
-    /// can route to a node serving it.
-    pub fn check_domains(&self, local_domains: &[String]) -> Result<(), String> {
-        for (what, domain) in [
-            ("email address", &self.email_domain),
-            ("JID", &self.jid_domain),
-        ] {
-            if !local_domains.contains(domain) {
-                return Err(format!(
-                    "{what} domain {domain} is not a local domain (a [[domains]] name)"
-                ));
-            }
+    /// The first `ldap_*` setting that is set, for "not used with the file" errors.
+    fn first_ldap_setting(&self) -> Option<&'static str> {
+        [
+            ("ldap_url", self.ldap_url.is_some()),
+            ("ldap_bind_dn", self.ldap_bind_dn.is_some()),
+            ("ldap_bind_password", self.ldap_bind_password.is_some()),
+            (
+                "ldap_bind_password_file",
+                self.ldap_bind_password_file.is_some(),
+            ),
+            ("ldap_base_dn", self.ldap_base_dn.is_some()),
+            ("ldap_filter", self.ldap_filter.is_some()),
+            ("ldap_jid_attribute", self.ldap_jid_attribute.is_some()),
+            ("ldap_user_attribute", self.ldap_user_attribute.is_some()),
+            ("ldap_jid_domain", self.ldap_jid_domain.is_some()),
+            ("ldap_email_attribute", self.ldap_email_attribute.is_some()),
+            ("ldap_refresh_seconds", self.ldap_refresh_seconds.is_some()),
+            ("ldap_ca", self.ldap_ca.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
+    }
+}
+
+/// `[email_translation]` validated: off, a directory file read and checked, or LDAP settings
+/// checked (the directory is loaded by [`EmailConfig::start`]).
+#[derive(Debug, Clone)]
+pub enum EmailConfig {
+    /// No translation.
+    Off,
+    /// `source = "file"`.
+    File(Arc<FileDirectory>),
+    /// `source = "ldap"`.
+    Ldap(Box<LdapSettings>),
+}
+
+impl EmailConfig {
+    /// From the config section, checked against the local domains; a directory file is read
+    /// now, an LDAP server is not contacted. Errors name the setting (and the file and line).
+    pub fn from_section(section: &EmailSection, local_domains: &[String]) -> anyhow::Result<Self> {
+        if !section.enabled {
+            return Ok(Self::Off);
         }
-        Ok(())
-    }
-}
-
-/// `local@domain` with both parts, normalized; and its domain.
-fn bare_address(s: &str) -> Result<(String, String), &'static str> {
-    let parsed = jid::Jid::new(s.trim()).map_err(|_| "not a valid XMPP address")?;
-    if parsed.resource().is_some() {
-        return Err("has a resource ('/...'); a bare address is expected");
-    }
-    let Some(node) = parsed.node() else {
-        return Err("no local part");
-    };
-    let domain = parsed.domain().as_str().to_owned();
-    Ok((format!("{}@{domain}", node.as_str()), domain))
-}
-
-/// Where users' email addresses come from.
-///
-/// Lookups are made for every federated stanza while translation is on, from the tasks that
-/// move stanzas, so they must be cheap and must never block or wait on the network. A source
-/// behind a server (the planned LDAP directory: users' `mail` attribute, as IM&P's LDAP sync
-/// reads it) should keep an in-memory snapshot, refresh it in the background, and answer from
-/// it, validating each entry with [`User::new`] and [`User::check_domains`] (logging and
-/// skipping bad ones rather than failing, unlike the file, which is checked whole at start).
-/// Keys are the normalized bare addresses of [`User`].
-pub trait Directory: Send + Sync + 'static {
-    /// The user whose bare JID is `jid`, if they have an email address.
-    fn by_jid(&self, jid: &str) -> Option<Arc<User>>;
-    /// The user whose email address is `email`.
-    fn by_email(&self, email: &str) -> Option<Arc<User>>;
-    /// What it is, for logs: e.g. `file /etc/causeway/users.csv (1200 users)`.
-    fn describe(&self) -> String;
-}
-
-/// A [`Directory`] read from a file at start: one `jid,email` per line; `#` starts a comment
-/// line; blank lines are ignored; spaces around either field are ignored.
-#[derive(Debug)]
-pub struct FileDirectory {
-    path: PathBuf,
-    by_jid: HashMap<String, Arc<User>>,
-    by_email: HashMap<String, Arc<User>>,
-}
-
-impl FileDirectory {
-    /// Read and validate the file; the error names the file and line.
-    pub fn load(path: &Path, local_domains: &[String]) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text, path, local_domains)
-    }
-
-    /// Parse a file's text (`path` is for messages). Every line is checked with [`User::new`]
-    /// and [`User::check_domains`]; a JID or email address listed twice, or an email address
-    /// that is another user's JID (inbound routing would be ambiguous), is an error too.
-    pub fn parse(text: &str, path: &Path, local_domains: &[String]) -> anyhow::Result<Self> {
-        let mut dir = Self {
-            path: path.to_owned(),
-            by_jid: HashMap::new(),
-            by_email: HashMap::new(),
-        };
-        let mut email_lines: HashMap<String, usize> = HashMap::new();
-        let mut jid_lines: HashMap<String, usize> = HashMap::new();
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        for (i, line) in text.lines().enumerate() {
-            let n = i + 1;
-            let at = || format!("{}: line {n}", path.display());
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let [jid, email] = fields[..] else {
-                bail!("{}: expected `jid,email`, found {line:?}", at());
-            };
-            let user = User::new(jid, email).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
-            user.check_domains(local_domains)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
-            if let Some(first) = jid_lines.get(&user.jid) {
-                bail!(
-                    "{}: JID {} is already listed on line {first}",
-                    at(),
-                    user.jid
-                );
-            }
-            if let Some(first) = email_lines.get(&user.email) {
-                bail!(
-                    "{}: email address {} is already listed on line {first}",
-                    at(),
-                    user.email
-                );
-            }
-            jid_lines.insert(user.jid.clone(), n);
-            email_lines.insert(user.email.clone(), n);
-            let user = Arc::new(user);
-            dir.by_jid.insert(user.jid.clone(), user.clone());
-            dir.by_email.insert(user.email.clone(), user);
-        }
-        // An address that is one user's email and another user's JID: which one is it for?
-        for user in dir.by_email.values() {
-            if let Some(other) = dir.by_jid.get(&user.email) {
-                if other.jid != user.jid {
-                    bail!(
-                        "{}: line {}: email address {} is the JID of the user on line {}",
-                        path.display(),
-                        email_lines[&user.email],
-                        user.email,
-                        jid_lines[&other.jid]
-                    );
+        match section.source {
+            Some(Source::Ldap) => Ok(Self::Ldap(Box::new(LdapSettings::from_section(
+                section,
+                local_domains,
+            )?))),
+            Some(Source::File) | None => {
+                if let Some(key) = section.first_ldap_setting() {
+                    bail!("email_translation.{key}: only used with source = \"ldap\"");
                 }
+                let Some(path) = &section.directory else {
+                    bail!(
+                        "email_translation.directory: required when email_translation.enabled \
+                         (or source = \"ldap\")"
+                    );
+                };
+                let dir = FileDirectory::load(path, local_domains)
+                    .context("email_translation.directory")?;
+                Ok(Self::File(Arc::new(dir)))
             }
         }
-        Ok(dir)
     }
 
-    /// Users listed.
-    pub fn len(&self) -> usize {
-        self.by_jid.len()
-    }
-
-    /// No user listed.
-    pub fn is_empty(&self) -> bool {
-        self.by_jid.is_empty()
-    }
-}
-
-impl Directory for FileDirectory {
-    fn by_jid(&self, jid: &str) -> Option<Arc<User>> {
-        self.by_jid.get(jid).cloned()
-    }
-
-    fn by_email(&self, email: &str) -> Option<Arc<User>> {
-        self.by_email.get(email).cloned()
-    }
-
-    fn describe(&self) -> String {
-        format!("file {} ({} users)", self.path.display(), self.len())
+    /// The translation for the running core: an LDAP directory is loaded now (an error names
+    /// the setting at fault) and refreshed in the background from then on. Logs what is in
+    /// force.
+    pub async fn start(&self) -> anyhow::Result<Translation> {
+        let directory: Arc<dyn Directory> = match self {
+            Self::Off => return Ok(Translation::off()),
+            Self::File(dir) => dir.clone(),
+            Self::Ldap(settings) => {
+                let dir = LdapDirectory::load((**settings).clone()).await?;
+                dir.spawn_refresh();
+                dir
+            }
+        };
+        info!(module = LOG_MODULE, directory = %directory.describe(), "email address for federation: on");
+        Ok(Translation::with_directory(directory))
     }
 }
 
@@ -285,6 +247,57 @@ pub enum Inbound {
     },
 }
 
+/// Which way addresses are translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// A user's JID becomes their email address (stanzas leaving, bounces).
+    ToEmail,
+    /// An email address becomes the user's JID (stanzas arriving).
+    ToJid,
+}
+
+impl Way {
+    /// The user whose address on this way's source side is `bare`, when translating changes
+    /// it (someone's email address may be their own JID).
+    fn user(self, dir: &dyn Directory, bare: &str) -> Option<Arc<User>> {
+        let user = match self {
+            Way::ToEmail => dir.by_jid(bare),
+            Way::ToJid => dir.by_email(bare),
+        }?;
+        (user.jid != user.email).then_some(user)
+    }
+
+    /// `user`'s address and its domain on this way's target side.
+    fn target(self, user: &User) -> (&str, &str) {
+        match self {
+            Way::ToEmail => (&user.email, &user.email_domain),
+            Way::ToJid => (&user.jid, &user.jid_domain),
+        }
+    }
+
+    /// An address attribute's value translated (resource kept), with the user's target domain;
+    /// None when it stays as it is.
+    fn address(self, dir: &dyn Directory, value: &str) -> Option<(String, String)> {
+        let addr = Address::parse(value)?;
+        let user = self.user(dir, &addr.bare)?;
+        let (bare, domain) = self.target(&user);
+        Some((addr.with_bare(bare), domain.to_owned()))
+    }
+
+    /// The payload of `el` translated this way ([`payload::translate`]); whether it changed.
+    fn payload(self, dir: &dyn Directory, el: &mut Element) -> bool {
+        payload::translate(el, &|value| self.address(dir, value).map(|(v, _)| v))
+    }
+
+    /// The top-level attribute `attr` of `el` translated this way; the user's target domain
+    /// when it changed.
+    fn attribute(self, dir: &dyn Directory, el: &mut Element, attr: &str) -> Option<String> {
+        let (value, domain) = self.address(dir, el.attr(attr)?)?;
+        el.set_attr(attr, &value);
+        Some(domain)
+    }
+}
+
 impl Translation {
     /// No translation.
     pub fn off() -> Self {
@@ -298,115 +311,107 @@ impl Translation {
         }
     }
 
-    /// From the config section: off unless enabled; the directory file is read and checked
-    /// against the local domains now. Errors name the setting, the file and the line.
-    pub fn from_config(section: &EmailSection, local_domains: &[String]) -> anyhow::Result<Self> {
-        if !section.enabled {
-            return Ok(Self::off());
-        }
-        let Some(path) = &section.directory else {
-            bail!("email_translation.directory: required when email_translation.enabled");
-        };
-        let dir =
-            FileDirectory::load(path, local_domains).context("email_translation.directory")?;
-        Ok(Self::with_directory(Arc::new(dir)))
-    }
-
     /// Whether stanzas are translated.
     pub fn is_on(&self) -> bool {
         self.directory.is_some()
     }
 
-    /// A copy for the running core, logging what is in force.
-    pub fn start(&self) -> Self {
-        if let Some(d) = &self.directory {
-            info!(module = LOG_MODULE, directory = %d.describe(), "email address for federation: on");
-        }
-        self.clone()
-    }
-
     /// Outbound: `from` = the sender's email address (resource kept) and `from_domain` = its
-    /// domain, when the sender has one; otherwise the stanza as it was.
+    /// domain, when the sender has one; users' JIDs in the payload become their email
+    /// addresses. A stanza with nothing to translate goes on as it was (same bytes).
     pub fn outbound(&self, stanza: InboundStanza) -> InboundStanza {
-        let Some(dir) = &self.directory else {
+        let Some(dir) = self.directory.as_deref() else {
             return stanza;
         };
-        let Some(addr) = Addressed::parse(&stanza.payload, "from") else {
+        let Some(mut el) = causeway_s2s::parse_stanza(&stanza.payload) else {
             return stanza;
         };
-        match dir.by_jid(&addr.bare) {
-            Some(user) if user.email != addr.bare => InboundStanza {
-                payload: addr.rewrite(&user.email),
-                from_domain: user.email_domain.clone(),
-                to_domain: stanza.to_domain,
-            },
-            _ => stanza,
+        let from_domain = Way::ToEmail.attribute(dir, &mut el, "from");
+        let payload = Way::ToEmail.payload(dir, &mut el);
+        if from_domain.is_none() && !payload {
+            return stanza;
+        }
+        InboundStanza {
+            payload: serialize(&el),
+            from_domain: from_domain.unwrap_or(stanza.from_domain),
+            to_domain: stanza.to_domain,
         }
     }
 
     /// Inbound: a stanza to a known email address goes to the user's JID (resource kept) on a
     /// node of the JID's domain; one to the raw JID of a user with an email address is refused;
-    /// anything else goes on untouched.
+    /// email addresses in the payload of a delivered stanza become JIDs. A stanza with nothing
+    /// to translate goes on as it was (same bytes).
     pub fn inbound(&self, st: TunnelStanza) -> Inbound {
-        let Some(dir) = &self.directory else {
+        let Some(dir) = self.directory.as_deref() else {
             return Inbound::Deliver(st);
         };
-        let Some(addr) = Addressed::parse(&st.payload, "to") else {
+        let Some(mut el) = causeway_s2s::parse_stanza(&st.payload) else {
             return Inbound::Deliver(st);
         };
-        if let Some(user) = dir.by_email(&addr.bare) {
-            if user.jid == addr.bare {
-                return Inbound::Deliver(st);
+        let to = el.attr("to").and_then(Address::parse);
+        if let Some(to) = &to {
+            if dir.by_email(&to.bare).is_none() && dir.by_jid(&to.bare).is_some() {
+                return refuse(st, &el, to.bare.clone());
             }
-            return Inbound::Deliver(TunnelStanza {
-                payload: addr.rewrite(&user.jid),
-                from_domain: st.from_domain,
-                to_domain: user.jid_domain.clone(),
-            });
         }
-        if dir.by_jid(&addr.bare).is_none() {
+        let to_domain = Way::ToJid.attribute(dir, &mut el, "to");
+        let payload = Way::ToJid.payload(dir, &mut el);
+        if to_domain.is_none() && !payload {
             return Inbound::Deliver(st);
         }
-        let reply = error_owed(&addr.element)
-            .then(|| {
-                causeway_xmpp::error::stanza_error_reply(
-                    &addr.element,
-                    StanzaCondition::ServiceUnavailable,
-                    None,
-                )
-            })
-            .flatten()
-            .map(|r| TunnelStanza {
-                from_domain: st.to_domain.clone(),
-                to_domain: st.from_domain.clone(),
-                payload: Bytes::from(r.to_xml(ns::SERVER)),
-            });
-        Inbound::Refused {
-            from: st.from_domain,
-            to: addr.bare,
-            reply,
-        }
+        Inbound::Deliver(TunnelStanza {
+            payload: serialize(&el),
+            from_domain: st.from_domain,
+            to_domain: to_domain.unwrap_or(st.to_domain),
+        })
     }
 
     /// A stanza core could not deliver to a node, before its error reply is made: undo the
-    /// inbound translation (`to` = the email address again, `to_domain` its domain), so the
-    /// sender hears back from the address it wrote to.
+    /// inbound translation of `to` (the email address again, `to_domain` its domain), so the
+    /// sender hears back from the address it wrote to. The reply carries no payload, so only
+    /// `to` matters.
     pub fn bounced(&self, stanza: OutboundStanza) -> OutboundStanza {
-        let Some(dir) = &self.directory else {
+        let Some(dir) = self.directory.as_deref() else {
             return stanza;
         };
-        let Some(addr) = Addressed::parse(&stanza.payload, "to") else {
+        let Some(mut el) = causeway_s2s::parse_stanza(&stanza.payload) else {
             return stanza;
         };
-        match dir.by_jid(&addr.bare) {
-            Some(user) if user.email != addr.bare => OutboundStanza {
-                payload: addr.rewrite(&user.email),
+        match Way::ToEmail.attribute(dir, &mut el, "to") {
+            Some(to_domain) => OutboundStanza {
+                payload: serialize(&el),
                 from_domain: stanza.from_domain,
-                to_domain: user.email_domain.clone(),
+                to_domain,
             },
-            _ => stanza,
+            None => stanza,
         }
     }
+}
+
+/// A stanza to the raw JID `to` of a user who federates with an email address: refused, with
+/// the error owed to the sender.
+fn refuse(st: TunnelStanza, el: &Element, to: String) -> Inbound {
+    let reply = error_owed(el)
+        .then(|| {
+            causeway_xmpp::error::stanza_error_reply(el, StanzaCondition::ServiceUnavailable, None)
+        })
+        .flatten()
+        .map(|r| TunnelStanza {
+            from_domain: st.to_domain.clone(),
+            to_domain: st.from_domain.clone(),
+            payload: serialize(&r),
+        });
+    Inbound::Refused {
+        from: st.from_domain,
+        to,
+        reply,
+    }
+}
+
+/// A translated stanza's bytes, in an s2s stream's namespace.
+fn serialize(el: &Element) -> Bytes {
+    Bytes::from(el.to_xml(ns::SERVER))
 }
 
 /// Is an error reply owed to the sender of a stanza for an address that does not exist here?
@@ -420,41 +425,32 @@ fn error_owed(el: &Element) -> bool {
     }
 }
 
-/// A parsed stanza and the bare form of one of its address attributes.
-struct Addressed {
-    element: Element,
-    attr: &'static str,
+/// A user's address as written in an attribute: its bare part and resource.
+struct Address {
     /// Normalized `local@domain`.
     bare: String,
     /// The resource, as normalized by JID preparation.
     resource: Option<String>,
 }
 
-impl Addressed {
-    /// Parse `payload` and its address attribute `attr`; None when either does not parse or
-    /// the address has no local part (a server or service: never translated).
-    fn parse(payload: &[u8], attr: &'static str) -> Option<Self> {
-        let element = causeway_s2s::parse_stanza(payload)?;
-        let parsed = jid::Jid::new(element.attr(attr)?).ok()?;
+impl Address {
+    /// None when `value` does not parse or has no local part (a server or service: never
+    /// translated).
+    fn parse(value: &str) -> Option<Self> {
+        let parsed = jid::Jid::new(value).ok()?;
         let node = parsed.node()?;
-        let bare = format!("{}@{}", node.as_str(), parsed.domain().as_str());
-        let resource = parsed.resource().map(|r| r.as_str().to_owned());
         Some(Self {
-            element,
-            attr,
-            bare,
-            resource,
+            bare: format!("{}@{}", node.as_str(), parsed.domain().as_str()),
+            resource: parsed.resource().map(|r| r.as_str().to_owned()),
         })
     }
 
-    /// The stanza with the address replaced by `bare` (and the resource kept), serialized.
-    fn rewrite(mut self, bare: &str) -> Bytes {
-        let value = match &self.resource {
+    /// The same address with another bare part (the resource kept).
+    fn with_bare(&self, bare: &str) -> String {
+        match &self.resource {
             Some(r) => format!("{bare}/{r}"),
             None => bare.to_owned(),
-        };
-        self.element.set_attr(self.attr, &value);
-        Bytes::from(self.element.to_xml(ns::SERVER))
+        }
     }
 }
 
@@ -476,34 +472,35 @@ pub(crate) fn inbound(host: &CoreHost, s2s: &S2s, st: TunnelStanza) -> Option<Tu
     }
 }
 
+/// What the tests of this module and its children share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::path::Path;
+    use std::sync::Arc;
 
-    fn locals() -> Vec<String> {
+    use bytes::Bytes;
+    use causeway_s2s::InboundStanza;
+    use causeway_tunnel::TunnelStanza;
+
+    use super::{FileDirectory, Translation};
+
+    /// The local domains of the tests.
+    pub fn locals() -> Vec<String> {
         vec!["example.com".into(), "example.org".into()]
     }
 
-    fn parse(text: &str) -> anyhow::Result<FileDirectory> {
-        FileDirectory::parse(text, Path::new("users.csv"), &locals())
-    }
+    /// alice federates as alice.smith@example.com, erin as erin.jones@example.org.
+    pub const USERS: &str = "alice@example.com,alice.smith@example.com\n\
+                             erin@example.com, Erin.Jones@Example.ORG\n";
 
-    fn err(text: &str) -> String {
-        match parse(text) {
-            Ok(_) => panic!("accepted {text:?}"),
-            Err(e) => format!("{e:#}"),
-        }
-    }
-
-    fn on(text: &str) -> Translation {
-        let dir = parse(text).expect("directory");
+    /// A translation with a file directory of this text.
+    pub fn on(text: &str) -> Translation {
+        let dir = FileDirectory::parse(text, Path::new("users.csv"), &locals()).expect("directory");
         Translation::with_directory(Arc::new(dir))
     }
 
-    const USERS: &str = "alice@example.com,alice.smith@example.com\n\
-                         erin@example.com, Erin.Jones@Example.ORG\n";
-
-    fn out(from_domain: &str, xml: &str) -> InboundStanza {
+    /// A stanza from a node for partner.test.
+    pub fn out(from_domain: &str, xml: &str) -> InboundStanza {
         InboundStanza {
             from_domain: from_domain.into(),
             to_domain: "partner.test".into(),
@@ -511,7 +508,8 @@ mod tests {
         }
     }
 
-    fn tunnel(to_domain: &str, xml: &str) -> TunnelStanza {
+    /// A stanza from partner.test over the tunnel.
+    pub fn tunnel(to_domain: &str, xml: &str) -> TunnelStanza {
         TunnelStanza {
             from_domain: "partner.test".into(),
             to_domain: to_domain.into(),
@@ -519,129 +517,105 @@ mod tests {
         }
     }
 
-    fn text(b: &Bytes) -> &str {
+    /// A payload as text.
+    pub fn text(b: &Bytes) -> &str {
         std::str::from_utf8(b).expect("utf-8")
     }
+}
 
-    #[test]
-    fn a_good_directory_parses_with_comments_and_blank_lines() {
-        let dir = parse(
-            "\u{feff}# jid,email\n\n  alice@example.com , alice.smith@example.com  \n\
-             # another\nErin@EXAMPLE.com,Erin.Jones@example.org\r\n",
-        )
-        .expect("valid");
-        assert_eq!(dir.len(), 2);
-        let alice = dir.by_jid("alice@example.com").expect("alice");
-        assert_eq!(alice.email, "alice.smith@example.com");
-        assert_eq!(alice.email_domain, "example.com");
-        let erin = dir
-            .by_email("erin.jones@example.org")
-            .expect("erin, case-folded");
-        assert_eq!(erin.jid, "erin@example.com");
-        assert_eq!(erin.jid_domain, "example.com");
-        assert!(dir.by_jid("bob@example.com").is_none());
-        assert_eq!(dir.describe(), "file users.csv (2 users)");
-        assert!(parse("# nobody\n\n").expect("empty is valid").is_empty());
+#[cfg(test)]
+mod tests {
+    use super::testing::{locals, on, out, text, tunnel, USERS};
+    use super::*;
+
+    fn enabled() -> EmailSection {
+        EmailSection {
+            enabled: true,
+            ..EmailSection::default()
+        }
     }
 
-    #[test]
-    fn duplicates_are_errors_naming_both_lines() {
-        let e = err("a@example.com,x@example.com\n# c\nA@example.com,y@example.com\n");
-        assert!(
-            e.contains("users.csv: line 3: JID a@example.com is already listed on line 1"),
-            "{e}"
-        );
-        let e = err("a@example.com,x@example.com\nb@example.com,X@example.com\n");
-        assert!(
-            e.contains("line 2: email address x@example.com is already listed on line 1"),
-            "{e}"
-        );
-        let e = err("a@example.com,b@example.com\nb@example.com,c@example.com\n");
-        assert!(
-            e.contains("line 1: email address b@example.com is the JID of the user on line 2"),
-            "{e}"
-        );
-        // Someone's email address may be their own JID.
-        assert!(parse("a@example.com,a@example.com\n").is_ok());
-    }
-
-    #[test]
-    fn malformed_lines_are_errors_naming_the_line() {
-        for (text, want) in [
-            ("alice@example.com\n", "line 1: expected `jid,email`"),
-            (
-                "\na@example.com,b@example.com,c@example.com\n",
-                "line 2: expected `jid,email`",
-            ),
-            (
-                "example.com,alice@example.com\n",
-                "line 1: JID \"example.com\": no local part",
-            ),
-            ("a@example.com/res,x@example.com\n", "has a resource"),
-            (
-                "a@b@example.com,x@example.com\n",
-                "line 1: JID \"a@b@example.com\": not a valid XMPP address",
-            ),
-            (
-                "a@example.com,example.com\n",
-                "line 1: email address \"example.com\": no '@'",
-            ),
-            (
-                "a@example.com,@example.com\n",
-                "email address \"@example.com\": no local part",
-            ),
-            ("a@example.com,a@\n", "email address \"a@\": invalid domain"),
-            ("a@example.com,a@exa_mple.com\n", "invalid domain"),
-            (
-                "a@example.com,a b@example.com\n",
-                "not a valid XMPP address",
-            ),
-            ("a@example.com,a@example.com/x\n", "invalid domain"),
-            (
-                "a@example.com,a@partner.test\n",
-                "line 1: email address domain partner.test is not a local domain",
-            ),
-            (
-                "a@elsewhere.test,a@example.com\n",
-                "JID domain elsewhere.test is not a local domain",
-            ),
-            ("a@example.com,\n", "no '@'"),
-        ] {
-            let e = err(text);
-            assert!(e.contains(want), "{text:?}: {e}");
-            assert!(e.starts_with("users.csv: line "), "{text:?}: {e}");
+    fn config_err(section: &EmailSection) -> String {
+        match EmailConfig::from_section(section, &locals()) {
+            Ok(c) => panic!("accepted {section:?}: {c:?}"),
+            Err(e) => format!("{e:#}"),
         }
     }
 
     #[test]
     fn config_section_reads_the_file() {
-        let off = Translation::from_config(&EmailSection::default(), &locals()).expect("off");
-        assert!(!off.is_on());
-        let missing = EmailSection {
-            enabled: true,
-            directory: None,
-        };
-        let e = Translation::from_config(&missing, &locals()).expect_err("needs a file");
-        assert!(e
-            .to_string()
-            .contains("email_translation.directory: required"));
-        let path = std::env::temp_dir().join(format!("causeway-email-{}.csv", std::process::id()));
+        let off = EmailConfig::from_section(&EmailSection::default(), &locals()).expect("off");
+        assert!(matches!(off, EmailConfig::Off));
+        let e = config_err(&enabled());
+        assert!(
+            e.starts_with("email_translation.directory: required"),
+            "{e}"
+        );
+        let files = tempfile_dir();
+        let path = files.join("users.csv");
         std::fs::write(&path, USERS).expect("write");
         let section = EmailSection {
-            enabled: true,
             directory: Some(path.clone()),
+            ..enabled()
         };
-        let t = Translation::from_config(&section, &locals()).expect("valid file");
-        assert!(t.is_on());
+        let config = EmailConfig::from_section(&section, &locals()).expect("valid file");
+        let EmailConfig::File(dir) = &config else {
+            panic!("not a file: {config:?}");
+        };
+        assert_eq!(dir.len(), 2);
+        // `source = "file"` says the same as leaving it out.
+        let explicit = EmailSection {
+            source: Some(Source::File),
+            ..section
+        };
+        assert!(matches!(
+            EmailConfig::from_section(&explicit, &locals()),
+            Ok(EmailConfig::File(_))
+        ));
         std::fs::write(&path, "alice@example.com,alice@partner.test\n").expect("write");
-        let e = Translation::from_config(&section, &locals()).expect_err("bad domain");
-        let _ = std::fs::remove_file(&path);
-        let e = format!("{e:#}");
+        let e = config_err(&explicit);
         assert!(e.starts_with("email_translation.directory: "), "{e}");
         assert!(
             e.contains(": line 1: email address domain partner.test"),
             "{e}"
         );
+        // An LDAP setting with the file is a mistake, named.
+        let e = config_err(&EmailSection {
+            ldap_base_dn: Some("dc=example,dc=com".into()),
+            ..explicit
+        });
+        assert_eq!(
+            e,
+            "email_translation.ldap_base_dn: only used with source = \"ldap\""
+        );
+        let _ = std::fs::remove_dir_all(&files);
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    fn tempfile_dir() -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "causeway-email-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_file() {
+        let mut section = EmailSection {
+            directory: Some("users.csv".into()),
+            ldap_bind_password_file: Some("/etc/secret".into()),
+            ldap_ca: Some("pki/ca.pem".into()),
+            ..enabled()
+        };
+        section.resolve_paths(Path::new("/etc/causeway"));
+        assert_eq!(section.directory, Some("/etc/causeway/users.csv".into()));
+        assert_eq!(section.ldap_bind_password_file, Some("/etc/secret".into()));
+        assert_eq!(section.ldap_ca, Some("/etc/causeway/pki/ca.pem".into()));
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub async fn start(
     let host = Arc::new(CoreHost {
         nodes: Arc::new(nodes::NodeTable::new(&cfg.node_config)),
         tunnel: OnceLock::new(),
-        email: cfg.email.start(),
+        email: cfg.email.start().await?,
         s2s: OnceLock::new(),
     });
     let s2s = S2s::new(s2s_cfg, host.clone());

@@ -17,6 +17,8 @@
 //! * [`Client`]: a real XMPP client (slixmpp under `/usr/bin/python3`) driven
 //!   by JSON lines.
 //! * [`relay::Relay`]: a fault-injecting TCP relay.
+//! * [`Slapd`]: OpenLDAP's slapd (Debian) with its own config and mdb database, serving a
+//!   test directory on a loopback address (the LDAP source of email address for federation).
 //! * [`ChildGuard`]: spawn any process (the `edge`/`core` binaries) in its own
 //!   process group, optionally wait for a READY line, kill on drop.
 //!
@@ -35,6 +37,7 @@ pub mod lab;
 mod process;
 mod prosody;
 pub mod relay;
+pub mod slapd;
 pub mod synthetic;
 mod util;
 
@@ -45,6 +48,7 @@ pub use ejabberd::{Ejabberd, EjabberdSpec};
 pub use process::ChildGuard;
 pub use prosody::{Prosody, ProsodySpec, ROUTE_PLUGIN_LUA};
 pub use relay::Relay;
+pub use slapd::Slapd;
 pub use util::{
     free_port, free_udp_tcp_port, keep_temp_dirs, temp_dir, wait_for_tcp, wait_until, TempDir,
 };
