@@ -14,8 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use causeway_policy::{Policy, Verdict};
 use causeway_s2s::{
-    BoxFuture, Direction, Handled, Hold, Host, InboundStanza, OutboundStanza, S2s, S2sConfig,
-    LOG_MODULE,
+    BoxFuture, Direction, Handled, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
 };
 use causeway_tunnel::{EdgeEvent, EdgeTunnel, TlsFiles, TunnelOptions, TunnelStanza};
 use causeway_xmpp::StanzaCondition;
@@ -412,26 +411,14 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
                 // Its domains stay: stanzas for it wait in the tunnel's replay window.
                 warn!(module = LOG_MODULE, core = %core_id, "core disconnected");
             }
-            EdgeEvent::Stanza {
-                core_id,
-                stanza,
-                settle,
-            } => {
-                outbound_from_core(&host, &s2s, &core_id, stanza, Hold::new(settle)).await;
+            EdgeEvent::Stanza { core_id, stanza } => {
+                outbound_from_core(&host, &s2s, &core_id, stanza).await;
             }
         }
     }
 }
 
-/// A stanza from a core goes out over s2s; `hold` (the tunnel's settlement) is dropped once it
-/// is written or given up, so core keeps it until then.
-async fn outbound_from_core(
-    host: &EdgeHost,
-    s2s: &Arc<S2s>,
-    core_id: &str,
-    st: TunnelStanza,
-    hold: Hold,
-) {
+async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: TunnelStanza) {
     if !host.domain_cores().announced_by(&st.from_domain, core_id) {
         warn!(module = LOG_MODULE, core = %core_id, from = %st.from_domain, "stanza from a domain this core did not announce: dropped");
         s2s.counters.refuse(causeway_s2s::RefusalReason::Spoofed);
@@ -457,5 +444,5 @@ async fn outbound_from_core(
         host.bounce(out, StanzaCondition::ServiceUnavailable).await;
         return;
     }
-    s2s.send_held(out, hold).await;
+    s2s.send(out).await;
 }

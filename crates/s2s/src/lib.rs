@@ -89,28 +89,6 @@ pub struct OutboundStanza {
     pub payload: Bytes,
 }
 
-/// Travels with an outgoing stanza and is dropped once the stanza is written to its connection
-/// or handed to [`Host::bounce`] (e.g. the tunnel's `Settle`, which lets core forget it).
-#[derive(Default)]
-pub struct Hold(Option<Box<dyn std::any::Any + Send + Sync>>);
-
-impl Hold {
-    /// Holds `value` until the stanza is done with.
-    pub fn new(value: impl std::any::Any + Send + Sync) -> Self {
-        Self(Some(Box::new(value)))
-    }
-}
-
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Hold(..)"
-        } else {
-            "Hold(none)"
-        })
-    }
-}
-
 /// Resolves once a delivered stanza is safe (see [`Host::deliver_tracked`]).
 pub type Handled = BoxFuture<'static, ()>;
 

@@ -15,19 +15,13 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
-    connect_any, Direction, Hold, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
+    connect_any, Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
 };
-
-/// A stanza in a session's queue, with what to drop once it is written or given up.
-pub(crate) struct Queued {
-    stanza: OutboundStanza,
-    hold: Hold,
-}
 
 /// The pool's reference to a live session task.
 #[derive(Clone)]
 pub(crate) struct SessionHandle {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<OutboundStanza>,
     generation: u64,
 }
 
@@ -63,33 +57,24 @@ impl S2s {
     /// Send a stanza to a remote domain, opening a session if needed. Awaits room in the
     /// session's queue. A stanza that cannot be delivered is handed to [`crate::Host::bounce`].
     pub async fn send(self: &Arc<Self>, stanza: OutboundStanza) {
-        self.send_held(stanza, Hold::default()).await;
-    }
-
-    /// Like [`S2s::send`]; `hold` is dropped once the stanza is written to its connection or
-    /// handed to [`crate::Host::bounce`].
-    pub async fn send_held(self: &Arc<Self>, stanza: OutboundStanza, hold: Hold) {
-        let mut queued = Queued { stanza, hold };
+        let mut stanza = stanza;
         for _ in 0..3 {
-            let handle = self.session_for(&queued.stanza.from_domain, &queued.stanza.to_domain);
-            match handle.tx.send(queued).await {
+            let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
+            match handle.tx.send(stanza).await {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => {
                     // The session ended between lookup and send; forget it and retry.
-                    let st = &back.stanza;
-                    self.forget_session(&st.from_domain, &st.to_domain, handle.generation);
-                    queued = back;
+                    self.forget_session(&back.from_domain, &back.to_domain, handle.generation);
+                    stanza = back;
                 }
             }
         }
-        let Queued { stanza, hold } = queued;
         self.counters
             .stanzas_bounced
             .fetch_add(1, Ordering::Relaxed);
         self.host
             .bounce(stanza, StanzaCondition::RemoteServerNotFound)
             .await;
-        drop(hold);
     }
 
     /// Number of outgoing sessions open or opening.
@@ -134,7 +119,7 @@ impl S2s {
         self: Arc<Self>,
         from: String,
         to: String,
-        mut rx: mpsc::Receiver<Queued>,
+        mut rx: mpsc::Receiver<OutboundStanza>,
         generation: u64,
     ) {
         let opened =
@@ -165,8 +150,8 @@ impl S2s {
         if !leftovers.is_empty() {
             let s2s = self.clone();
             tokio::spawn(async move {
-                for q in leftovers {
-                    s2s.send_held(q.stanza, q.hold).await;
+                for st in leftovers {
+                    s2s.send(st).await;
                 }
             });
         }
@@ -176,19 +161,18 @@ impl S2s {
         &self,
         from: &str,
         to: &str,
-        mut rx: mpsc::Receiver<Queued>,
+        mut rx: mpsc::Receiver<OutboundStanza>,
         generation: u64,
         e: OpenError,
     ) {
         warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %e.reason, "s2s session failed");
         self.forget_session(from, to, generation);
         rx.close();
-        while let Some(q) = rx.recv().await {
+        while let Some(st) = rx.recv().await {
             self.counters
                 .stanzas_bounced
                 .fetch_add(1, Ordering::Relaxed);
-            self.host.bounce(q.stanza, e.condition).await;
-            drop(q.hold);
+            self.host.bounce(st, e.condition).await;
         }
     }
 
@@ -424,7 +408,7 @@ impl S2s {
         &self,
         mut conn: XmlConn,
         entry: &SessionEntry,
-        rx: &mut mpsc::Receiver<Queued>,
+        rx: &mut mpsc::Receiver<OutboundStanza>,
         (from, to): (&str, &str),
     ) -> String {
         let cfg = self.cfg();
@@ -434,8 +418,6 @@ impl S2s {
         let mut ping_at = Instant::now() + cfg.ping_interval;
         let mut pong: Option<Pong> = None;
         let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
-        // Dropped once the batch is written.
-        let mut holds: Vec<Hold> = Vec::new();
         loop {
             let pong_deadline = pong.as_ref().map_or(ping_at, |p| p.deadline);
             tokio::select! {
@@ -456,23 +438,17 @@ impl S2s {
                 first = rx.recv() => {
                     let Some(first) = first else { return "pool closed".into() };
                     batch.clear();
-                    batch.extend_from_slice(&first.stanza.payload);
-                    holds.push(first.hold);
+                    batch.extend_from_slice(&first.payload);
                     let mut n = 1u64;
                     while batch.len() < 64 * 1024 {
                         match rx.try_recv() {
-                            Ok(q) => {
-                                batch.extend_from_slice(&q.stanza.payload);
-                                holds.push(q.hold);
-                                n += 1;
-                            }
+                            Ok(st) => { batch.extend_from_slice(&st.payload); n += 1; }
                             Err(_) => break,
                         }
                     }
                     if let Err(e) = self.write_or_dead(&mut conn, &batch, to).await {
                         return e;
                     }
-                    holds.clear();
                     entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
                     self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
                     entry.touch();

@@ -403,8 +403,7 @@ async fn run_session(
         inbound,
         out_tx,
         deliver: deliver.clone(),
-        // Settled on hand-over: core does not (yet) hold stanzas back until written on.
-        wrap: Arc::new(|s, _settle| s),
+        wrap: Arc::new(|s| s),
         resume,
         keepalive: cfg.opts.keepalive_or_min(),
         dead_after: cfg.opts.dead_after(),

@@ -40,9 +40,6 @@ pub enum EdgeEvent {
         core_id: String,
         /// The stanza.
         stanza: TunnelStanza,
-        /// Drop once the stanza is written on (or given up): the core keeps it until then,
-        /// so it survives this edge dying while it holds the stanza.
-        settle: crate::Settle,
     },
 }
 
@@ -339,10 +336,9 @@ impl Traversal for TraversalService {
             inbound,
             out_tx,
             deliver: inner.events.clone(),
-            wrap: Arc::new(move |stanza, settle| EdgeEvent::Stanza {
+            wrap: Arc::new(move |stanza| EdgeEvent::Stanza {
                 core_id: wrap_id.clone(),
                 stanza,
-                settle,
             }),
             resume,
             keepalive: inner.opts.keepalive_or_min(),

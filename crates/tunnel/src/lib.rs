@@ -24,7 +24,6 @@ mod edge;
 mod error;
 pub mod ha;
 mod link;
-mod settle;
 mod tls;
 mod types;
 pub mod window;
@@ -33,7 +32,6 @@ pub use core_side::{CoreTunnel, CoreTunnelConfig, CORE_DELIVERY_BUFFER};
 pub use edge::{EdgeEvent, EdgeTunnel};
 pub use error::TunnelError;
 pub use link::{Receipt, MAX_STANZA_BYTES};
-pub use settle::{Settle, HOLD_AT_MOST};
 pub use tls::peer_identity;
 pub use types::{
     CoreHello, LinkStats, TlsFiles, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,

@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::settle::{Settle, Settling};
 use crate::types::{LinkStats, TunnelStanza};
 use crate::window::{Dedup, ReplayWindow};
 use crate::TunnelError;
@@ -85,8 +84,6 @@ pub(crate) struct Link {
     counters: Counters,
     /// Highest sequence number acknowledged (or taken back), for [`Receipt`]s.
     acked: watch::Sender<u64>,
-    /// Receiving side: delivered stanzas not yet settled (for the current peer instance).
-    settling: Mutex<Arc<Settling>>,
 }
 
 /// Says when one queued stanza has left the sender's hands: acknowledged by the peer (it was
@@ -109,10 +106,8 @@ impl Receipt {
 pub(crate) struct Resume {
     /// First sequence number to (re)send in the new session.
     pub cursor: u64,
-    /// What we acknowledge of the peer's instance after the hello (settled stanzas).
+    /// Our delivered counter for the peer's instance after the hello.
     pub delivered: u64,
-    /// The peer instance's settlement state.
-    pub settling: Arc<Settling>,
 }
 
 impl Link {
@@ -126,7 +121,6 @@ impl Link {
             dedup: Mutex::new(Dedup::new()),
             counters: Counters::default(),
             acked: watch::Sender::new(0),
-            settling: Mutex::new(Settling::new(0)),
         }
     }
 
@@ -201,25 +195,18 @@ impl Link {
     /// The `(last_received, peer_instance)` pair for our hello.
     pub(crate) fn receive_position(&self) -> (u64, u64) {
         let d = lock(&self.dedup);
-        // Only what is settled: the peer replays the rest, which the duplicate filter drops
-        // while the stanzas are still held here.
-        let settled = lock(&self.settling).ackable(Instant::now()).0;
-        (settled, d.instance())
+        (d.last_delivered(), d.instance())
     }
 
     /// Applies the peer's hello: resets the duplicate filter if the peer
     /// restarted, releases what the peer says it already delivered (if it
     /// refers to our instance) and computes where replay starts.
     pub(crate) fn resume_from(&self, peer: &Hello, our_instance: u64) -> Resume {
-        let settling = {
+        let delivered = {
             let mut d = lock(&self.dedup);
-            let mut settling = lock(&self.settling);
-            if d.reset_for_instance(peer.instance) {
-                *settling = Settling::new(0);
-            }
-            settling.clone()
+            d.reset_for_instance(peer.instance);
+            d.last_delivered()
         };
-        let delivered = settling.ackable(Instant::now()).0;
         let knows_us = peer.peer_instance != 0 && peer.peer_instance == our_instance;
         if knows_us {
             self.apply_ack(peer.last_received);
@@ -231,11 +218,7 @@ impl Link {
             first_unacked
         };
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
-        Resume {
-            cursor,
-            delivered,
-            settling,
-        }
+        Resume { cursor, delivered }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -311,7 +294,7 @@ impl SessionEnd {
 }
 
 /// Maps a received stanza to the item type of the delivery channel.
-pub(crate) type Wrap<T> = Arc<dyn Fn(TunnelStanza, Settle) -> T + Send + Sync>;
+pub(crate) type Wrap<T> = Arc<dyn Fn(TunnelStanza) -> T + Send + Sync>;
 
 /// Everything one established session needs.
 pub(crate) struct Session<T> {
@@ -341,7 +324,7 @@ impl<T: Send + 'static> Session<T> {
             cancel,
         } = self;
         let cancel = cancel.child_token();
-        let settled_rx = resume.settling.subscribe();
+        let (delivered_tx, delivered_rx) = watch::channel(resume.delivered);
         let ack_now = Arc::new(Notify::new());
 
         let mut rx_task = tokio::spawn(
@@ -350,7 +333,7 @@ impl<T: Send + 'static> Session<T> {
                 inbound,
                 deliver,
                 wrap,
-                settling: resume.settling.clone(),
+                delivered_tx,
                 ack_now: ack_now.clone(),
                 dead_after,
                 cancel: cancel.clone(),
@@ -363,8 +346,7 @@ impl<T: Send + 'static> Session<T> {
                 out_tx,
                 cursor: resume.cursor,
                 acked_sent: resume.delivered,
-                settling: resume.settling,
-                settled_rx,
+                delivered_rx,
                 ack_now,
                 keepalive,
                 cancel: cancel.clone(),
@@ -398,7 +380,7 @@ struct Inbound<T> {
     inbound: tonic::Streaming<Frame>,
     deliver: mpsc::Sender<T>,
     wrap: Wrap<T>,
-    settling: Arc<Settling>,
+    delivered_tx: watch::Sender<u64>,
     ack_now: Arc<Notify>,
     dead_after: Duration,
     cancel: CancellationToken,
@@ -451,15 +433,11 @@ impl<T: Send + 'static> Inbound<T> {
         let accepted = {
             let mut d = lock(&self.link.dedup);
             if d.accept(s.seq) {
-                let settle = self.settling.delivered(s.seq, Instant::now());
-                permit.send((self.wrap)(
-                    TunnelStanza {
-                        from_domain: s.from_domain,
-                        to_domain: s.to_domain,
-                        payload: s.payload,
-                    },
-                    settle,
-                ));
+                permit.send((self.wrap)(TunnelStanza {
+                    from_domain: s.from_domain,
+                    to_domain: s.to_domain,
+                    payload: s.payload,
+                }));
                 true
             } else {
                 false
@@ -468,6 +446,7 @@ impl<T: Send + 'static> Inbound<T> {
         let c = &self.link.counters;
         if accepted {
             c.received.fetch_add(1, Ordering::Relaxed);
+            self.delivered_tx.send_replace(s.seq);
         } else {
             c.duplicates.fetch_add(1, Ordering::Relaxed);
         }
@@ -483,8 +462,7 @@ struct Outbound {
     cursor: u64,
     /// Highest cumulative ack written in this session (or implied by our hello).
     acked_sent: u64,
-    settling: Arc<Settling>,
-    settled_rx: watch::Receiver<u64>,
+    delivered_rx: watch::Receiver<u64>,
     ack_now: Arc<Notify>,
     keepalive: Duration,
     cancel: CancellationToken,
@@ -510,21 +488,26 @@ impl Outbound {
                 self.cursor = self.cursor.max(w.first_unacked());
                 w.get(self.cursor).cloned()
             };
-            // A stanza held too long stops holding back the ack when its time is up.
-            let hold_expires = self.settling.ackable(Instant::now()).1;
 
             let result = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
                 _ = self.ack_now.notified() => self.send_ack(&mut ack_deadline, true).await,
-                changed = self.settled_rx.changed() => {
+                changed = self.delivered_rx.changed() => {
                     if changed.is_err() {
+                        // The inbound task is gone; the session is ending.
                         return SessionEnd::Cancelled;
                     }
-                    self.settled_rx.borrow_and_update();
-                    self.ack_soon(&mut ack_deadline).await
+                    let delivered = *self.delivered_rx.borrow_and_update();
+                    if delivered.saturating_sub(self.acked_sent) >= ACK_EVERY {
+                        self.send_ack(&mut ack_deadline, false).await
+                    } else {
+                        if delivered > self.acked_sent && ack_deadline.is_none() {
+                            ack_deadline = Some(Instant::now() + ACK_DELAY);
+                        }
+                        Ok(())
+                    }
                 }
-                _ = sleep_until_opt(hold_expires) => self.ack_soon(&mut ack_deadline).await,
                 _ = sleep_until_opt(ack_deadline) => self.send_ack(&mut ack_deadline, false).await,
                 _ = ticker.tick() => {
                     let f = Frame { kind: Some(frame::Kind::Keepalive(Keepalive { sent_unix_ms: unix_ms() })) };
@@ -561,19 +544,7 @@ impl Outbound {
         }
     }
 
-    /// Acks at once when [`ACK_EVERY`] stanzas are waiting for one, else within [`ACK_DELAY`].
-    async fn ack_soon(&mut self, deadline: &mut Option<Instant>) -> Result<(), SessionEnd> {
-        let settled = self.settling.ackable(Instant::now()).0;
-        if settled.saturating_sub(self.acked_sent) >= ACK_EVERY {
-            return self.send_ack(deadline, false).await;
-        }
-        if settled > self.acked_sent && deadline.is_none() {
-            *deadline = Some(Instant::now() + ACK_DELAY);
-        }
-        Ok(())
-    }
-
-    /// Writes a cumulative ack for everything settled so far. With `force`,
+    /// Writes a cumulative ack for everything delivered so far. With `force`,
     /// writes it even if it repeats the previous ack (keepalive answer).
     async fn send_ack(
         &mut self,
@@ -581,7 +552,7 @@ impl Outbound {
         force: bool,
     ) -> Result<(), SessionEnd> {
         *deadline = None;
-        let delivered = self.settling.ackable(Instant::now()).0;
+        let delivered = *self.delivered_rx.borrow_and_update();
         if delivered <= self.acked_sent && !force {
             return Ok(());
         }
