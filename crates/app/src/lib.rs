@@ -32,27 +32,41 @@ pub fn init_logging(format: &str, level: &str) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("logging: {e}"))
 }
 
-/// A secret given inline or in a file (first line, trimmed). `section` names the config section
-/// for errors. Exactly one of the two must be set, and the secret must be at least 16 bytes.
+/// A secret setting `name` given inline (as is) or as `name_file` (the file's first line,
+/// trimmed), not both; `None` when neither is set. `section` names the config section for errors.
+pub fn secret_setting(
+    section: &str,
+    name: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => bail!("{section}.{name}: set {name} or {name}_file, not both"),
+        (Some(s), None) => Ok(Some(s.to_owned())),
+        (None, Some(p)) => Ok(Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("{section}.{name}_file: {}", p.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The dialback secret of `section`, inline or in a file (see [`secret_setting`]), trimmed: it
+/// must be set and at least 16 bytes.
 pub fn resolve_secret(
     section: &str,
     inline: Option<&str>,
     file: Option<&Path>,
 ) -> anyhow::Result<String> {
-    let secret = match (inline, file) {
-        (Some(_), Some(_)) => {
-            bail!("{section}: set dialback_secret or dialback_secret_file, not both")
-        }
-        (Some(s), None) => s.trim().to_owned(),
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .with_context(|| format!("{section}.dialback_secret_file: {}", p.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_owned(),
-        (None, None) => bail!("{section}.dialback_secret: missing (or dialback_secret_file)"),
+    let Some(secret) = secret_setting(section, "dialback_secret", inline, file)? else {
+        bail!("{section}.dialback_secret: missing (or dialback_secret_file)");
     };
+    let secret = secret.trim().to_owned();
     if secret.len() < 16 {
         bail!("{section}.dialback_secret: at least 16 characters");
     }

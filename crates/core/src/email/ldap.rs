@@ -221,28 +221,12 @@ fn check_url(url: &str) -> Result<bool, String> {
 /// The bind: a DN with exactly one of the password settings, or none of the three
 /// (anonymous). An empty password is refused: LDAP treats it as an unauthenticated bind.
 fn bind(s: &EmailSection) -> anyhow::Result<Option<Bind>> {
-    let password = match (&s.ldap_bind_password, &s.ldap_bind_password_file) {
-        (Some(_), Some(_)) => bail!(
-            "email_translation.ldap_bind_password: set ldap_bind_password or \
-             ldap_bind_password_file, not both"
-        ),
-        (Some(p), None) => Some(p.clone()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| {
-                    format!(
-                        "email_translation.ldap_bind_password_file: {}",
-                        path.display()
-                    )
-                })?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
+    let password = causeway_app::secret_setting(
+        "email_translation",
+        "ldap_bind_password",
+        s.ldap_bind_password.as_deref(),
+        s.ldap_bind_password_file.as_deref(),
+    )?;
     let dn = s
         .ldap_bind_dn
         .as_deref()
