@@ -22,7 +22,7 @@ use crate::sm::{self, InboundSm};
 use crate::transport::tls_summary;
 use crate::verify::Verdict;
 use crate::{
-    CertStatus, Direction, Handled, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
+    CertStatus, Direction, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
 };
 
 impl S2s {
@@ -116,7 +116,6 @@ impl S2s {
             pending: HashSet::new(),
             verdict_tx,
             sm: None,
-            receipt: None,
         };
         let end = stream.run(verdict_rx).await;
         self.unregister(&entry);
@@ -170,8 +169,6 @@ struct InboundStream {
     verdict_tx: mpsc::Sender<PairVerdict>,
     /// XEP-0198 state once the peer enabled stream management.
     sm: Option<InboundSm>,
-    /// When the stanza just delivered is safe (handed from `on_stanza` to the counting).
-    receipt: Option<Handled>,
 }
 
 impl InboundStream {
@@ -352,13 +349,7 @@ impl InboundStream {
             return self.on_sm(el).await;
         }
         if is_stanza(el) {
-            let flow = self.on_stanza(tl).await;
-            // Every stanza counts as handled, delivered or refused (XEP-0198).
-            let receipt = self.receipt.take();
-            if let Some(sm) = self.sm.as_mut() {
-                sm.stanza(receipt);
-            }
-            return flow;
+            return self.on_stanza(tl).await;
         }
         if el.is("error", ns::STREAM) {
             let (cond, text) = causeway_xmpp::error::parse_stream_error(el);
@@ -697,27 +688,50 @@ impl InboundStream {
         self.send_or_close(&reply).await
     }
 
-    /// A stanza: deliver it if its (from, to) domain pair is authenticated on this stream.
+    /// A stanza: deliver it if admitted, and count it for stream management either way
+    /// (XEP-0198 counts every stanza handled, delivered or refused).
     async fn on_stanza(&mut self, tl: TopLevel) -> Flow {
+        let stanza = match self.admit(tl).await {
+            Ok(stanza) => stanza,
+            Err(closed) => return closed,
+        };
+        let handled = match stanza {
+            Some(st) if self.sm.is_some() => self.s2s.host.deliver_tracked(st).await,
+            Some(st) => {
+                self.s2s.host.deliver(st).await;
+                None
+            }
+            None => None,
+        };
+        if let Some(sm) = self.sm.as_mut() {
+            sm.stanza(handled);
+        }
+        Flow::Continue
+    }
+
+    /// The stanza to deliver if its (from, to) domain pair is authenticated on this stream;
+    /// `None` for one refused (or our own ping's answer) while the stream goes on; the closing
+    /// flow when it must end.
+    async fn admit(&mut self, tl: TopLevel) -> Result<Option<InboundStanza>, Flow> {
         let el = &tl.element;
         let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
-            return self
+            return Err(self
                 .fail(
                     StreamCondition::ImproperAddressing,
                     "stanza without from or to",
                 )
-                .await;
+                .await);
         };
         let Ok(from_domain) = jid_domain(from) else {
-            return self
+            return Err(self
                 .fail(StreamCondition::InvalidFrom, "malformed from address")
-                .await;
+                .await);
         };
         let to_domain = match jid_domain(to) {
             Ok(d) => d,
             Err(_) => {
                 self.refuse(&from_domain, to, "malformed to address");
-                return Flow::Continue;
+                return Ok(None);
             }
         };
         let pair = (from_domain, to_domain);
@@ -726,36 +740,30 @@ impl InboundStream {
                 // An authenticated peer addressing a domain we do not serve: drop, keep the
                 // stream (we cannot answer as a domain we do not serve).
                 self.refuse(&pair.0, to, "to a domain not served here");
-                return Flow::Continue;
+                return Ok(None);
             }
             self.s2s.counters.refuse(crate::RefusalReason::Spoofed);
             warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %from, to = %to, "stanza from a domain this stream did not authenticate: refused");
-            return self
+            return Err(self
                 .fail(
                     StreamCondition::InvalidFrom,
                     &format!("{} is not authenticated on this stream", pair.0),
                 )
-                .await;
+                .await);
         }
         self.entry.touch();
         let is_answer = el.name == "iq" && matches!(el.attr("type"), Some("result" | "error"));
         if is_answer && el.attr("id").is_some_and(|id| self.s2s.take_pong(id)) {
             // The answer to one of our liveness pings: ours, not the inside's.
-            return Flow::Continue;
+            return Ok(None);
         }
         self.entry.stanzas_in.fetch_add(1, Ordering::Relaxed);
         self.s2s.counters.stanzas_in.fetch_add(1, Ordering::Relaxed);
-        let stanza = InboundStanza {
+        Ok(Some(InboundStanza {
             payload: tl.forwardable(ns::SERVER),
             from_domain: pair.0,
             to_domain: pair.1,
-        };
-        if self.sm.is_some() {
-            self.receipt = self.s2s.host.deliver_tracked(stanza).await;
-        } else {
-            self.s2s.host.deliver(stanza).await;
-        }
-        Flow::Continue
+        }))
     }
 
     /// Stream management is offered after authentication by SASL (the restarted stream's
