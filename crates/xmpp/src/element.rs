@@ -4,18 +4,143 @@
 //! (`"xml:lang"`). An attribute in any other namespace is stored in Clark notation,
 //! `"{namespace-uri}local"`, because [`Element`] keeps no prefix declarations; serialization
 //! declares a generated prefix for it.
+//!
+//! Namespace URIs are [`Namespace`]s: shared strings, so that the many elements of one
+//! namespace hold one copy of its URI between them.
+//!
+//! Serialization writes well-formed XML whatever the tree holds: an attribute whose name
+//! would not be a valid attribute name in the output is left out (see [`Element::write_xml`]).
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::ns;
+use crate::xmltext::{invalid_uri_char, is_ncname};
+
+/// A namespace URI, shared: cloning a `Namespace` copies a pointer, not the URI.
+///
+/// The parser makes one `Namespace` per namespace declaration (and per binding on the stream
+/// header) and every element resolving to it holds a clone, so a long URI costs its length
+/// once per declaration, not once per element. It compares, hashes, orders and prints like
+/// the string it holds.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(Arc<str>);
+
+impl Namespace {
+    /// The URI.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether both hold the same allocation (not merely equal URIs).
+    pub fn ptr_eq(this: &Namespace, other: &Namespace) -> bool {
+        Arc::ptr_eq(&this.0, &other.0)
+    }
+}
+
+impl Default for Namespace {
+    /// The empty URI: "no namespace".
+    fn default() -> Self {
+        Namespace(Arc::from(""))
+    }
+}
+
+impl Deref for Namespace {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Namespace {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Namespace {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Namespace {
+    fn from(uri: &str) -> Self {
+        Namespace(Arc::from(uri))
+    }
+}
+
+impl From<String> for Namespace {
+    fn from(uri: String) -> Self {
+        Namespace(Arc::from(uri))
+    }
+}
+
+impl From<Arc<str>> for Namespace {
+    fn from(uri: Arc<str>) -> Self {
+        Namespace(uri)
+    }
+}
+
+impl PartialEq<str> for Namespace {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Namespace {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Namespace {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Namespace> for str {
+    fn eq(&self, other: &Namespace) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<Namespace> for &str {
+    fn eq(&self, other: &Namespace) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Namespace> for String {
+    fn eq(&self, other: &Namespace) -> bool {
+        **self == *other.0
+    }
+}
 
 /// An XML element with its resolved namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     /// Local name (without prefix).
     pub name: String,
-    /// Resolved namespace URI (may be empty for "no namespace").
-    pub ns: String,
+    /// Resolved namespace URI (may be empty for "no namespace"), shared with the other
+    /// elements of that namespace.
+    pub ns: Namespace,
     /// Attributes with unescaped values, in document order. Names are qualified as written
     /// (`"xml:lang"`), except attributes in other namespaces which use `"{uri}local"`.
     /// Namespace declarations (`xmlns`, `xmlns:*`) are never stored here.
@@ -36,9 +161,14 @@ pub enum Node {
 impl Element {
     /// A new empty element.
     pub fn new(name: &str, ns: &str) -> Self {
+        Element::in_namespace(name, Namespace::from(ns))
+    }
+
+    /// A new empty element in a namespace already held (cloning it shares the URI).
+    pub fn in_namespace(name: &str, ns: Namespace) -> Self {
         Element {
             name: name.to_owned(),
-            ns: ns.to_owned(),
+            ns,
             attrs: Vec::new(),
             children: Vec::new(),
         }
@@ -140,16 +270,31 @@ impl Element {
     }
 
     /// Like [`Element::to_xml`], appending to `out`.
+    ///
+    /// An attribute that cannot be written under a valid name distinct from the others is
+    /// left out: a plain name that is neither an NCName nor `xml:` plus an NCName (this
+    /// includes `xmlns` and `xmlns:*`, which would declare namespaces), a Clark name whose
+    /// local part is not an NCName or whose URI is empty, reserved or holds a character no
+    /// IRI may contain (see [`Namespace`]), and a repeat of a name already written. The parser
+    /// never produces such attributes; this keeps a hand-built tree from injecting markup.
     pub fn write_xml(&self, parent_ns: &str, out: &mut String) {
         let prefix = fixed_prefix(&self.ns);
         out.push('<');
         push_qname(out, prefix, &self.name);
         if prefix.is_none() && self.ns != parent_ns {
-            push_attr(out, "xmlns", &self.ns);
+            push_attr(out, None, "xmlns", &self.ns);
         }
         let mut generated = 0usize;
-        for (name, value) in &self.attrs {
-            write_attr(out, name, value, &mut generated);
+        for (i, (name, value)) in self.attrs.iter().enumerate() {
+            let Some(name) = AttrName::parse(name) else {
+                continue;
+            };
+            let repeated = self.attrs[..i]
+                .iter()
+                .any(|(earlier, _)| AttrName::parse(earlier) == Some(name));
+            if !repeated {
+                write_attr(out, name, value, &mut generated);
+            }
         }
         if self.children.is_empty() {
             out.push_str("/>");
@@ -173,6 +318,39 @@ impl Element {
     }
 }
 
+/// A stored attribute name that can be written, by how it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttrName<'a> {
+    /// In no namespace: written as is.
+    Plain(&'a str),
+    /// In the `xml:` namespace: written with the `xml` prefix.
+    Xml(&'a str),
+    /// In another namespace: written with a generated prefix declared beside it.
+    In { uri: &'a str, local: &'a str },
+}
+
+impl<'a> AttrName<'a> {
+    /// How a stored name is written; `None` when no valid attribute name says it.
+    fn parse(name: &'a str) -> Option<Self> {
+        let Some((uri, local)) = split_clark(name) else {
+            return match name.split_once(':') {
+                Some(("xml", local)) if is_ncname(local) => Some(AttrName::Xml(local)),
+                None if is_ncname(name) && name != "xmlns" => Some(AttrName::Plain(name)),
+                _ => None,
+            };
+        };
+        if !is_ncname(local) {
+            return None;
+        }
+        match uri {
+            ns::XML => Some(AttrName::Xml(local)),
+            "" | ns::XMLNS => None,
+            _ if invalid_uri_char(uri).is_some() => None,
+            _ => Some(AttrName::In { uri, local }),
+        }
+    }
+}
+
 /// The fixed prefix used when writing elements of this namespace, if any.
 fn fixed_prefix(ns: &str) -> Option<&'static str> {
     match ns {
@@ -190,28 +368,27 @@ fn push_qname(out: &mut String, prefix: Option<&str>, name: &str) {
     out.push_str(name);
 }
 
-fn push_attr(out: &mut String, name: &str, value: &str) {
+fn push_attr(out: &mut String, prefix: Option<&str>, name: &str, value: &str) {
     out.push(' ');
-    out.push_str(name);
+    push_qname(out, prefix, name);
     out.push_str("='");
     out.push_str(&escape_attr(value));
     out.push('\'');
 }
 
-/// Write one stored attribute, declaring a generated prefix for `{uri}local` names.
-fn write_attr(out: &mut String, name: &str, value: &str, generated: &mut usize) {
-    let Some((uri, local)) = split_clark(name) else {
-        push_attr(out, name, value);
-        return;
-    };
-    if uri == ns::XML {
-        push_attr(out, &format!("xml:{local}"), value);
-        return;
+/// Write one attribute, declaring a generated prefix for a name in a namespace other than
+/// `xml:`.
+fn write_attr(out: &mut String, name: AttrName<'_>, value: &str, generated: &mut usize) {
+    match name {
+        AttrName::Plain(local) => push_attr(out, None, local, value),
+        AttrName::Xml(local) => push_attr(out, Some("xml"), local, value),
+        AttrName::In { uri, local } => {
+            let prefix = format!("ns{generated}");
+            *generated += 1;
+            push_attr(out, Some("xmlns"), &prefix, uri);
+            push_attr(out, Some(&prefix), local, value);
+        }
     }
-    let prefix = format!("ns{generated}");
-    *generated += 1;
-    push_attr(out, &format!("xmlns:{prefix}"), uri);
-    push_attr(out, &format!("{prefix}:{local}"), value);
 }
 
 /// Split `"{uri}local"` into its parts.
@@ -380,6 +557,88 @@ mod tests {
         assert_eq!(
             e.to_xml("urn:a"),
             "<a xmlns:ns0='urn:x' ns0:y='1' xml:lang='en' xml:space='preserve'/>"
+        );
+    }
+
+    #[test]
+    fn namespace_compares_and_prints_like_a_string() {
+        let a = Namespace::from("urn:a");
+        let b = a.clone();
+        assert!(Namespace::ptr_eq(&a, &b));
+        assert!(!Namespace::ptr_eq(&a, &Namespace::from("urn:a")));
+        assert_eq!(a, Namespace::from(String::from("urn:a")));
+        assert_eq!(a, "urn:a");
+        assert_eq!(a, *"urn:a");
+        assert_eq!(a, String::from("urn:a"));
+        assert_eq!("urn:a", a);
+        assert_eq!(String::from("urn:a"), a);
+        assert_ne!(a, "urn:b");
+        assert_eq!(a.as_str(), "urn:a");
+        assert_eq!(a.len(), 5);
+        assert_eq!(format!("{a} {a:?}"), "urn:a \"urn:a\"");
+        assert_eq!(Namespace::default(), "");
+        let b = Namespace::from("urn:b");
+        assert!(a < b);
+        let set: std::collections::HashSet<Namespace> = [a].into_iter().collect();
+        assert!(set.contains("urn:a"));
+    }
+
+    /// Whatever names a hand-built tree holds, the output is well-formed XML that parses back
+    /// to the attributes that could be written.
+    #[test]
+    fn invalid_attribute_names_are_not_written() {
+        let e = Element::new("message", ns::SERVER)
+            .with_attr("ok", "1")
+            .with_attr("{urn:a}b}c", "x")
+            .with_attr("a='x' b", "y")
+            .with_attr("{urn:a b}c", "z")
+            .with_attr("{urn:a>}c", "z")
+            .with_attr("{urn:a}", "z")
+            .with_attr("{}c", "z")
+            .with_attr("{http://www.w3.org/2000/xmlns/}c", "z")
+            .with_attr("{urn:a", "z")
+            .with_attr("xmlns", "urn:evil")
+            .with_attr("xmlns:p", "urn:evil")
+            .with_attr("p:x", "unbound")
+            .with_attr("xml:lang", "en")
+            .with_attr("{http://www.w3.org/XML/1998/namespace}lang", "de")
+            .with_attr("{urn:a}b", "1")
+            .with_attr("{urn:b}b", "2")
+            .with_attr("x/><evil", "1")
+            .with_attr("1x", "1")
+            .with_attr("ok", "dup");
+        // A duplicate pushed past set_attr.
+        let mut e = e;
+        e.attrs.push(("ok".into(), "dup".into()));
+        e.attrs.push(("{urn:a}b".into(), "dup".into()));
+        let xml = e.to_xml(ns::SERVER);
+        assert_eq!(
+            xml,
+            "<message ok='dup' xml:lang='en' xmlns:ns0='urn:a' ns0:b='1' \
+             xmlns:ns1='urn:b' ns1:b='2'/>"
+        );
+        let mut f = crate::Framer::new(crate::Limits::default());
+        f.push(
+            b"<stream:stream xmlns='jabber:server' \
+              xmlns:stream='http://etherx.jabber.org/streams'>",
+        );
+        f.push(xml.as_bytes());
+        assert!(matches!(
+            f.next_event(),
+            Ok(Some(crate::Event::StreamOpen(_)))
+        ));
+        let Ok(Some(crate::Event::Element(back))) = f.next_event() else {
+            panic!("{xml} does not parse back");
+        };
+        assert_eq!(
+            back.element.attrs,
+            [
+                ("ok", "dup"),
+                ("xml:lang", "en"),
+                ("{urn:a}b", "1"),
+                ("{urn:b}b", "2")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
         );
     }
 }

@@ -1,6 +1,6 @@
 //! RFC 6120 stream and stanza error conditions in one place.
 
-use crate::element::{escape_text, Element};
+use crate::element::{escape_text, Element, Namespace};
 use crate::ns;
 
 /// Defines a condition enum with its wire names.
@@ -224,7 +224,7 @@ pub fn stanza_error_reply(
     if !is_stanza || original.attr("type") == Some("error") {
         return None;
     }
-    let mut reply = Element::new(&original.name, &original.ns);
+    let mut reply = Element::in_namespace(&original.name, original.ns.clone());
     if let Some(to) = original.attr("to") {
         reply.set_attr("from", to);
     }
@@ -239,8 +239,8 @@ pub fn stanza_error_reply(
 }
 
 /// `<error type=..><cond xmlns=STANZA_ERRORS/>[<text xmlns=STANZA_ERRORS>..</text>]</error>`.
-fn error_element(stanza_ns: &str, cond: StanzaCondition, text: Option<&str>) -> Element {
-    let mut error = Element::new("error", stanza_ns)
+fn error_element(stanza_ns: &Namespace, cond: StanzaCondition, text: Option<&str>) -> Element {
+    let mut error = Element::in_namespace("error", stanza_ns.clone())
         .with_attr("type", cond.default_type().as_str())
         .with_child(Element::new(cond.as_str(), ns::STANZA_ERRORS));
     if let Some(text) = text {

@@ -18,7 +18,7 @@ mod parse;
 mod scan;
 mod xmltext;
 
-pub use element::{escape_attr, escape_text, Element, Node};
+pub use element::{escape_attr, escape_text, Element, Namespace, Node};
 pub use error::{StanzaCondition, StanzaErrorType, StreamCondition};
 pub use framer::{Event, FrameError, Framer, Limits, TopLevel};
 pub use stream::StreamHeader;

@@ -3,6 +3,9 @@
 //!
 //! It works on bytes, so UTF-8 sequences split across reads need no care, and it keeps its
 //! state between calls, so each byte is examined once however the input is fragmented.
+//! It remembers where the names of the open elements are in the buffer (at most `max_depth`
+//! ranges), so an end tag that does not match fails at the first byte of its name that
+//! differs, rather than leaving the element open to swallow the stanzas after it.
 
 use crate::framer::FrameError;
 use crate::xmltext::{is_forbidden_control, is_name_char, is_name_start, is_space};
@@ -36,6 +39,8 @@ pub(crate) struct ScanCfg<'a> {
     pub limit: usize,
     /// Maximum element nesting depth (the top-level element has depth 1).
     pub max_depth: usize,
+    /// Maximum number of attributes (namespace declarations included) on one start tag.
+    pub max_attributes: usize,
     /// In a stream: the qualified name of the stream element, to reject a nested header.
     pub header_qname: Option<&'a [u8]>,
 }
@@ -74,15 +79,21 @@ enum Lex {
     DeclBody { question: bool },
 }
 
-/// Resumable scanner state.
+/// Resumable scanner state. Offsets are into the buffer passed to [`Scanner::scan`].
 #[derive(Debug, Clone)]
 pub(crate) struct Scanner {
+    /// The next byte to examine.
     pos: usize,
+    /// Where the item being scanned starts, once its `<` was seen.
     start: Option<usize>,
-    depth: usize,
+    /// The name ranges of the open elements, outermost first; its length is the depth.
+    open: Vec<(usize, usize)>,
     lex: Lex,
+    /// The name of the tag being scanned (its end is set once the name is complete).
     name_start: usize,
     name_end: usize,
+    /// Attributes seen so far in the start tag being scanned.
+    attributes: usize,
 }
 
 impl Default for Scanner {
@@ -90,10 +101,11 @@ impl Default for Scanner {
         Scanner {
             pos: 0,
             start: None,
-            depth: 0,
+            open: Vec::new(),
             lex: Lex::Top,
             name_start: 0,
             name_end: 0,
+            attributes: 0,
         }
     }
 }
@@ -103,7 +115,12 @@ type Step = Result<Option<Found>, FrameError>;
 impl Scanner {
     /// Forget everything (after the framer consumed an item or restarted the stream).
     pub(crate) fn reset(&mut self) {
-        *self = Scanner::default();
+        let mut open = std::mem::take(&mut self.open);
+        open.clear();
+        *self = Scanner {
+            open,
+            ..Scanner::default()
+        };
     }
 
     /// Bytes before this offset are scanned whitespace and may be dropped.
@@ -117,21 +134,25 @@ impl Scanner {
         self.start = self.start.map(|s| s - n);
         self.name_start = self.name_start.saturating_sub(n);
         self.name_end = self.name_end.saturating_sub(n);
+        // Open names lie after `start`, so at or after `n`.
+        for (s, e) in &mut self.open {
+            *s = s.saturating_sub(n);
+            *e = e.saturating_sub(n);
+        }
     }
 
-    /// Continue scanning `buf` (which only ever grows at its end between calls).
+    /// Continue scanning `buf` (which only ever grows at its end between calls). The limits
+    /// in `cfg` may change between calls; an item already past a lowered size limit fails at
+    /// once.
     pub(crate) fn scan(&mut self, buf: &[u8], cfg: &ScanCfg<'_>) -> Step {
+        self.check_size(cfg)?;
         while let Some(&b) = buf.get(self.pos) {
             if is_forbidden_control(b) {
                 return Err(FrameError::NotWellFormed(format!(
                     "control character 0x{b:02x} is not allowed in XML"
                 )));
             }
-            if let Some(s) = self.start {
-                if self.pos - s >= cfg.limit {
-                    return Err(FrameError::TooLarge { limit: cfg.limit });
-                }
-            }
+            self.check_size(cfg)?;
             let found = self.step(b, buf, cfg)?;
             self.pos += 1;
             if found.is_some() {
@@ -139,6 +160,14 @@ impl Scanner {
             }
         }
         Ok(None)
+    }
+
+    /// An unfinished item that already holds `limit` bytes cannot end within the limit.
+    fn check_size(&self, cfg: &ScanCfg<'_>) -> Result<(), FrameError> {
+        match self.start {
+            Some(s) if self.pos - s >= cfg.limit => Err(FrameError::TooLarge { limit: cfg.limit }),
+            _ => Ok(()),
+        }
     }
 
     fn step(&mut self, b: u8, buf: &[u8], cfg: &ScanCfg<'_>) -> Step {
@@ -152,7 +181,7 @@ impl Scanner {
             Lex::AfterValue => Err(FrameError::NotWellFormed(
                 "missing whitespace between attributes".into(),
             )),
-            Lex::EndName => self.end_name(b),
+            Lex::EndName => self.end_name(b, buf),
             Lex::EndTail => self.end_tail(b),
             Lex::Content => {
                 if b == b'<' {
@@ -210,12 +239,13 @@ impl Scanner {
                 "processing instructions are not allowed".into(),
             )),
             _ if is_name_start(b) => {
-                if self.depth + 1 > cfg.max_depth {
+                if self.open.len() + 1 > cfg.max_depth {
                     return Err(FrameError::TooDeep {
                         limit: cfg.max_depth,
                     });
                 }
                 self.name_start = self.pos;
+                self.attributes = 0;
                 self.lex = Lex::StartName;
                 Ok(None)
             }
@@ -234,8 +264,8 @@ impl Scanner {
                 "unexpected byte 0x{b:02x} in element name"
             )));
         }
-        if self.depth == 0 {
-            self.name_end = self.pos;
+        self.name_end = self.pos;
+        if self.open.is_empty() {
             if let Some(q) = cfg.header_qname {
                 if buf.get(self.name_start..self.name_end) == Some(q) {
                     return Err(FrameError::BadFormat(
@@ -251,23 +281,32 @@ impl Scanner {
         self.lex = Lex::InTag { slash: false };
         match b {
             b'>' if slash => {
-                if self.depth == 0 {
+                if self.open.is_empty() {
                     return Ok(Some(self.found_element()));
                 }
                 self.lex = Lex::Content;
             }
             b'>' => {
-                if self.depth == 0 && cfg.prolog {
+                if self.open.is_empty() && cfg.prolog {
                     return Ok(Some(Found::Open {
                         start: self.start_or_pos(),
                         end: self.pos + 1,
                     }));
                 }
-                self.depth += 1;
+                // Bounded: after_lt refused a name deeper than max_depth.
+                self.open.push((self.name_start, self.name_end));
                 self.lex = Lex::Content;
             }
             b'/' => self.lex = Lex::InTag { slash: true },
-            b'\'' | b'"' => self.lex = Lex::AttrValue(b),
+            b'\'' | b'"' => {
+                self.attributes += 1;
+                if self.attributes > cfg.max_attributes {
+                    return Err(FrameError::TooManyAttributes {
+                        limit: cfg.max_attributes,
+                    });
+                }
+                self.lex = Lex::AttrValue(b);
+            }
             b'<' => {
                 return Err(FrameError::NotWellFormed("'<' inside a tag".into()));
             }
@@ -285,13 +324,22 @@ impl Scanner {
         Ok(None)
     }
 
-    fn end_name(&mut self, b: u8) -> Step {
-        let first = self.pos == self.name_start;
-        if (first && is_name_start(b)) || (!first && is_name_char(b)) {
+    /// Inside an end tag's name, which is compared byte by byte with the innermost open
+    /// element's (at stream level the framer matches it against the stream header's).
+    fn end_name(&mut self, b: u8, buf: &[u8]) -> Step {
+        let offset = self.pos - self.name_start;
+        let open = self.open.last().and_then(|&(s, e)| buf.get(s..e));
+        if (offset == 0 && is_name_start(b)) || (offset > 0 && is_name_char(b)) {
+            if open.is_some_and(|name| name.get(offset) != Some(&b)) {
+                return Err(mismatch());
+            }
             return Ok(None);
         }
-        if first || !(is_space(b) || b == b'>') {
+        if offset == 0 || !(is_space(b) || b == b'>') {
             return Err(FrameError::NotWellFormed("malformed end tag".into()));
+        }
+        if open.is_some_and(|name| name.len() != offset) {
+            return Err(mismatch());
         }
         self.name_end = self.pos;
         self.lex = Lex::EndTail;
@@ -305,15 +353,14 @@ impl Scanner {
         if b != b'>' {
             return Err(FrameError::NotWellFormed("malformed end tag".into()));
         }
-        if self.depth == 0 {
+        if self.open.pop().is_none() {
             return Ok(Some(Found::Close {
                 start: self.start_or_pos(),
                 end: self.pos + 1,
                 name: (self.name_start, self.name_end),
             }));
         }
-        self.depth -= 1;
-        if self.depth == 0 {
+        if self.open.is_empty() {
             return Ok(Some(self.found_element()));
         }
         self.lex = Lex::Content;
@@ -329,7 +376,7 @@ impl Scanner {
                         "DOCTYPE / DTD is not allowed".into(),
                     ))
                 }
-                b'[' if self.depth == 0 => {
+                b'[' if self.open.is_empty() => {
                     return Err(FrameError::NotWellFormed(
                         "CDATA section at stream level".into(),
                     ))
@@ -397,6 +444,10 @@ impl Scanner {
     }
 }
 
+fn mismatch() -> FrameError {
+    FrameError::NotWellFormed("end tag does not match".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +458,7 @@ mod tests {
             decl_allowed: prolog,
             limit: 1000,
             max_depth: 8,
+            max_attributes: 4,
             header_qname: if prolog { None } else { Some(b"stream:stream") },
         }
     }
@@ -571,6 +623,92 @@ mod tests {
             scan_all(b"<stream:stream xmlns='jabber:server'>", &cfg(false)),
             Err(FrameError::BadFormat(_))
         ));
+    }
+
+    #[test]
+    fn mismatched_end_tag_found_when_its_name_ends() {
+        for (input, ok) in [
+            (&b"<a><b>x</b></a>"[..], true),
+            (b"<p:a><p:b/><p:b></p:b></p:a>", true),
+            (b"<a><b></a>", false),
+            (b"<a><b></bb>", false),
+            (b"<a><bb></b>", false),
+            (b"<a></b", false),
+            (b"<a></ab", false),
+        ] {
+            let r = scan_all(input, &cfg(false));
+            if ok {
+                assert!(matches!(r, Ok(Some(Found::Element { .. }))), "{r:?}");
+            } else {
+                assert_eq!(
+                    r,
+                    Err(FrameError::NotWellFormed("end tag does not match".into())),
+                    "{}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        // Still incomplete while the name may go on to match.
+        assert_eq!(scan_all(b"<ab></a", &cfg(false)), Ok(None));
+        assert_eq!(scan_all(b"<ab></ab", &cfg(false)), Ok(None));
+    }
+
+    #[test]
+    fn open_names_follow_a_shift() {
+        let mut s = Scanner::default();
+        assert_eq!(s.scan(b"  <a><bc>x", &cfg(false)), Ok(None));
+        assert_eq!(s.discardable(), 2);
+        s.shift(2);
+        assert_eq!(
+            s.scan(b"<a><bc>x</bc></a>", &cfg(false)),
+            Ok(Some(Found::Element { start: 0, end: 17 }))
+        );
+        let mut s = Scanner::default();
+        assert_eq!(s.scan(b"  <a><bc>x", &cfg(false)), Ok(None));
+        s.shift(2);
+        assert!(s.scan(b"<a><bc>x</a>", &cfg(false)).is_err());
+    }
+
+    #[test]
+    fn attributes_are_counted_per_start_tag() {
+        let c = cfg(false);
+        assert!(matches!(
+            scan_all(
+                b"<a b='1' c=\"2\" d='3' e='4'><f b='1' c='2' d='3' e='4'/></a>",
+                &c
+            ),
+            Ok(Some(_))
+        ));
+        assert_eq!(
+            scan_all(b"<a b='1' c='2' d='3' e='4' f='5'/>", &c),
+            Err(FrameError::TooManyAttributes { limit: 4 })
+        );
+        // In the prolog too (the stream header).
+        assert_eq!(
+            scan_all(b"<s b='1' c='2' d='3' e='4' f='5'>", &cfg(true)),
+            Err(FrameError::TooManyAttributes { limit: 4 })
+        );
+    }
+
+    #[test]
+    fn lowered_limit_applies_without_new_bytes() {
+        let mut s = Scanner::default();
+        assert_eq!(s.scan(b"<a>123", &cfg(false)), Ok(None));
+        let c = ScanCfg {
+            limit: 6,
+            ..cfg(false)
+        };
+        assert_eq!(
+            s.scan(b"<a>123", &c),
+            Err(FrameError::TooLarge { limit: 6 })
+        );
+        let mut s = Scanner::default();
+        assert_eq!(s.scan(b"<a>12", &cfg(false)), Ok(None));
+        assert_eq!(s.scan(b"<a>12", &c), Ok(None));
+        assert_eq!(
+            s.scan(b"<a>12</a>", &ScanCfg { limit: 9, ..c }),
+            Ok(Some(Found::Element { start: 0, end: 9 }))
+        );
     }
 
     #[test]

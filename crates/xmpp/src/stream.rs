@@ -6,7 +6,7 @@ use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader;
 
 use crate::element::escape_attr;
-use crate::framer::FrameError;
+use crate::framer::{FrameError, Limits};
 use crate::ns;
 use crate::parse::{check_declaration, declaration_prefix, utf8, xml_error};
 use crate::xmltext::{split_qname, truncate, unescape_attr_value};
@@ -99,8 +99,12 @@ fn push_attr(out: &mut String, name: &str, value: &str) {
 }
 
 /// Parse a received stream header open tag. Returns the header and the qualified name of the
-/// stream element as written (to match its closing tag).
-pub(crate) fn parse_header(raw: &[u8]) -> Result<(StreamHeader, String), FrameError> {
+/// stream element as written (to match its closing tag). The header may declare at most
+/// `limits.max_namespace_declarations` namespaces, each with a valid URI.
+pub(crate) fn parse_header(
+    raw: &[u8],
+    limits: &Limits,
+) -> Result<(StreamHeader, String), FrameError> {
     let text = utf8(raw)?;
     let mut reader = Reader::from_str(text);
     let start = match reader.read_event().map_err(xml_error)? {
@@ -111,6 +115,7 @@ pub(crate) fn parse_header(raw: &[u8]) -> Result<(StreamHeader, String), FrameEr
     let mut header = StreamHeader::default();
     let mut default_ns = None;
     let mut seen = HashSet::new();
+    let mut declarations = 0usize;
     for attr in start.attributes().with_checks(false) {
         let attr = attr.map_err(xml_error)?;
         let key = utf8(attr.key.into_inner())?;
@@ -119,6 +124,14 @@ pub(crate) fn parse_header(raw: &[u8]) -> Result<(StreamHeader, String), FrameEr
                 "duplicate attribute {:?} on stream header",
                 truncate(key)
             )));
+        }
+        if declaration_prefix(key)?.is_some() {
+            declarations += 1;
+            if declarations > limits.max_namespace_declarations {
+                return Err(FrameError::TooManyNamespaces {
+                    limit: limits.max_namespace_declarations,
+                });
+            }
         }
         let value = unescape_attr_value(utf8(&attr.value)?)?;
         apply_header_attr(&mut header, &mut default_ns, key, value)?;
@@ -259,7 +272,7 @@ mod tests {
         };
         let xml = h.to_xml();
         let open = xml.strip_prefix("<?xml version='1.0'?>").expect("decl");
-        let (parsed, qname) = parse_header(open.as_bytes()).expect("parses");
+        let (parsed, qname) = parse_header(open.as_bytes(), &Limits::default()).expect("parses");
         assert_eq!(qname, "stream:stream");
         assert_eq!(parsed.from.as_deref(), Some("a"));
         assert_eq!(parsed.lang.as_deref(), Some("en"));
@@ -279,7 +292,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_header(raw.as_bytes()),
+                    parse_header(raw.as_bytes(), &Limits::default()),
                     Err(FrameError::InvalidNamespace(_))
                 ),
                 "{raw}"
@@ -291,6 +304,7 @@ mod tests {
     fn parse_accepts_other_stream_prefix() {
         let (h, qname) = parse_header(
             b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server' to='x'>",
+            &Limits::default(),
         )
         .expect("parses");
         assert_eq!(qname, "s:stream");
@@ -302,7 +316,7 @@ mod tests {
     fn parse_rejects_empty_prefix_declaration() {
         let raw = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns:='urn:x'>";
         assert!(matches!(
-            parse_header(raw),
+            parse_header(raw, &Limits::default()),
             Err(FrameError::NotWellFormed(_))
         ));
     }
@@ -311,7 +325,7 @@ mod tests {
     fn parse_rejects_duplicate_attributes() {
         let raw = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='a' to='b'>";
         assert!(matches!(
-            parse_header(raw),
+            parse_header(raw, &Limits::default()),
             Err(FrameError::NotWellFormed(_))
         ));
     }

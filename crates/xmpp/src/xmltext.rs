@@ -27,6 +27,41 @@ pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// XML 1.0 (fifth edition) NameStartChar other than `:`: the first character of an NCName.
+fn is_ncname_start_char(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 (fifth edition) NameChar other than `:`.
+fn is_ncname_char(c: char) -> bool {
+    is_ncname_start_char(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Whether `s` is an NCName (Namespaces in XML 1.0): a name without a colon.
+pub(crate) fn is_ncname(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(is_ncname_start_char) && chars.all(is_ncname_char)
+}
+
+/// The first character of a namespace URI that no IRI reference (RFC 3987) may contain:
+/// control characters, space, and `<>"{}|\^` and backtick. Such a URI is not a URI at all, and
+/// `}` would end the URI early in a Clark name (`{uri}local`).
+pub(crate) fn invalid_uri_char(uri: &str) -> Option<char> {
+    uri.chars().find(|&c| {
+        c.is_control()
+            || matches!(
+                c,
+                ' ' | '<' | '>' | '"' | '{' | '}' | '|' | '\\' | '^' | '`'
+            )
+    })
+}
+
 /// Resolve the body of a reference (`name` in `&name;`): the five predefined entities and
 /// numeric character references. Anything else is an entity XMPP forbids.
 pub(crate) fn resolve_reference(name: &str) -> Result<char, FrameError> {
@@ -100,15 +135,15 @@ pub(crate) fn unescape_attr_value(raw: &str) -> Result<String, FrameError> {
     Ok(out)
 }
 
-/// Split a qualified name into (prefix, local), checking namespace well-formedness.
+/// Split a qualified name into (prefix, local), checking namespace well-formedness: both
+/// parts are NCNames (the scanner only checks names byte by byte, and not attribute names).
 pub(crate) fn split_qname(qname: &str) -> Result<(Option<&str>, &str), FrameError> {
     let bad =
         || FrameError::NotWellFormed(format!("malformed qualified name {:?}", truncate(qname)));
     match qname.split_once(':') {
-        None if !qname.is_empty() => Ok((None, qname)),
-        None => Err(bad()),
-        Some((p, l)) if !p.is_empty() && !l.is_empty() && !l.contains(':') => Ok((Some(p), l)),
-        Some(_) => Err(bad()),
+        None if is_ncname(qname) => Ok((None, qname)),
+        Some((p, l)) if is_ncname(p) && is_ncname(l) => Ok((Some(p), l)),
+        _ => Err(bad()),
     }
 }
 
@@ -196,7 +231,7 @@ mod tests {
     fn qualified_names() {
         assert_eq!(split_qname("a").ok(), Some((None, "a")));
         assert_eq!(split_qname("p:a").ok(), Some((Some("p"), "a")));
-        for bad in ["", ":a", "p:", "p:a:b"] {
+        for bad in ["", ":a", "p:", "p:a:b", "x]lns", "a b", "p:1", "\u{D7}"] {
             assert!(split_qname(bad).is_err(), "{bad}");
         }
     }
@@ -207,5 +242,44 @@ mod tests {
         let t = truncate(&s);
         assert!(t.len() <= 64);
         assert!(t.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn ncnames() {
+        for ok in ["a", "_x", "a-b.c9", "\u{e9}t\u{e9}", "x\u{B7}y"] {
+            assert!(is_ncname(ok), "{ok}");
+        }
+        for bad in ["", "1a", "-a", "a:b", "a b", "a}b", "a='x'", "a>", "\u{D7}"] {
+            assert!(!is_ncname(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespace_uri_characters() {
+        for ok in [
+            "jabber:server",
+            "http://jabber.org/protocol/muc#user",
+            "urn:x?a=b&c='d'",
+            "http://\u{e9}x.example/\u{1f600}",
+            "",
+        ] {
+            assert_eq!(invalid_uri_char(ok), None, "{ok}");
+        }
+        for (bad, c) in [
+            ("urn:a}b", '}'),
+            ("urn:a b", ' '),
+            ("urn:<x>", '<'),
+            ("urn:\"", '"'),
+            ("urn:{", '{'),
+            ("a|b", '|'),
+            ("a\\b", '\\'),
+            ("a^b", '^'),
+            ("a`b", '`'),
+            ("a\tb", '\t'),
+            ("a\u{7f}", '\u{7f}'),
+            ("a\u{85}", '\u{85}'),
+        ] {
+            assert_eq!(invalid_uri_char(bad), Some(c), "{bad:?}");
+        }
     }
 }
