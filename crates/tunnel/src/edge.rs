@@ -92,7 +92,7 @@ impl EdgeTunnel {
         tls::validate(&tls)?;
         let keepalive = opts.keepalive_or_min();
         let mut builder = Server::builder()
-            .tls_config(tls::server_config(&tls))
+            .tls_config(tls::server_config(&tls).timeout(opts.handshake_timeout))
             .map_err(|e| TunnelError::Tls(error_chain(&e)))?
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive * 2));
@@ -108,7 +108,10 @@ impl EdgeTunnel {
         })
         .max_decoding_message_size(MAX_FRAME_BYTES);
         let router = builder.add_service(service);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = capped(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            inner.opts.max_connections,
+        );
         let server_inner = inner.clone();
         let handle = tokio::spawn(async move {
             let cancel = server_inner.cancel.clone();
@@ -401,4 +404,72 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = inner.source();
     }
     s
+}
+
+/// Accepted connections, at most `max` at once: each carries a slot it gives back when the
+/// connection ends; one accepted beyond the cap is dropped at once (before any TLS work).
+fn capped(
+    incoming: TcpIncoming,
+    max: usize,
+) -> impl Stream<Item = std::io::Result<Capped>> + Send + 'static {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    incoming.filter_map(move |accepted| match accepted {
+        Ok(tcp) => match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(Ok(Capped { tcp, _slot: slot })),
+            Err(_) => {
+                let peer = tcp.peer_addr().ok();
+                warn!(?peer, limit = max, "too many tunnel connections; refused");
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// A tunnel TCP connection holding its slot of the connection cap.
+struct Capped {
+    tcp: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Capped {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        <tokio::net::TcpStream as tonic::transport::server::Connected>::connect_info(&self.tcp)
+    }
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }

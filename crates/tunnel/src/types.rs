@@ -38,6 +38,11 @@ pub struct TunnelOptions {
     pub backoff_min: Duration,
     /// Upper bound of the core's reconnect delay. Default 10 s.
     pub backoff_max: Duration,
+    /// Edge: a core's TLS handshake must complete within this. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Edge: tunnel connections at once (handshaking or established); more are dropped at
+    /// accept. Default 64.
+    pub max_connections: usize,
 }
 
 impl Default for TunnelOptions {
@@ -47,6 +52,8 @@ impl Default for TunnelOptions {
             keepalive: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 64,
         }
     }
 }

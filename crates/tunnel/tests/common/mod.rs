@@ -115,6 +115,7 @@ pub fn fast_opts() -> TunnelOptions {
         keepalive: Duration::from_secs(1),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(300),
+        ..TunnelOptions::default()
     }
 }
 
