@@ -445,6 +445,11 @@ fn metrics_after_a_conversation_and_certificate_warnings() {
         "causeway_stanzas_bounced_total",
         "causeway_tls_handshake_failures_total",
         "causeway_dialback_failures_total",
+        "causeway_dialback_verifications_refused_total",
+        "causeway_outbound_addresses_refused_total",
+        "causeway_deadline_closes_total",
+        "causeway_connections_refused_total{reason=\"unauthenticated_per_source\"}",
+        "causeway_connections_refused_total{reason=\"max_inbound\"}",
     ] {
         assert!(get(&edge, family) >= 0.0, "{family} missing: {edge:#?}");
     }
@@ -462,6 +467,12 @@ fn metrics_after_a_conversation_and_certificate_warnings() {
     assert!(
         !core.keys().any(|k| k.starts_with("causeway_dns_lookups")),
         "core does no DNS: {core:#?}"
+    );
+    assert!(
+        !core
+            .keys()
+            .any(|k| k.starts_with("causeway_outbound_addresses")),
+        "core has no outbound address filter: {core:#?}"
     );
 
     // Anything but /metrics is 404.

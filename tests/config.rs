@@ -131,6 +131,35 @@ fn bad_edge_settings_are_named() {
             ),
             "dialback_secret",
         ),
+        (
+            "bad allowed network",
+            good.replace(
+                "outbound_allow_networks = []",
+                "outbound_allow_networks = [\"10.1.0.0/16\", \"10.2.0.0/33\"]",
+            ),
+            "federation.outbound_allow_networks[1]",
+        ),
+        (
+            "allowed network with host bits",
+            good.replace(
+                "outbound_allow_networks = []",
+                "outbound_allow_networks = [\"10.1.2.0/16\"]",
+            ),
+            "federation.outbound_allow_networks[0]",
+        ),
+        (
+            "no verifications",
+            good.replace("max_verifications = 256", "max_verifications = 0"),
+            "federation.max_verifications",
+        ),
+        (
+            "per-domain verifications above the total",
+            good.replace(
+                "max_verifications_per_domain = 8",
+                "max_verifications_per_domain = 300",
+            ),
+            "federation.max_verifications_per_domain",
+        ),
     ];
     assert_each_refused(EDGE, &dir.path().join("bad-edge.toml"), &good, cases);
 }

@@ -2,26 +2,17 @@
 //! logged, and legitimate traffic beside it still flows.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use causeway_s2s::XmlConn;
 use causeway_testkit::lab::{Lab, LabOptions, PARTNER};
 use causeway_testkit::synthetic::SyntheticServer;
-use causeway_testkit::DnsRecord;
+use causeway_testkit::{ClientEvent, DnsRecord};
 use causeway_xmpp::{dialback, ns, Event, Limits, StreamHeader};
 
-use crate::support::{edge_log, options, start, Step, PATIENCE};
-
-/// bob -> alice still works: the attack did not disturb legitimate federation.
-fn legitimate_traffic_flows(lab: &Lab, body: &str) {
-    let mut alice = lab.client("alice").step(lab, "alice connects");
-    let mut bob = lab.client("bob").step(lab, "bob connects");
-    bob.send_message("alice@example.com", body)
-        .step(lab, "send");
-    alice
-        .expect_message(&format!("bob@{PARTNER}"), body, PATIENCE)
-        .step(lab, "legitimate traffic beside the attack");
-}
+use crate::support::{edge_log, legitimate_traffic_flows, options, start, Step, PATIENCE};
 
 /// Open a stream from `from` to example.com at the edge; returns after the edge's features.
 async fn open(edge: SocketAddr, from: &str, tls: bool) -> XmlConn {
@@ -251,4 +242,161 @@ fn a_domain_that_is_not_federated_is_refused() {
         "the refusal was not logged:\n{log}"
     );
     let _ = Duration::ZERO;
+}
+
+/// Count the TCP connections made to `addr`: a thread accepts them and holds them open, never
+/// saying a word.
+fn record_connections(addr: SocketAddr) -> Arc<AtomicUsize> {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the watched address");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    count
+}
+
+/// alice's message to `to` comes back with remote-server-not-found.
+fn bounces_not_found(lab: &Lab, alice: &mut causeway_testkit::Client, to: &str) {
+    alice.send_message(to, "anyone inside?").step(lab, "send");
+    let bounced = alice
+        .wait_for(PATIENCE, |ev| {
+            matches!(ev, ClientEvent::Message { from, mtype, xml, .. }
+                if from == to && mtype == "error" && xml.contains("remote-server-not-found"))
+        })
+        .step(lab, "wait for the bounce");
+    assert!(
+        bounced.is_some(),
+        "no remote-server-not-found for {to}\n{}",
+        lab.diagnostics()
+    );
+}
+
+/// (g) DNS names addresses the edge must not reach from the DMZ: a loopback address outside
+/// the networks it is allowed (here only the lab's own /24), and the IPv4-mapped IPv6 form of
+/// another. The edge never connects there, neither to send (the stanza bounces with
+/// remote-server-not-found) nor to verify a dialback key (it fails and the peer's message
+/// bounces); each refusal is logged with the domain and the address, and partner.test, inside
+/// the allowed network, still federates.
+#[test]
+fn dns_answers_naming_internal_addresses_are_never_connected_to() {
+    let subnet = 217;
+    let inside = SocketAddr::from(([127, subnet, 1, 77], 5269));
+    let mapped_inside = SocketAddr::from(([127, subnet, 1, 78], 5269));
+    let mapped = format!("::ffff:127.{subnet}.1.78");
+    let seen = [inside, mapped_inside].map(|a| (a, record_connections(a)));
+    let mut opts = options(subnet);
+    opts.edge_federation_extra = format!("outbound_allow_networks = [\"127.{subnet}.0.0/24\"]");
+    opts.extra_allow = vec![
+        "inside.test".into(),
+        "mapped.test".into(),
+        "evil.test".into(),
+    ];
+    opts.extra_dns = vec![
+        DnsRecord::xmpp_server("inside.test", &inside.ip().to_string(), 5269),
+        DnsRecord::xmpp_server("mapped.test", "s2s.mapped.test", 5269),
+        DnsRecord::Raw(format!("host-record=s2s.mapped.test,{mapped}")),
+        // evil.test's server connects from .41 (allowed), but its DNS names the inside
+        // address: verifying its dialback key would mean connecting there.
+        DnsRecord::xmpp_server("evil.test", &inside.ip().to_string(), 5269),
+    ];
+    let lab = start(opts);
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    bounces_not_found(&lab, &mut alice, "someone@inside.test");
+    bounces_not_found(&lab, &mut alice, "someone@mapped.test");
+    assert!(
+        evil_sends(&lab, subnet, None, "alice@example.com"),
+        "evil.test's key was accepted without asking its server:\n{}",
+        lab.diagnostics()
+    );
+    legitimate_traffic_flows(&lab, "beside the internal addresses");
+    for (addr, count) in &seen {
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            0,
+            "the edge connected to {addr}"
+        );
+    }
+    let log = edge_log(&lab);
+    for (domain, addr) in [
+        ("inside.test", inside.to_string()),
+        ("mapped.test", format!("[{mapped}]:5269")),
+        ("evil.test", inside.to_string()),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("refused by the outbound address filter")
+                    && l.contains(domain)
+                    && l.contains(&addr)),
+            "the refusal of {addr} for {domain} was not logged:\n{log}"
+        );
+    }
+}
+
+/// (h) Dialback verifications are capped per remote domain: while a key of slow.test is being
+/// verified (its server accepts and never answers), another fails at once with
+/// remote-connection-failed, long before the failure delay, and without a second connection.
+#[test]
+fn verifications_over_the_cap_fail_at_once_without_traffic() {
+    let subnet = 218;
+    let mute = SocketAddr::from(([127, subnet, 0, 77], 5269));
+    let connections = record_connections(mute);
+    let mut opts = options(subnet);
+    opts.edge_federation_extra = "max_verifications_per_domain = 1".into();
+    opts.extra_allow = vec!["slow.test".into()];
+    opts.extra_dns = vec![DnsRecord::xmpp_server(
+        "slow.test",
+        &mute.ip().to_string(),
+        5269,
+    )];
+    let lab = start(opts);
+    let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let key = "0".repeat(64);
+        let request = dialback::result_request("slow.test", "example.com", &key).to_xml(ns::SERVER);
+        let mut first = open(edge, "slow.test", true).await;
+        first.send(request.as_bytes()).await.expect("send");
+        let deadline = Instant::now() + PATIENCE;
+        while connections.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the edge never verified the first key"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut second = open(edge, "slow.test", true).await;
+        let asked = Instant::now();
+        second.send(request.as_bytes()).await.expect("send");
+        let answer = next_element(&mut second).await;
+        let xml = answer.to_xml(ns::SERVER);
+        assert!(
+            answer.is("result", ns::DIALBACK)
+                && answer.attr("type") == Some("error")
+                && xml.contains("remote-connection-failed"),
+            "over the cap: {xml}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the refusal took {:?}",
+            asked.elapsed()
+        );
+        drop(first);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the refused verification connected"
+    );
+    let log = edge_log(&lab);
+    assert!(
+        log.contains("too many running") && log.contains("max_verifications_per_domain"),
+        "the refusal was not logged:\n{log}"
+    );
+    legitimate_traffic_flows(&lab, "beside the capped verifications");
 }

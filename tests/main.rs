@@ -6,6 +6,7 @@ mod support;
 
 mod certs_metrics;
 mod config;
+mod deadlines;
 mod discovery;
 mod email;
 mod federation;
@@ -13,6 +14,7 @@ mod groupchat;
 mod ha;
 mod hostile;
 mod internal;
+mod limits;
 mod liveness;
 mod modes;
 mod operations;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, LabOptions};
 
+pub mod raw;
+
 /// How long a federated message may take in these tests (first contact includes dialback).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -129,4 +131,19 @@ pub fn warm_up(
     alice
         .expect_message(&bob_jid, "warm-up", PATIENCE)
         .step(lab, "warm-up b->a");
+}
+
+/// bob -> alice still works: an attack did not disturb legitimate federation.
+pub fn legitimate_traffic_flows(lab: &Lab, body: &str) {
+    let mut alice = lab.client("alice").step(lab, "alice connects");
+    let mut bob = lab.client("bob").step(lab, "bob connects");
+    bob.send_message("alice@example.com", body)
+        .step(lab, "send");
+    alice
+        .expect_message(
+            &format!("bob@{}", causeway_testkit::lab::PARTNER),
+            body,
+            PATIENCE,
+        )
+        .step(lab, "legitimate traffic beside the attack");
 }

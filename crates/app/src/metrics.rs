@@ -305,10 +305,18 @@ pub struct Snapshot {
     pub tls_handshake_failures: u64,
     /// Dialback verifications that failed or said invalid.
     pub dialback_failures: u64,
+    /// Dialback verifications refused without network traffic: too many were running.
+    pub verifications_refused: u64,
+    /// Inbound connections refused at accept (or at authentication), by limit.
+    pub connections_refused: Vec<(&'static str, u64)>,
+    /// Connections closed because a phase deadline passed.
+    pub deadline_closes: u64,
     /// Tunnel peers.
     pub tunnels: Vec<TunnelPeer>,
     /// DNS lookups for remote servers (the edge only).
     pub dns_lookups: Option<u64>,
+    /// Addresses from DNS the outbound address filter refused (the edge only).
+    pub outbound_addresses_refused: Option<u64>,
 }
 
 impl Snapshot {
@@ -339,6 +347,9 @@ impl Snapshot {
             stanzas_bounced: load(&c.stanzas_bounced),
             tls_handshake_failures: load(&c.tls_failures),
             dialback_failures: load(&c.dialback_failures),
+            verifications_refused: load(&c.verifications_refused),
+            connections_refused: c.connections_refused_by_reason(),
+            deadline_closes: load(&c.deadline_closes),
             tunnels: tunnel
                 .links
                 .into_iter()
@@ -350,6 +361,7 @@ impl Snapshot {
                 })
                 .collect(),
             dns_lookups,
+            outbound_addresses_refused: None,
         }
     }
 
@@ -412,6 +424,27 @@ impl Snapshot {
             Counter,
             value(self.dialback_failures),
         );
+        e.single(
+            "causeway_dialback_verifications_refused_total",
+            "Dialback verifications refused without network traffic: too many were running.",
+            Counter,
+            value(self.verifications_refused),
+        );
+        let n = "causeway_connections_refused_total";
+        e.family(
+            n,
+            "Inbound s2s connections refused by a limit (README: deadlines and limits).",
+            Counter,
+        );
+        for (reason, count) in &self.connections_refused {
+            e.sample(n, &[("reason", reason)], value(*count));
+        }
+        e.single(
+            "causeway_deadline_closes_total",
+            "s2s connections closed because a negotiation deadline passed.",
+            Counter,
+            value(self.deadline_closes),
+        );
         let peers =
             |e: &mut Exposition, name: &str, help: &str, kind, f: &dyn Fn(&TunnelPeer) -> f64| {
                 e.family(name, help, kind);
@@ -444,6 +477,14 @@ impl Snapshot {
             e.single(
                 "causeway_dns_lookups_total",
                 "DNS lookups (SRV, then addresses) for remote servers.",
+                Counter,
+                value(n),
+            );
+        }
+        if let Some(n) = self.outbound_addresses_refused {
+            e.single(
+                "causeway_outbound_addresses_refused_total",
+                "Addresses from DNS the outbound address filter refused to connect to.",
                 Counter,
                 value(n),
             );

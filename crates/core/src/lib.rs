@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use causeway_s2s::{BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, LOG_MODULE};
+use causeway_s2s::{
+    BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, Target, LOG_MODULE,
+};
 use causeway_tunnel::{CoreHello, TlsFiles, TunnelOptions, TunnelStanza};
 use causeway_xmpp::StanzaCondition;
 use tokio::net::TcpListener;
@@ -118,8 +120,13 @@ impl Host for CoreHost {
         self.nodes.peer_allowed(remote)
     }
 
-    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
-        Box::pin(async move { self.nodes.resolve(domain) })
+    /// The node table's addresses: configured, or discovered in the internal DNS view the
+    /// administrator runs; core applies no outbound address filter either way.
+    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<Target>, String>> {
+        Box::pin(async move {
+            let addrs = self.nodes.resolve(domain)?;
+            Ok(addrs.into_iter().map(Target::configured).collect())
+        })
     }
 
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {

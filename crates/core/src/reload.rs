@@ -35,6 +35,13 @@ pub fn s2s_config(cfg: &Validated) -> anyhow::Result<S2sConfig> {
     };
     s2s_cfg.limits.max_stanza_bytes = s.max_stanza_bytes;
     s2s_cfg.idle_timeout = Duration::from_secs(s.idle_timeout_secs);
+    // Core's peers are its own servers, on private networks: no outbound address filter...
+    s2s_cfg.outbound_filter = None;
+    // ...and no verification caps: a node verifies its own domain once per remote domain it
+    // federates with, all at once after a restart, which the edge's caps would refuse. Inbound
+    // connections and each stream's pending verifications still bound them.
+    s2s_cfg.max_verifications = usize::MAX;
+    s2s_cfg.max_verifications_per_domain = usize::MAX;
     Ok(s2s_cfg)
 }
 

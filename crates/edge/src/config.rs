@@ -58,6 +58,9 @@ pub struct EdgeConfig {
     /// Prometheus metrics over HTTP; absent: off.
     #[serde(default)]
     pub metrics: Option<causeway_app::metrics::MetricsSection>,
+    /// Deadlines and connection limits.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsSection,
 }
 
 /// `[tunnel]`
@@ -79,6 +82,20 @@ pub struct TunnelSection {
     /// Keepalive interval in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// Which core may announce which domains and chat node aliases (`[[tunnel.cores]]`).
+    #[serde(default)]
+    pub cores: Vec<CoreGrant>,
+}
+
+/// `[[tunnel.cores]]`: one core id and the names it may serve.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreGrant {
+    /// The core's id (the name in its traversal client certificate, `core.id` in its config).
+    pub id: String,
+    /// Local domains and chat node aliases it may announce: `example.com`, or
+    /// `*.example.com` for the domain and all its subdomains.
+    pub domains: Vec<String>,
 }
 
 /// `[federation]`
@@ -150,6 +167,17 @@ pub struct FederationSection {
     /// Names the federation certificate must cover: the chat node aliases (MUC services).
     #[serde(default)]
     pub chat_node_aliases: Vec<String>,
+    /// Networks (CIDR, or single addresses) the edge may connect to when DNS names an address
+    /// in them although it is loopback, link-local, private or shared space (partners on
+    /// private networks; the lab on 127.0.0.0/8). Static routes need no entry.
+    #[serde(default)]
+    pub outbound_allow_networks: Vec<String>,
+    /// Dialback verifications running at once; more fail at once without network traffic.
+    #[serde(default = "default_max_verifications")]
+    pub max_verifications: usize,
+    /// Dialback verifications running at once for one remote domain.
+    #[serde(default = "default_max_verifications_per_domain")]
+    pub max_verifications_per_domain: usize,
 }
 
 impl FederationSection {
@@ -276,6 +304,12 @@ fn default_s2s_keepalive() -> u64 {
 fn default_log_format() -> String {
     "text".into()
 }
+fn default_max_verifications() -> usize {
+    256
+}
+fn default_max_verifications_per_domain() -> usize {
+    8
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -296,6 +330,10 @@ pub struct Validated {
     pub dialback_secret: String,
     /// Trust for peer certificates, if a CA bundle is configured.
     pub peer_trust: Option<std::sync::Arc<causeway_pki::PeerTrust>>,
+    /// The outbound address filter (`federation.outbound_allow_networks`).
+    pub outbound_filter: causeway_s2s::addrfilter::AddrFilter,
+    /// Which core may announce what.
+    pub grants: crate::grants::Grants,
 }
 
 /// Read, parse and validate a config file. Relative paths in it are taken from the file's
@@ -328,6 +366,26 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     let mut validated = validate(raw)?;
     validated.path = path.to_owned();
     Ok(validated)
+}
+
+/// The outbound address filter and the verification caps of `[federation]`.
+fn validate_outbound(
+    fed: &FederationSection,
+) -> anyhow::Result<causeway_s2s::addrfilter::AddrFilter> {
+    let filter = causeway_s2s::addrfilter::AddrFilter::parse(&fed.outbound_allow_networks)
+        .map_err(|e| anyhow::anyhow!("federation.outbound_allow_networks{e}"))?;
+    if fed.max_verifications == 0 {
+        bail!("federation.max_verifications: at least 1");
+    }
+    if fed.max_verifications_per_domain == 0
+        || fed.max_verifications_per_domain > fed.max_verifications
+    {
+        bail!(
+            "federation.max_verifications_per_domain: 1 to federation.max_verifications ({})",
+            fed.max_verifications
+        );
+    }
+    Ok(filter)
 }
 
 fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
@@ -364,6 +422,8 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         bail!("federation.max_stanza_bytes: at least 10000 (RFC 6120 13.12)");
     }
     raw.federation.certificate_names()?;
+    let outbound_filter = validate_outbound(&raw.federation)?;
+    raw.limits.validate(raw.federation.max_stanza_bytes)?;
     let mut routes: HashMap<String, Vec<SocketAddr>> = HashMap::new();
     let mut direct_tls_routes = std::collections::HashSet::new();
     for (i, r) in raw.static_routes.iter().enumerate() {
@@ -402,6 +462,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
             .collect()
     };
     let allow = rules("allow", &raw.policy.allow)?;
+    let grants = grants(&raw, &routes)?;
     let deny = rules("deny", &raw.policy.deny)?;
     let policy = Policy::from_rules(
         raw.policy.privacy_mode,
@@ -423,5 +484,35 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         direct_tls_routes,
         dialback_secret,
         peer_trust,
+        outbound_filter,
+        grants,
     })
+}
+
+/// The cores' grants, checked against the names the edge federates with as remotes: static
+/// routes and exact allow-list entries.
+fn grants(
+    raw: &EdgeConfig,
+    routes: &HashMap<String, Vec<SocketAddr>>,
+) -> anyhow::Result<crate::grants::Grants> {
+    let mut remote: Vec<String> = routes.keys().cloned().collect();
+    for v in &raw.policy.allow {
+        let name = match v {
+            toml::Value::String(s) => Some(s.as_str()),
+            toml::Value::Table(t) => t.get("domain").and_then(|d| d.as_str()),
+            _ => None,
+        };
+        if let Some(d) = name.filter(|d| !d.starts_with("*.")) {
+            if let Ok(d) = causeway_xmpp::addr::normalize_domain(d) {
+                remote.push(d);
+            }
+        }
+    }
+    let entries: Vec<(String, Vec<String>)> = raw
+        .tunnel
+        .cores
+        .iter()
+        .map(|c| (c.id.clone(), c.domains.clone()))
+        .collect();
+    crate::grants::Grants::new(&entries, &remote).map_err(|e| anyhow::anyhow!(e))
 }

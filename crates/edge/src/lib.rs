@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use causeway_policy::{Policy, Verdict};
 use causeway_s2s::{
-    BoxFuture, Direction, Handled, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, LOG_MODULE,
+    BoxFuture, Direction, Handled, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, Target,
+    LOG_MODULE,
 };
 use causeway_tunnel::{EdgeEvent, EdgeTunnel, TlsFiles, TunnelOptions, TunnelStanza};
 use causeway_xmpp::StanzaCondition;
@@ -26,6 +27,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod cores;
+pub mod grants;
+pub mod limits;
 pub mod metrics;
 pub mod reload;
 
@@ -41,6 +44,8 @@ pub struct Rules {
     pub direct_tls_outbound: bool,
     /// DNS for remote servers.
     pub resolver: causeway_dns::Resolver,
+    /// Which core may announce what.
+    pub grants: grants::Grants,
 }
 
 impl Rules {
@@ -54,6 +59,7 @@ impl Rules {
             direct_tls_routes: cfg.direct_tls_routes.clone(),
             direct_tls_outbound: cfg.raw.federation.direct_tls_outbound,
             resolver: causeway_dns::Resolver::new(nameservers).context("dns.nameservers")?,
+            grants: cfg.grants.clone(),
         })
     }
 }
@@ -167,6 +173,39 @@ impl EdgeHost {
     }
 }
 
+impl EdgeHost {
+    /// Take a core's hello: it serves the names it announced that its grant allows and that
+    /// are not remote domains the edge has sessions with; the others are refused and logged.
+    pub fn announce(&self, s2s: &S2s, hello: &causeway_tunnel::CoreHello) {
+        let remote_now: std::collections::HashSet<String> = s2s
+            .sessions()
+            .into_iter()
+            .flat_map(|s| s.pairs.into_iter().map(|(remote, _)| remote))
+            .collect();
+        let filtered = self
+            .rules()
+            .grants
+            .filter(hello, |name| remote_now.contains(name));
+        for name in &filtered.refused {
+            warn!(module = LOG_MODULE, core = %hello.core_id, domain = %name, "a core announced a domain it is not granted ([[tunnel.cores]]) or that is a remote domain: refused");
+        }
+        if let Ok(mut map) = self.domains.write() {
+            map.announce(&filtered.hello);
+        }
+    }
+
+    /// Apply the grants in force to every core's last hello (after a reload).
+    pub fn reapply_grants(&self, s2s: &S2s) {
+        let hellos: Vec<causeway_tunnel::CoreHello> = match self.hellos.read() {
+            Ok(h) => h.values().map(|(hello, _)| hello.clone()).collect(),
+            Err(_) => return,
+        };
+        for hello in &hellos {
+            self.announce(s2s, hello);
+        }
+    }
+}
+
 impl Host for EdgeHost {
     fn serves(&self, domain: &str) -> bool {
         self.domain_cores().serves(domain)
@@ -176,7 +215,9 @@ impl Host for EdgeHost {
         !self.serves(remote) && self.policy_allows(remote, direction)
     }
 
-    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
+    /// A static route's addresses (configured: never filtered), else DNS's (judged by the
+    /// outbound address filter when connecting).
+    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<Target>, String>> {
         Box::pin(async move {
             let rules = self.rules();
             if let Some(addrs) = rules.routes.get(domain) {
@@ -184,7 +225,7 @@ impl Host for EdgeHost {
                 if rules.direct_tls_routes.contains(domain) {
                     return Ok(Vec::new());
                 }
-                return Ok(addrs.clone());
+                return Ok(addrs.iter().copied().map(Target::configured).collect());
             }
             self.dns_lookups
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -193,10 +234,7 @@ impl Host for EdgeHost {
                 .resolve_xmpp_server(domain)
                 .await
                 .map_err(|e| e.to_string())?;
-            let addrs: Vec<SocketAddr> = targets
-                .iter()
-                .flat_map(|t| t.addrs.iter().map(move |ip| SocketAddr::new(*ip, t.port)))
-                .collect();
+            let addrs = dns_targets(&targets);
             if addrs.is_empty() {
                 return Err(format!("no s2s service found for {domain}"));
             }
@@ -204,12 +242,12 @@ impl Host for EdgeHost {
         })
     }
 
-    fn resolve_direct_tls<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Vec<SocketAddr>> {
+    fn resolve_direct_tls<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Vec<Target>> {
         Box::pin(async move {
             let rules = self.rules();
             if let Some(addrs) = rules.routes.get(domain) {
                 return if rules.direct_tls_routes.contains(domain) {
-                    addrs.clone()
+                    addrs.iter().copied().map(Target::configured).collect()
                 } else {
                     Vec::new()
                 };
@@ -220,10 +258,7 @@ impl Host for EdgeHost {
             self.dns_lookups
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match rules.resolver.resolve_xmpps_server(domain).await {
-                Ok(targets) => targets
-                    .iter()
-                    .flat_map(|t| t.addrs.iter().map(move |ip| SocketAddr::new(*ip, t.port)))
-                    .collect(),
+                Ok(targets) => dns_targets(&targets),
                 Err(e) => {
                     tracing::debug!(module = LOG_MODULE, remote = %domain, error = %e, "no direct TLS endpoints");
                     Vec::new()
@@ -258,6 +293,19 @@ impl Host for EdgeHost {
     }
 }
 
+/// The addresses of SRV targets, in SRV order, each target's address families interleaved
+/// (RFC 8305), all marked as learnt from DNS.
+fn dns_targets(targets: &[causeway_dns::Target]) -> Vec<Target> {
+    targets
+        .iter()
+        .flat_map(|t| {
+            causeway_s2s::connect::interleave_families(&t.addrs)
+                .into_iter()
+                .map(move |ip| Target::from_dns(SocketAddr::new(ip, t.port)))
+        })
+        .collect()
+}
+
 /// A running edge.
 pub struct Edge {
     /// The s2s service.
@@ -286,6 +334,7 @@ pub async fn start(
 ) -> anyhow::Result<Edge> {
     let fed = &cfg.raw.federation;
     let s2s_cfg = s2s_config(&cfg)?;
+    cfg.raw.limits.raise_descriptor_limit();
     causeway_app::cert::log_certificate_warnings([
         (&fed.cert, fed.certificate_names()?.all()),
         (&cfg.raw.tunnel.cert, Vec::new()),
@@ -318,6 +367,8 @@ pub async fn start(
     let opts = TunnelOptions {
         window: cfg.raw.tunnel.window,
         keepalive: Duration::from_secs(cfg.raw.tunnel.keepalive_secs),
+        handshake_timeout: Duration::from_secs(cfg.raw.limits.tunnel_handshake_secs),
+        max_connections: cfg.raw.limits.max_tunnel_connections,
         ..TunnelOptions::default()
     };
     // A core silent this long is gone (see cores.rs).
@@ -383,6 +434,10 @@ pub fn s2s_config(cfg: &config::Validated) -> anyhow::Result<S2sConfig> {
     s2s_cfg.keepalive = Duration::from_secs(fed.keepalive_secs);
     s2s_cfg.ping_interval = Duration::from_secs(fed.ping_interval_secs.max(1));
     s2s_cfg.ping_timeout = Duration::from_secs(fed.ping_timeout_secs.max(1));
+    s2s_cfg.outbound_filter = Some(cfg.outbound_filter.clone());
+    s2s_cfg.max_verifications = fed.max_verifications;
+    s2s_cfg.max_verifications_per_domain = fed.max_verifications_per_domain;
+    cfg.raw.limits.apply(&mut s2s_cfg);
     Ok(s2s_cfg)
 }
 
@@ -399,9 +454,7 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
         match ev {
             EdgeEvent::CoreUp(hello) => {
                 info!(module = LOG_MODULE, core = %hello.core_id, domains = ?hello.domains, aliases = ?hello.chat_node_aliases, "core connected");
-                if let Ok(mut map) = host.domains.write() {
-                    map.announce(&hello);
-                }
+                host.announce(&s2s, &hello);
                 if let Ok(mut hellos) = host.hellos.write() {
                     let now = std::time::SystemTime::now();
                     hellos.insert(hello.core_id.clone(), (hello, now));
@@ -445,4 +498,34 @@ async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: 
         return;
     }
     s2s.send(out).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_targets_keep_srv_order_and_interleave_families_per_target() {
+        let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("test address") };
+        let target = |host: &str, port, addrs: &[&str]| causeway_dns::Target {
+            host: host.into(),
+            port,
+            addrs: addrs.iter().map(|a| ip(a)).collect(),
+        };
+        // The primary has IPv4 only: the backup's IPv6 address must not jump ahead of it.
+        let got = dns_targets(&[
+            target("primary", 5269, &["192.0.2.1"]),
+            target("backup", 5270, &["192.0.2.2", "2001:db8::2", "192.0.2.3"]),
+        ]);
+        let want: Vec<Target> = [
+            "192.0.2.1:5269",
+            "[2001:db8::2]:5270",
+            "192.0.2.2:5270",
+            "192.0.2.3:5270",
+        ]
+        .iter()
+        .map(|a| Target::from_dns(a.parse().expect("test address")))
+        .collect();
+        assert_eq!(got, want);
+    }
 }

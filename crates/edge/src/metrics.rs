@@ -1,5 +1,6 @@
 //! The edge's Prometheus metrics (`[metrics] listen`): s2s sessions and counters, the tunnel to
-//! each core, DNS lookups. Rendered at scrape time from the live state.
+//! each core, DNS lookups, addresses refused by the outbound address filter. Rendered at scrape
+//! time from the live state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -31,11 +32,14 @@ impl Sources {
 
     /// The numbers, now.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::read(
+        let mut snapshot = Snapshot::read(
             &self.s2s,
             self.tunnel.stats(),
             Some(self.host.dns_lookups.load(Ordering::Relaxed)),
-        )
+        );
+        snapshot.outbound_addresses_refused =
+            Some(self.s2s.counters.addresses_refused.load(Ordering::Relaxed));
+        snapshot
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Applied live: privacy policy, static routes, DNS servers, security mode, certificates, CA
 //! bundle and CRLs, required client certificates, SASL EXTERNAL, limits and timeouts, the
-//! dialback secret. Every live session re-checks itself; those the new config forbids close
+//! dialback secret, the outbound address filter and the verification caps. Every live session re-checks itself; those the new config forbids close
 //! with a stream error. Listen addresses and the tunnel's settings need a restart: the reload
 //! applies the rest and says so.
 
@@ -32,6 +32,7 @@ impl Edge {
         let summary = summarize(&next, &rules);
         let restart = self.needs_restart(&next);
         self.host.set_rules(rules);
+        self.host.reapply_grants(&self.s2s);
         self.s2s.reconfigure(s2s_cfg);
         let summary = if restart.is_empty() {
             summary

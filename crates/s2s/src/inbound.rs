@@ -11,18 +11,23 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
 use causeway_xmpp::{dialback, ns, Element, Event, StreamCondition, StreamHeader, TopLevel};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{sleep_until, Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::admission::Source;
 use crate::sm::{self, InboundSm};
 use crate::transport::tls_summary;
 use crate::verify::Verdict;
 use crate::{
-    CertStatus, Direction, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
+    CertStatus, ConnError, Direction, InboundStanza, S2s, SessionEntry, TlsMode, XmlConn,
+    LOG_MODULE,
 };
 
 impl S2s {
@@ -47,7 +52,6 @@ impl S2s {
         direct_tls: bool,
         shutdown: impl Future<Output = ()>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.cfg().max_inbound));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -61,47 +65,78 @@ impl S2s {
                             continue;
                         }
                     };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        warn!(module = LOG_MODULE, peer = %addr, "too many inbound connections; refused");
+                    let Some(admitted) = self.admit(addr) else {
                         continue;
                     };
                     let s2s = self.clone();
-                    tokio::spawn(async move { s2s.handle_inbound(tcp, direct_tls, permit).await });
+                    tokio::spawn(async move { s2s.handle_inbound(tcp, direct_tls, admitted).await });
                 }
             }
         }
     }
 
-    async fn handle_inbound(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        direct_tls: bool,
-        _permit: OwnedSemaphorePermit,
-    ) {
-        let mut conn = match XmlConn::new(tcp, self.cfg().limits) {
+    /// A slot for a connection from `addr` (global, and unauthenticated per source), or None:
+    /// refused (the socket is dropped unread), counted, and logged at most once a minute per
+    /// source.
+    fn admit(&self, addr: SocketAddr) -> Option<Admitted> {
+        let Ok(slot) = self.inbound_slots.clone().try_acquire_owned() else {
+            self.counters.refuse_connection("max_inbound");
+            warn!(module = LOG_MODULE, peer = %addr, limit = self.cfg().max_inbound, "too many inbound connections; refused");
+            return None;
+        };
+        let admitted = match self.admission.lock() {
+            Ok(mut a) => a.admit(addr.ip(), std::time::Instant::now()),
+            Err(_) => return None,
+        };
+        match admitted {
+            Ok(source) => Some(Admitted {
+                _slot: slot,
+                source: Some(source),
+            }),
+            Err(refused) => {
+                self.counters.refuse_connection(refused.why.as_str());
+                if refused.report {
+                    warn!(module = LOG_MODULE, peer = %addr, source = %Source::of(addr.ip()), limit = refused.why.as_str(), "inbound connection refused by a per-source limit (further refusals of this source are counted, and logged once a minute)");
+                }
+                None
+            }
+        }
+    }
+
+    async fn handle_inbound(self: Arc<Self>, tcp: TcpStream, direct_tls: bool, admitted: Admitted) {
+        let cfg = self.cfg();
+        let accepted = Instant::now();
+        let mut conn = match XmlConn::new(tcp, cfg.limits) {
             Ok(c) => c,
             Err(e) => {
                 debug!(module = LOG_MODULE, error = %e, "inbound socket unusable");
                 return;
             }
         };
+        conn.set_write_stall(cfg.deadlines.write_stall);
+        conn.set_max_stanza_bytes(cfg.preauth_stanza_bytes.min(cfg.limits.max_stanza_bytes));
         if direct_tls {
             // The current certificate (reloads replace it), with ALPN xmpp-server.
-            let Some(base) = self.cfg().tls_server.clone() else {
+            let Some(base) = cfg.tls_server.clone() else {
                 warn!(module = LOG_MODULE, peer = %conn.peer, "direct TLS connection but no certificate configured");
                 return;
             };
             let mut tls = (*base).clone();
             tls.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
-            if let Err(e) = conn.accept_tls(Arc::new(tls)).await {
+            let handshake =
+                tokio::time::timeout(cfg.deadlines.tls_handshake, conn.accept_tls(Arc::new(tls)))
+                    .await
+                    .unwrap_or_else(|_| Err(ConnError::Tls("handshake timed out".into())));
+            if let Err(e) = handshake {
                 self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %conn.peer, error = %e, "direct TLS handshake failed");
+                self.release_source(admitted.source);
                 return;
             }
             conn.mark_direct_tls();
         }
         let entry = self.register(Direction::Inbound, conn.peer);
-        let (verdict_tx, verdict_rx) = mpsc::channel(16);
+        let (verdict_tx, verdict_rx) = mpsc::channel(MAX_PENDING_VERIFICATIONS);
         let mut stream = InboundStream {
             s2s: self.clone(),
             conn,
@@ -116,18 +151,59 @@ impl S2s {
             pending: HashSet::new(),
             verdict_tx,
             sm: None,
+            auth_deadline: accepted + cfg.deadlines.authentication,
+            header_deadline: Some(accepted + cfg.deadlines.stream_header),
+            admitted,
+            remotes_counted: HashSet::new(),
+            verifications: Vec::new(),
+            failed_verdicts: 0,
         };
         let end = stream.run(verdict_rx).await;
         self.unregister(&entry);
+        stream.release();
         let pairs = entry
             .info
             .lock()
             .map(|i| i.pairs.clone())
             .unwrap_or_default();
         let sm_handled = stream.sm.as_ref().map(InboundSm::handled);
-        info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, ?sm_handled, reason = %end, "s2s session closed");
+        info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, ?sm_handled, reason = %clip(&end), "s2s session closed");
+    }
+
+    /// Give back an unauthenticated slot.
+    fn release_source(&self, source: Option<Source>) {
+        if let (Some(source), Ok(mut a)) = (source, self.admission.lock()) {
+            a.release(source);
+        }
     }
 }
+
+/// What an admitted connection holds until it closes: a global slot, and an unauthenticated
+/// slot of its source until it authenticates.
+struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    source: Option<Source>,
+}
+
+/// At most this much of a peer-chosen string goes into a log line.
+const LOG_CLIP: usize = 256;
+
+/// `s`, cut to [`LOG_CLIP`] bytes (on a character boundary) with a marker when cut: log lines
+/// never echo unbounded peer data.
+pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= LOG_CLIP {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = LOG_CLIP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &s[..end], s.len()))
+}
+
+/// A stream that failed this many dialback verifications is closed: one failure must not
+/// kill the other domain pairs sharing the stream, but a peer may not probe forever.
+const MAX_FAILED_VERDICTS: u32 = 3;
 
 /// Dialback verifications one stream may have under way at once (each opens a connection).
 const MAX_PENDING_VERIFICATIONS: usize = 16;
@@ -169,74 +245,158 @@ struct InboundStream {
     verdict_tx: mpsc::Sender<PairVerdict>,
     /// XEP-0198 state once the peer enabled stream management.
     sm: Option<InboundSm>,
+    /// The first pair must be authenticated by then.
+    auth_deadline: Instant,
+    /// While waiting for a stream header (after accept and each restart): its deadline.
+    header_deadline: Option<Instant>,
+    /// The connection's slots; the per-source one is given back at the first authentication.
+    admitted: Admitted,
+    /// Remote domains this stream counts against their limit of streams.
+    remotes_counted: HashSet<String>,
+    /// Dialback verifications started for this stream: cancelled when it ends.
+    verifications: Vec<AbortHandle>,
+    /// Dialback verifications that did not say valid.
+    failed_verdicts: u32,
 }
 
 impl InboundStream {
-    /// The connection's event loop (a wiring function).
+    /// The connection's event loop (a wiring function). Until the stream is authenticated
+    /// (and while a restarted stream has not sent its header) every step, handlers included,
+    /// races the negotiation deadline: a peer cannot hold the connection by stalling inside
+    /// one (a TLS handshake, a write it does not read).
     async fn run(&mut self, mut verdicts: mpsc::Receiver<PairVerdict>) -> String {
-        let cfg = self.s2s.cfg();
         let mut generation = self.s2s.generation.subscribe();
-        let entry = self.entry.clone();
-        let auth_deadline = Instant::now() + cfg.negotiation_timeout;
-        let mut idle_deadline = Instant::now() + cfg.idle_timeout;
+        let mut idle_deadline = Instant::now() + self.s2s.cfg().idle_timeout;
         loop {
-            let deadline = if self.authed.is_empty() {
-                auth_deadline
-            } else {
-                idle_deadline
-            };
-            let sm_deadline = self.sm.as_ref().and_then(InboundSm::deadline);
+            let guard = self.negotiation_deadline();
             let flow = tokio::select! {
-                ev = self.conn.next_event() => match ev {
-                    Ok(Event::StreamOpen(h)) => self.on_header(h).await,
-                    Ok(Event::Element(tl)) => {
-                        let is_stanza = is_stanza(&tl.element);
-                        let flow = self.on_element(tl).await;
-                        if is_stanza {
-                            idle_deadline = Instant::now() + cfg.idle_timeout;
-                        }
-                        flow
-                    }
-                    Ok(Event::StreamClose) => {
-                        let _ = self.conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
-                        self.conn.shutdown().await;
-                        Flow::Close("closed by peer".into())
-                    }
-                    Err(crate::ConnError::Frame(e)) => {
-                        let cond = e.condition();
-                        self.fail(cond, &e.to_string()).await
-                    }
-                    Err(e) => Flow::Close(e.to_string()),
-                },
-                Some(v) = verdicts.recv() => self.on_verdict(v).await,
-                h = sm::next_safe(&mut self.sm) => match self.sm.as_mut().and_then(|sm| sm.became_safe(h)) {
-                    Some(h) => self.send_sm_ack(h).await,
-                    None => Flow::Continue,
-                },
-                _ = sm::sleep_until_opt(sm_deadline) => {
-                    match self.sm.as_mut().map(InboundSm::expire) {
-                        Some(h) => self.send_sm_ack(h).await,
-                        None => Flow::Continue,
-                    }
-                }
-                Ok(()) = generation.changed() => self.recheck().await,
-                _ = entry.closer.notified() => {
-                    self.conn.abort();
-                    Flow::Close("its server stopped answering pings".into())
-                }
-                _ = sleep_until(deadline) => {
-                    let (cond, why) = if self.authed.is_empty() {
-                        (StreamCondition::ConnectionTimeout, "not authenticated in time")
-                    } else {
-                        (StreamCondition::ConnectionTimeout, "idle")
-                    };
-                    self.fail(cond, why).await
+                flow = self.turn(&mut verdicts, &mut generation, &mut idle_deadline) => flow,
+                _ = sm::sleep_until_opt(guard.map(|(at, _)| at)) => {
+                    self.s2s.counters.deadline_closes.fetch_add(1, Ordering::Relaxed);
+                    let why = guard.map_or("deadline", |(_, why)| why);
+                    self.fail(StreamCondition::ConnectionTimeout, why).await
                 }
             };
             if let Flow::Close(why) = flow {
                 return why;
             }
         }
+    }
+
+    /// The deadline of the negotiation phase the stream is in, and what it means; None once
+    /// authenticated (idle and write-stall bounds apply then).
+    fn negotiation_deadline(&self) -> Option<(Instant, &'static str)> {
+        let auth = self
+            .authed
+            .is_empty()
+            .then_some((self.auth_deadline, "not authenticated in time"));
+        let header = self
+            .header_deadline
+            .map(|at| (at, "no stream header in time"));
+        match (auth, header) {
+            (Some(a), Some(h)) => Some(if h.0 < a.0 { h } else { a }),
+            (a, h) => a.or(h),
+        }
+    }
+
+    /// One event and its handling.
+    async fn turn(
+        &mut self,
+        verdicts: &mut mpsc::Receiver<PairVerdict>,
+        generation: &mut tokio::sync::watch::Receiver<u64>,
+        idle_deadline: &mut Instant,
+    ) -> Flow {
+        let cfg = self.s2s.cfg();
+        let entry = self.entry.clone();
+        let idle = (!self.authed.is_empty()).then_some(*idle_deadline);
+        let sm_deadline = self.sm.as_ref().and_then(InboundSm::deadline);
+        tokio::select! {
+            ev = self.conn.next_event() => match ev {
+                Ok(Event::StreamOpen(h)) => self.on_header(h).await,
+                Ok(Event::Element(tl)) => {
+                    let is_stanza = is_stanza(&tl.element);
+                    let flow = self.on_element(tl).await;
+                    if is_stanza {
+                        *idle_deadline = Instant::now() + cfg.idle_timeout;
+                    }
+                    flow
+                }
+                Ok(Event::StreamClose) => {
+                    let _ = tokio::time::timeout(
+                        crate::deadlines::FINAL_WRITE,
+                        self.conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()),
+                    )
+                    .await;
+                    self.conn.shutdown().await;
+                    Flow::Close("closed by peer".into())
+                }
+                Err(ConnError::Frame(e)) => {
+                    let cond = e.condition();
+                    self.fail(cond, &e.to_string()).await
+                }
+                Err(e) => Flow::Close(e.to_string()),
+            },
+            Some(v) = verdicts.recv() => self.on_verdict(v).await,
+            h = sm::next_safe(&mut self.sm) => match self.sm.as_mut().and_then(|sm| sm.became_safe(h)) {
+                Some(h) => self.send_sm_ack(h).await,
+                None => Flow::Continue,
+            },
+            _ = sm::sleep_until_opt(sm_deadline) => {
+                match self.sm.as_mut().map(InboundSm::expire) {
+                    Some(h) => self.send_sm_ack(h).await,
+                    None => Flow::Continue,
+                }
+            }
+            Ok(()) = generation.changed() => self.recheck().await,
+            _ = entry.closer.notified() => {
+                self.conn.abort();
+                Flow::Close("its server stopped answering pings".into())
+            }
+            _ = sm::sleep_until_opt(idle) => {
+                self.fail(StreamCondition::ConnectionTimeout, "idle").await
+            }
+        }
+    }
+
+    /// Give back everything the stream holds: its unauthenticated slot, its place in its
+    /// remote domains' stream counts, its verifications under way.
+    fn release(&mut self) {
+        self.s2s.release_source(self.admitted.source.take());
+        if let Ok(mut a) = self.s2s.admission.lock() {
+            for remote in self.remotes_counted.drain() {
+                a.remove_stream(&remote);
+            }
+        }
+        for task in self.verifications.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// `pair` is authenticated on this stream (dialback said valid, or SASL EXTERNAL
+    /// succeeded): count it against its domain's stream limit (refused when full), give back
+    /// the unauthenticated slot, and accept full-size stanzas from now on.
+    fn authenticate(&mut self, pair: (String, String), method: &'static str) -> Result<(), ()> {
+        if !self.remotes_counted.contains(&pair.0) {
+            let counted = match self.s2s.admission.lock() {
+                Ok(mut a) => a.add_stream(&pair.0),
+                Err(_) => Err(crate::admission::Refusal::TooManyStreams),
+            };
+            if let Err(why) = counted {
+                self.s2s.counters.refuse_connection(why.as_str());
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %pair.0, limit = why.as_str(), "too many authenticated streams from this domain; refused");
+                return Err(());
+            }
+            self.remotes_counted.insert(pair.0.clone());
+        }
+        self.s2s.release_source(self.admitted.source.take());
+        let cfg = self.s2s.cfg();
+        self.conn.set_max_stanza_bytes(cfg.limits.max_stanza_bytes);
+        self.authed.insert(pair.clone());
+        self.entry.update(|i| {
+            i.auth = method;
+            i.pairs.push(pair);
+        });
+        Ok(())
     }
 
     /// A (re)started stream: answer with our header and features.
@@ -255,6 +415,7 @@ impl InboundStream {
             return Flow::Close(e.to_string());
         }
         self.header_sent = true;
+        self.header_deadline = None;
         if h.default_ns != ns::SERVER {
             return self
                 .fail(StreamCondition::InvalidNamespace, "expected jabber:server")
@@ -262,7 +423,7 @@ impl InboundStream {
         }
         if let Some(to) = &h.to {
             if !self.s2s.host.serves(&to.to_ascii_lowercase()) {
-                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, to = %to, "stream to a domain we do not serve");
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, to = %clip(to), "stream to a domain we do not serve");
                 return self
                     .fail(
                         StreamCondition::HostUnknown,
@@ -277,7 +438,7 @@ impl InboundStream {
             self.cert = Some(self.s2s.cert_status(&self.conn, true));
         }
         if self.s2s.cfg().require_peer_certs && self.conn.tls.is_some() && !self.cert_valid() {
-            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), cert = ?self.cert, "peer certificate refused (a valid certificate is required)");
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %clip(self.header_from.as_deref().unwrap_or("")), cert = ?self.cert, "peer certificate refused (a valid certificate is required)");
             return self
                 .fail(
                     StreamCondition::NotAuthorized,
@@ -356,12 +517,12 @@ impl InboundStream {
             return Flow::Close(format!(
                 "stream error from peer: {} {}",
                 cond.as_str(),
-                text.unwrap_or_default()
+                clip(&text.unwrap_or_default())
             ));
         }
         self.fail(
             StreamCondition::UnsupportedStanzaType,
-            &format!("unexpected <{}/> in {}", el.name, el.ns),
+            &format!("unexpected <{}/> in {}", clip(&el.name), clip(&el.ns)),
         )
         .await
     }
@@ -390,11 +551,16 @@ impl InboundStream {
         {
             return Flow::Close(e.to_string());
         }
-        match self.conn.accept_tls(cfg).await {
+        let deadlines = self.s2s.cfg().deadlines;
+        let handshake = tokio::time::timeout(deadlines.tls_handshake, self.conn.accept_tls(cfg))
+            .await
+            .unwrap_or_else(|_| Err(ConnError::Tls("handshake timed out".into())));
+        match handshake {
             Ok(()) => {
                 let tls = self.conn.tls.clone();
                 self.entry.update(|i| i.tls = tls);
                 self.header_sent = false;
+                self.header_deadline = Some(Instant::now() + deadlines.stream_header);
                 Flow::Continue
             }
             Err(e) => {
@@ -412,7 +578,7 @@ impl InboundStream {
     /// server in the background.
     async fn on_dialback_request(&mut self, el: &Element) -> Flow {
         if self.s2s.cfg().tls_mode == TlsMode::Required && self.conn.tls.is_none() {
-            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = el.attr("from").unwrap_or(""), "dialback on an unencrypted stream refused (TLS required)");
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %clip(el.attr("from").unwrap_or("")), "dialback on an unencrypted stream refused (TLS required)");
             return self
                 .fail(
                     StreamCondition::PolicyViolation,
@@ -477,7 +643,7 @@ impl InboundStream {
         let s2s = self.s2s.clone();
         let tx = self.verdict_tx.clone();
         let stream_id = self.stream_id.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let verdict = s2s.verify_key(&local, &remote, &stream_id, &key).await;
             let _ = tx
                 .send(PairVerdict {
@@ -487,6 +653,8 @@ impl InboundStream {
                 })
                 .await;
         });
+        self.verifications.retain(|t| !t.is_finished());
+        self.verifications.push(task.abort_handle());
         Flow::Continue
     }
 
@@ -508,11 +676,10 @@ impl InboundStream {
                 .await
             }
             Verdict::Valid => {
-                self.authed.insert(pair.clone());
-                self.entry.update(|i| {
-                    i.auth = "dialback";
-                    i.pairs.push(pair);
-                });
+                if self.authenticate(pair, "dialback").is_err() {
+                    let reply = dialback_error(&v.local, &v.remote, "resource-constraint");
+                    return self.send_or_close(&reply).await;
+                }
                 info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, tls = %tls_summary(&self.conn), "s2s session authenticated");
                 let reply = dialback::result_response(&v.local, &v.remote, true);
                 self.send_or_close(&reply).await
@@ -520,16 +687,32 @@ impl InboundStream {
             Verdict::Invalid => {
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, "dialback key invalid");
                 let reply = dialback::result_response(&v.local, &v.remote, false);
-                let _ = self.send_or_close(&reply).await;
-                self.fail(StreamCondition::NotAuthorized, "dialback key invalid")
-                    .await
+                self.verdict_failed(reply).await
             }
             Verdict::Failed(why) => {
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %v.remote, local = %v.local, reason = %why, "dialback verification failed");
                 let reply = dialback_error(&v.local, &v.remote, "remote-connection-failed");
-                self.send_or_close(&reply).await
+                self.verdict_failed(reply).await
             }
         }
+    }
+
+    /// Answer a verification that did not say valid. The stream goes on (other pairs may
+    /// share it, XEP-0220 2.4), until it has failed [`MAX_FAILED_VERDICTS`].
+    async fn verdict_failed(&mut self, reply: Element) -> Flow {
+        if let Flow::Close(why) = self.send_or_close(&reply).await {
+            return Flow::Close(why);
+        }
+        self.failed_verdicts += 1;
+        if self.failed_verdicts >= MAX_FAILED_VERDICTS {
+            return self
+                .fail(
+                    StreamCondition::NotAuthorized,
+                    "too many dialback keys refused on this stream",
+                )
+                .await;
+        }
+        Flow::Continue
     }
 
     /// The config changed: keep the pairs it still allows, close the stream if none is left
@@ -586,6 +769,14 @@ impl InboundStream {
     async fn on_sasl_auth(&mut self, el: &Element) -> Flow {
         match self.judge_sasl(el) {
             Ok((remote, local)) => {
+                if self
+                    .authenticate((remote.clone(), local.clone()), "SASL EXTERNAL")
+                    .is_err()
+                {
+                    let failure = Element::new("failure", ns::SASL)
+                        .with_child(Element::new("temporary-auth-failure", ns::SASL));
+                    return self.send_or_close(&failure).await;
+                }
                 info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %remote, local = %local, tls = %tls_summary(&self.conn), "s2s session authenticated (SASL EXTERNAL)");
                 if let Err(e) = self
                     .conn
@@ -596,17 +787,13 @@ impl InboundStream {
                 }
                 self.conn.restart();
                 self.header_sent = false;
+                self.header_deadline =
+                    Some(Instant::now() + self.s2s.cfg().deadlines.stream_header);
                 self.sasl_done = true;
-                let pair = (remote, local);
-                self.authed.insert(pair.clone());
-                self.entry.update(|i| {
-                    i.auth = "SASL EXTERNAL";
-                    i.pairs.push(pair);
-                });
                 Flow::Continue
             }
             Err(why) => {
-                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), reason = why, "SASL EXTERNAL refused");
+                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %clip(self.header_from.as_deref().unwrap_or("")), reason = why, "SASL EXTERNAL refused");
                 let failure = Element::new("failure", ns::SASL)
                     .with_child(Element::new("not-authorized", ns::SASL));
                 self.send_or_close(&failure).await
@@ -633,10 +820,20 @@ impl InboundStream {
                 .map_err(|_| "authzid is not base64")?;
             Some(String::from_utf8(raw).map_err(|_| "authzid is not UTF-8")?)
         };
-        let claimed = authzid
-            .or_else(|| self.header_from.clone())
-            .ok_or("no domain claimed")?;
-        let remote = normalize_domain(&claimed).map_err(|_| "claimed domain is malformed")?;
+        let from = self.header_from.as_deref().map(normalize_domain);
+        let remote = match (authzid, from) {
+            (Some(authzid), from) => {
+                let authzid =
+                    normalize_domain(&authzid).map_err(|_| "claimed domain is malformed")?;
+                // XEP-0178: an authorization identity must be the stream header's `from`.
+                if from.is_some_and(|f| f.ok().as_deref() != Some(authzid.as_str())) {
+                    return Err("authzid does not match the stream header's from");
+                }
+                authzid
+            }
+            (None, Some(from)) => from.map_err(|_| "claimed domain is malformed")?,
+            (None, None) => return Err("no domain claimed"),
+        };
         let local = self
             .header_to
             .as_deref()
@@ -682,7 +879,7 @@ impl InboundStream {
                 .counters
                 .dialback_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, receiving = %receiving, originating = %originating, "db:verify for a key we did not issue: invalid");
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, receiving = %clip(&receiving), originating = %clip(&originating), "db:verify for a key we did not issue: invalid");
         }
         let reply = dialback::verify_response(to, from, id, valid);
         self.send_or_close(&reply).await
@@ -737,13 +934,20 @@ impl InboundStream {
         let pair = (from_domain, to_domain);
         if !self.authed.contains(&pair) {
             if self.authed.iter().any(|(r, _)| *r == pair.0) && !self.s2s.host.serves(&pair.1) {
-                // An authenticated peer addressing a domain we do not serve: drop, keep the
-                // stream (we cannot answer as a domain we do not serve).
+                // An authenticated peer addressing a domain we do not serve: we cannot answer
+                // as that domain with a stanza error, so the stream ends with <host-unknown/>
+                // (RFC 6120 4.9.3.6, as Prosody does); the peer learns at once instead of
+                // losing stanzas silently.
                 self.refuse(&pair.0, to, "to a domain not served here");
-                return Ok(None);
+                return Err(self
+                    .fail(
+                        StreamCondition::HostUnknown,
+                        &format!("{} is not served here", pair.1),
+                    )
+                    .await);
             }
             self.s2s.counters.refuse(crate::RefusalReason::Spoofed);
-            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %from, to = %to, "stanza from a domain this stream did not authenticate: refused");
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %clip(from), to = %clip(to), "stanza from a domain this stream did not authenticate: refused");
             return Err(self
                 .fail(
                     StreamCondition::InvalidFrom,
@@ -784,7 +988,7 @@ impl InboundStream {
                     return self.send_or_close(&failed).await;
                 }
                 self.sm = Some(InboundSm::new());
-                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = self.header_from.as_deref().unwrap_or(""), "stream management enabled (XEP-0198)");
+                info!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %clip(self.header_from.as_deref().unwrap_or("")), "stream management enabled (XEP-0198)");
                 self.send_or_close(&Element::new("enabled", ns::SM)).await
             }
             "r" => match self.sm.as_mut().and_then(|sm| sm.request(Instant::now())) {
@@ -802,7 +1006,7 @@ impl InboundStream {
 
     fn refuse(&self, from_domain: &str, to: &str, why: &str) {
         self.s2s.counters.refuse(crate::RefusalReason::Unroutable);
-        warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %from_domain, to = %to, reason = why, "stanza refused");
+        warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %clip(from_domain), to = %clip(to), reason = why, "stanza refused");
     }
 
     async fn send_or_close(&mut self, el: &Element) -> Flow {
@@ -826,7 +1030,11 @@ impl InboundStream {
         }
         out.push_str(&causeway_xmpp::error::stream_error(cond, Some(text)));
         out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
-        let _ = self.conn.send(out.as_bytes()).await;
+        let _ = tokio::time::timeout(
+            crate::deadlines::FINAL_WRITE,
+            self.conn.send(out.as_bytes()),
+        )
+        .await;
         self.conn.shutdown().await;
         Flow::Close(format!("{}: {text}", cond.as_str()))
     }

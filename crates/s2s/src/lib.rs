@@ -21,12 +21,21 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use causeway_xmpp::{Limits, StanzaCondition};
 
+pub mod addrfilter;
+pub mod admission;
+pub mod connect;
+pub mod deadlines;
 pub mod inbound;
 pub mod outbound;
 mod sm;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 pub mod verify;
 
+pub use admission::AdmissionLimits;
+pub use connect::Target;
+pub use deadlines::Deadlines;
 pub use transport::{ConnError, TlsInfo, XmlConn};
 
 /// The module name carried by every federation log event.
@@ -99,11 +108,12 @@ pub trait Host: Send + Sync + 'static {
     fn serves(&self, domain: &str) -> bool;
     /// May we federate with `remote` in this direction? (privacy policy)
     fn peer_allowed(&self, remote: &str, direction: Direction) -> bool;
-    /// Socket addresses of `domain`'s s2s service (STARTTLS), in the order to try them.
-    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>>;
+    /// Socket addresses of `domain`'s s2s service (STARTTLS), in the order to try them, each
+    /// saying whether DNS named it (then [`S2sConfig::outbound_filter`] judges it).
+    fn resolve<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<Target>, String>>;
     /// Socket addresses of `domain`'s direct-TLS s2s service (XEP-0368), tried before
     /// [`Host::resolve`]'s. None by default.
-    fn resolve_direct_tls<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Vec<SocketAddr>> {
+    fn resolve_direct_tls<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Vec<Target>> {
         Box::pin(async { Vec::new() })
     }
     /// An authenticated, address-checked inbound stanza. Awaiting it is backpressure: the
@@ -154,6 +164,17 @@ pub struct S2sConfig {
     pub limits: Limits,
     /// TCP connect timeout, per address.
     pub connect_timeout: Duration,
+    /// Time allowed for connecting at all: the addresses of a domain are raced (see
+    /// [`connect`]) until one connects or this passes.
+    pub connect_deadline: Duration,
+    /// Judges the addresses DNS names before we connect to them (see [`addrfilter`]); None:
+    /// every address is used (core, whose peers are its own servers).
+    pub outbound_filter: Option<addrfilter::AddrFilter>,
+    /// Dialback verifications running at once, over all remote domains; more fail at once
+    /// without network traffic.
+    pub max_verifications: usize,
+    /// Dialback verifications running at once for one remote domain.
+    pub max_verifications_per_domain: usize,
     /// Time allowed from TCP connect to an authenticated stream.
     pub negotiation_timeout: Duration,
     /// Close an outgoing or incoming session with no stanza for this long.
@@ -169,8 +190,16 @@ pub struct S2sConfig {
     /// `ping_interval + ping_timeout` even when the peer's TCP stack still answers (a stopped
     /// process).
     pub ping_timeout: Duration,
-    /// Most inbound connections at once.
+    /// Most inbound connections at once, over every listener.
     pub max_inbound: usize,
+    /// Per-phase deadlines of inbound connections (and the write-stall bound of every
+    /// connection).
+    pub deadlines: Deadlines,
+    /// Per-source and per-domain limits on inbound connections.
+    pub admission: AdmissionLimits,
+    /// Largest element a peer may send before its stream authenticated anything (dialback and
+    /// SASL elements are tiny; TLS handshake bytes are rustls's business).
+    pub preauth_stanza_bytes: usize,
 }
 
 impl S2sConfig {
@@ -192,6 +221,10 @@ impl S2sConfig {
             presents_client_cert: false,
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
+            connect_deadline: Duration::from_secs(20),
+            outbound_filter: None,
+            max_verifications: 256,
+            max_verifications_per_domain: 8,
             negotiation_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             keepalive: Duration::from_secs(60),
@@ -199,6 +232,9 @@ impl S2sConfig {
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
             max_inbound: 10_000,
+            deadlines: Deadlines::default(),
+            admission: AdmissionLimits::default(),
+            preauth_stanza_bytes: 8192,
         }
     }
 }
@@ -302,9 +338,45 @@ pub struct Counters {
     pub tls_failures: AtomicU64,
     /// Dialback verifications that said invalid or failed.
     pub dialback_failures: AtomicU64,
+    /// Dialback verifications refused because too many were running (overall or for the
+    /// remote domain).
+    pub verifications_refused: AtomicU64,
+    /// Addresses from DNS the outbound address filter refused to connect to.
+    pub addresses_refused: AtomicU64,
+    /// Inbound connections refused at accept, by reason (indexed like
+    /// [`Counters::CONNECTION_REFUSALS`]).
+    pub connections_refused: [AtomicU64; 4],
+    /// Connections closed because a negotiation deadline passed (stream header or
+    /// authentication; TLS handshake timeouts count as TLS failures).
+    pub deadline_closes: AtomicU64,
 }
 
 impl Counters {
+    /// Labels of [`Counters::connections_refused`].
+    pub const CONNECTION_REFUSALS: [&'static str; 4] = [
+        "max_inbound",
+        "unauthenticated_per_source",
+        "connection_rate",
+        "streams_per_domain",
+    ];
+
+    /// Count an inbound connection refused for `why` (a label of
+    /// [`Counters::CONNECTION_REFUSALS`]).
+    pub fn refuse_connection(&self, why: &str) {
+        if let Some(i) = Self::CONNECTION_REFUSALS.iter().position(|r| *r == why) {
+            self.connections_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refused inbound connections by reason label.
+    pub fn connections_refused_by_reason(&self) -> Vec<(&'static str, u64)> {
+        Self::CONNECTION_REFUSALS
+            .iter()
+            .zip(&self.connections_refused)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Count a refused stanza (in the total and under its reason).
     pub fn refuse(&self, reason: RefusalReason) {
         self.stanzas_refused.fetch_add(1, Ordering::Relaxed);
@@ -334,6 +406,12 @@ pub struct S2s {
     pub(crate) outgoing: Mutex<HashMap<(String, String), outbound::SessionHandle>>,
     /// Outstanding XEP-0199 pings by id; the inbound stream that sees the answer fires it.
     pub(crate) pings: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Dialback verifications running, overall and per remote domain.
+    pub(crate) verifications: Mutex<verify::InFlight>,
+    /// Unauthenticated connections per source, authenticated streams per remote domain.
+    pub(crate) admission: Mutex<admission::Admission>,
+    /// Inbound connection slots shared by every listener (`max_inbound`).
+    pub(crate) inbound_slots: Arc<tokio::sync::Semaphore>,
     next_id: AtomicU64,
     /// Counters for status and metrics.
     pub counters: Counters,
@@ -342,13 +420,18 @@ pub struct S2s {
 impl S2s {
     /// A new service; nothing runs until [`S2s::serve`] or [`S2s::send`].
     pub fn new(cfg: S2sConfig, host: Arc<dyn Host>) -> Arc<Self> {
+        let admission = Mutex::new(admission::Admission::new(cfg.admission));
+        let inbound_slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_inbound));
         Arc::new(Self {
+            admission,
+            inbound_slots,
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
             generation: tokio::sync::watch::channel(0).0,
             host,
             sessions: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(HashMap::new()),
             pings: Mutex::new(HashMap::new()),
+            verifications: Mutex::new(verify::InFlight::default()),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
         })
@@ -366,6 +449,9 @@ impl S2s {
     /// connections use them at once; every live session re-checks its peer against them and
     /// closes with a stream error if they no longer allow it. Sessions still allowed go on.
     pub fn reconfigure(&self, cfg: S2sConfig) {
+        if let Ok(mut a) = self.admission.lock() {
+            a.set_limits(cfg.admission);
+        }
         match self.cfg.write() {
             Ok(mut c) => *c = Arc::new(cfg),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(cfg),
@@ -529,22 +615,6 @@ pub(crate) const PING_ID_PREFIX: &str = "causeway-ping-";
 
 /// The ALPN protocol of XEP-0368 direct TLS s2s.
 pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
-
-/// Connect to the first reachable address within `timeout` each.
-pub(crate) async fn connect_any(
-    addrs: &[SocketAddr],
-    timeout: Duration,
-) -> Result<tokio::net::TcpStream, String> {
-    let mut last = String::from("no addresses");
-    for addr in addrs {
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: connect timed out"),
-        }
-    }
-    Err(last)
-}
 
 /// Parse one serialized jabber:server stanza (as carried by [`OutboundStanza::payload`]).
 pub fn parse_stanza(payload: &[u8]) -> Option<causeway_xmpp::Element> {

@@ -14,9 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
-use crate::{
-    connect_any, Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE,
-};
+use crate::{Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE};
 
 /// The pool's reference to a live session task.
 #[derive(Clone)]
@@ -288,8 +286,9 @@ impl S2s {
                 }
             }
         }
-        let addrs = self.host.resolve(to).await.map_err(OpenError::not_found)?;
-        let tcp = connect_any(&addrs, self.cfg().connect_timeout)
+        let targets = self.host.resolve(to).await.map_err(OpenError::not_found)?;
+        let tcp = self
+            .connect_targets(to, &targets)
             .await
             .map_err(OpenError::not_found)?;
         let mut conn = XmlConn::new(tcp, self.cfg().limits)?;
@@ -340,11 +339,12 @@ impl S2s {
         from: &str,
         to: &str,
     ) -> Result<Option<(XmlConn, StreamHeader, Option<Element>)>, OpenError> {
-        let addrs = self.host.resolve_direct_tls(to).await;
-        if addrs.is_empty() {
+        let targets = self.host.resolve_direct_tls(to).await;
+        if targets.is_empty() {
             return Ok(None);
         }
-        let tcp = connect_any(&addrs, self.cfg().connect_timeout)
+        let tcp = self
+            .connect_targets(to, &targets)
             .await
             .map_err(OpenError::not_found)?;
         let mut conn = XmlConn::new(tcp, self.cfg().limits)?;

@@ -30,6 +30,9 @@ pub enum ConnError {
     /// The TLS handshake failed.
     #[error("TLS handshake: {0}")]
     Tls(String),
+    /// A write made no progress for this long: the peer does not read.
+    #[error("write stalled for {0:?} (the peer does not read)")]
+    WriteStalled(std::time::Duration),
 }
 
 /// Plain TCP or TLS over TCP.
@@ -116,6 +119,8 @@ pub struct XmlConn {
     pub tls: Option<TlsInfo>,
     /// The certificate chain the peer presented in the TLS handshake (leaf first), if any.
     pub peer_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// A write that makes no progress this long fails with [`ConnError::WriteStalled`].
+    write_stall: std::time::Duration,
 }
 
 impl XmlConn {
@@ -136,7 +141,20 @@ impl XmlConn {
             peer,
             tls: None,
             peer_chain: Vec::new(),
+            write_stall: crate::Deadlines::default().write_stall,
         })
+    }
+
+    /// Bound every write: one that makes no progress for `stall` fails (the default is
+    /// [`crate::Deadlines::default`]'s).
+    pub fn set_write_stall(&mut self, stall: std::time::Duration) {
+        self.write_stall = stall;
+    }
+
+    /// The largest top-level element accepted from now on (e.g. raised once the stream is
+    /// authenticated).
+    pub fn set_max_stanza_bytes(&mut self, n: usize) {
+        self.framer.set_max_stanza_bytes(n);
     }
 
     /// The next stream event. Cancel-safe: bytes already read stay in the framer.
@@ -152,29 +170,44 @@ impl XmlConn {
         }
     }
 
-    /// Write and flush.
+    /// Write and flush; fails if the peer stops reading (see [`XmlConn::set_write_stall`]).
     pub async fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
-        self.io.write_all(data).await?;
-        self.io.flush().await?;
-        Ok(())
+        self.write(data).await?;
+        self.flush().await
     }
 
-    /// Write without flushing (batching); call [`XmlConn::flush`] after.
+    /// Write without flushing (batching); call [`XmlConn::flush`] after. Each partial write
+    /// must make progress within the write-stall bound.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), ConnError> {
-        self.io.write_all(data).await?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            match tokio::time::timeout(self.write_stall, self.io.write(rest)).await {
+                Ok(Ok(0)) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ConnError::WriteStalled(self.write_stall)),
+            }
+        }
         Ok(())
     }
 
-    /// Flush buffered writes.
+    /// Flush buffered writes (within the write-stall bound).
     pub async fn flush(&mut self) -> Result<(), ConnError> {
-        self.io.flush().await?;
-        Ok(())
+        match tokio::time::timeout(self.write_stall, self.io.flush()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::WriteStalled(self.write_stall)),
+        }
     }
 
-    /// Best-effort close: flush and shut the write side.
+    /// Best-effort close: flush and shut the write side, within
+    /// [`crate::deadlines::FINAL_WRITE`].
     pub async fn shutdown(&mut self) {
-        let _ = self.io.flush().await;
-        let _ = self.io.shutdown().await;
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(crate::deadlines::FINAL_WRITE, async move {
+            let _ = io.flush().await;
+            let _ = io.shutdown().await;
+        })
+        .await;
     }
 
     /// Server side of STARTTLS, after `<proceed/>` was sent. The stream restarts.

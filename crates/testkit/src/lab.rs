@@ -549,7 +549,13 @@ fn write_pki(pki: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The edge's config for the lab.
+/// What the lab's cores may announce (`[[tunnel.cores]]`): the local domains of every lab
+/// topology and their subdomains (chat node aliases).
+const LAB_GRANTS: &str = r#"["example.com", "*.example.com", "example.org", "*.example.org"]"#;
+
+/// The edge's config for the lab. Every peer of the lab is on loopback, so the outbound
+/// address filter allows 127.0.0.0/8 unless `federation_extra` sets
+/// `outbound_allow_networks` itself.
 pub fn edge_config(
     s2s: SocketAddr,
     tunnel: SocketAddr,
@@ -558,6 +564,11 @@ pub fn edge_config(
     federation_extra: &str,
 ) -> String {
     let extra: String = extra_allow.iter().map(|d| format!(", \"{d}\"")).collect();
+    let allow_networks = if federation_extra.contains("outbound_allow_networks") {
+        ""
+    } else {
+        "outbound_allow_networks = [\"127.0.0.0/8\"]"
+    };
     format!(
         r#"[tunnel]
 listen = "{tunnel}"
@@ -565,6 +576,14 @@ cert = "pki/edge-tunnel.crt"
 key = "pki/edge-tunnel.key"
 ca = "pki/traversal-ca.crt"
 keepalive_secs = 2
+
+[[tunnel.cores]]
+id = "core1.example.com"
+domains = {LAB_GRANTS}
+
+[[tunnel.cores]]
+id = "core2.example.com"
+domains = {LAB_GRANTS}
 
 [admin]
 socket = "edge.sock"
@@ -574,6 +593,7 @@ listen = "{s2s}"
 cert = "pki/edge-federation.crt"
 key = "pki/edge-federation.key"
 dialback_secret_file = "pki/dialback-secret"
+{allow_networks}
 {federation_extra}
 
 [dns]

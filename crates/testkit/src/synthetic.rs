@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use causeway_s2s::{BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig};
+use causeway_s2s::{
+    BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, S2sConfig, Target,
+};
 use causeway_xmpp::StanzaCondition;
 
 use crate::TempDir;
@@ -38,8 +40,8 @@ impl Host for SyntheticHost {
     fn peer_allowed(&self, _remote: &str, _direction: Direction) -> bool {
         true
     }
-    fn resolve<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Result<Vec<SocketAddr>, String>> {
-        let route = self.route;
+    fn resolve<'a>(&'a self, _domain: &'a str) -> BoxFuture<'a, Result<Vec<Target>, String>> {
+        let route = Target::configured(self.route);
         Box::pin(async move { Ok(vec![route]) })
     }
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {

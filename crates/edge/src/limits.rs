@@ -1,0 +1,220 @@
+//! `[limits]`: the edge's deadlines and connection limits, parsed and checked with the rest of
+//! the config. Every setting has a default an internet-facing edge can run with; the README's
+//! deadline table lists them.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use causeway_s2s::{AdmissionLimits, Deadlines, S2sConfig, LOG_MODULE};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Seconds from accept (and from each stream restart) to the peer's stream header.
+    pub stream_header_secs: u64,
+    /// Seconds for a TLS handshake (STARTTLS or direct TLS) on federation connections.
+    pub tls_handshake_secs: u64,
+    /// Seconds from accept to an authenticated stream (and for a whole outgoing negotiation).
+    pub authentication_secs: u64,
+    /// Seconds a write may make no progress before the connection is closed (a peer that
+    /// does not read).
+    pub write_stall_secs: u64,
+    /// Largest element accepted before a stream is authenticated, in bytes.
+    pub preauth_stanza_bytes: usize,
+    /// Inbound federation connections at once, over every listener.
+    pub max_inbound: usize,
+    /// Unauthenticated inbound connections one source (IPv4 address, IPv6 /64) may hold.
+    pub unauthenticated_per_source: usize,
+    /// New inbound connections per second one source may open, sustained...
+    pub connections_per_sec_per_source: f64,
+    /// ...and in a burst.
+    pub connection_burst_per_source: u32,
+    /// Authenticated inbound streams per remote domain.
+    pub streams_per_domain: usize,
+    /// Seconds for the tunnel's TLS handshake with a core.
+    pub tunnel_handshake_secs: u64,
+    /// Tunnel connections (cores, authenticated or not) at once.
+    pub max_tunnel_connections: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = Deadlines::default();
+        let a = AdmissionLimits::default();
+        Self {
+            stream_header_secs: d.stream_header.as_secs(),
+            tls_handshake_secs: d.tls_handshake.as_secs(),
+            authentication_secs: d.authentication.as_secs(),
+            write_stall_secs: d.write_stall.as_secs(),
+            preauth_stanza_bytes: 8192,
+            max_inbound: 10_000,
+            unauthenticated_per_source: a.unauthenticated_per_source,
+            connections_per_sec_per_source: a.connections_per_sec,
+            connection_burst_per_source: a.connection_burst,
+            streams_per_domain: a.streams_per_domain,
+            tunnel_handshake_secs: 10,
+            max_tunnel_connections: 64,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Check every value; errors name the setting.
+    pub fn validate(&self, max_stanza_bytes: usize) -> anyhow::Result<()> {
+        for (key, secs) in [
+            ("stream_header_secs", self.stream_header_secs),
+            ("tls_handshake_secs", self.tls_handshake_secs),
+            ("authentication_secs", self.authentication_secs),
+            ("write_stall_secs", self.write_stall_secs),
+            ("tunnel_handshake_secs", self.tunnel_handshake_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                bail!("limits.{key}: between 1 and 3600 seconds");
+            }
+        }
+        if self.stream_header_secs > self.authentication_secs {
+            bail!("limits.stream_header_secs: no longer than limits.authentication_secs");
+        }
+        if !(1024..=max_stanza_bytes).contains(&self.preauth_stanza_bytes) {
+            bail!(
+                "limits.preauth_stanza_bytes: between 1024 and federation.max_stanza_bytes ({max_stanza_bytes})"
+            );
+        }
+        for (key, n) in [
+            ("max_inbound", self.max_inbound),
+            (
+                "unauthenticated_per_source",
+                self.unauthenticated_per_source,
+            ),
+            ("streams_per_domain", self.streams_per_domain),
+            ("max_tunnel_connections", self.max_tunnel_connections),
+        ] {
+            if n == 0 {
+                bail!("limits.{key}: at least 1");
+            }
+        }
+        if self.max_inbound > 1_000_000 {
+            bail!("limits.max_inbound: at most 1000000");
+        }
+        if !(self.connections_per_sec_per_source.is_finite()
+            && self.connections_per_sec_per_source > 0.0)
+        {
+            bail!("limits.connections_per_sec_per_source: a positive number");
+        }
+        if self.connection_burst_per_source == 0 {
+            bail!("limits.connection_burst_per_source: at least 1");
+        }
+        Ok(())
+    }
+
+    /// Put the s2s part in force.
+    pub fn apply(&self, s2s: &mut S2sConfig) {
+        s2s.deadlines = Deadlines {
+            stream_header: Duration::from_secs(self.stream_header_secs),
+            tls_handshake: Duration::from_secs(self.tls_handshake_secs),
+            authentication: Duration::from_secs(self.authentication_secs),
+            write_stall: Duration::from_secs(self.write_stall_secs),
+        };
+        s2s.negotiation_timeout = Duration::from_secs(self.authentication_secs);
+        s2s.preauth_stanza_bytes = self.preauth_stanza_bytes;
+        s2s.max_inbound = self.max_inbound;
+        s2s.admission = AdmissionLimits {
+            unauthenticated_per_source: self.unauthenticated_per_source,
+            connections_per_sec: self.connections_per_sec_per_source,
+            connection_burst: self.connection_burst_per_source,
+            streams_per_domain: self.streams_per_domain,
+        };
+    }
+
+    /// File descriptors the process may need at these limits: every inbound connection,
+    /// outgoing sessions and dialback verifications (bounded by the same order), the tunnel,
+    /// and some room for files, DNS and the admin socket.
+    pub fn descriptors_needed(&self) -> u64 {
+        let inbound = self.max_inbound as u64;
+        inbound * 2 + self.max_tunnel_connections as u64 + 1024
+    }
+
+    /// Raise the soft file-descriptor limit to what these limits need (up to the hard
+    /// limit), and say so when the hard limit is lower: the process otherwise keeps whatever
+    /// limit it was started with (often 1024) and refuses connections long before
+    /// `max_inbound`.
+    pub fn raise_descriptor_limit(&self) {
+        let need = self.descriptors_needed();
+        match rlimit::increase_nofile_limit(need) {
+            Ok(got) if got < need => {
+                warn!(module = LOG_MODULE, need, got, "the file-descriptor limit is below what limits.max_inbound needs: raise the hard limit (LimitNOFILE= in the unit, ulimit -Hn) or lower limits.max_inbound");
+            }
+            Ok(got) => info!(module = LOG_MODULE, limit = got, "file-descriptor limit"),
+            Err(e) => {
+                warn!(module = LOG_MODULE, error = %e, "could not raise the file-descriptor limit")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_s2s_defaults() {
+        let l = LimitsSection::default();
+        l.validate(262_144).expect("defaults");
+        let client = causeway_pki::s2s_client_config_dialback().expect("client config");
+        let mut cfg = S2sConfig::new("s".into(), None, client);
+        let before = (cfg.deadlines, cfg.admission, cfg.preauth_stanza_bytes);
+        l.apply(&mut cfg);
+        assert_eq!(
+            before,
+            (cfg.deadlines, cfg.admission, cfg.preauth_stanza_bytes)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: Vec<(LimitsSection, &str)> = vec![
+            (
+                LimitsSection {
+                    write_stall_secs: 0,
+                    ..Default::default()
+                },
+                "limits.write_stall_secs",
+            ),
+            (
+                LimitsSection {
+                    stream_header_secs: 60,
+                    ..Default::default()
+                },
+                "limits.stream_header_secs",
+            ),
+            (
+                LimitsSection {
+                    preauth_stanza_bytes: 300_000,
+                    ..Default::default()
+                },
+                "limits.preauth_stanza_bytes",
+            ),
+            (
+                LimitsSection {
+                    unauthenticated_per_source: 0,
+                    ..Default::default()
+                },
+                "limits.unauthenticated_per_source",
+            ),
+            (
+                LimitsSection {
+                    connections_per_sec_per_source: f64::NAN,
+                    ..Default::default()
+                },
+                "limits.connections_per_sec_per_source",
+            ),
+        ];
+        for (limits, key) in cases {
+            let err = limits.validate(262_144).expect_err(key).to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+    }
+}
