@@ -78,7 +78,7 @@ impl S2s {
     /// A slot for a connection from `addr` (global, and unauthenticated per source), or None:
     /// refused (the socket is dropped unread), counted, and logged at most once a minute per
     /// source.
-    fn admit(&self, addr: SocketAddr) -> Option<Admitted> {
+    fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Admitted> {
         let Ok(slot) = self.inbound_slots.clone().try_acquire_owned() else {
             self.counters.refuse_connection("max_inbound");
             warn!(module = LOG_MODULE, peer = %addr, limit = self.cfg().max_inbound, "too many inbound connections; refused");
@@ -91,7 +91,10 @@ impl S2s {
         match admitted {
             Ok(source) => Some(Admitted {
                 _slot: slot,
-                source: Some(source),
+                source: Some(SourceSlot {
+                    s2s: self.clone(),
+                    source,
+                }),
             }),
             Err(refused) => {
                 self.counters.refuse_connection(refused.why.as_str());
@@ -130,7 +133,6 @@ impl S2s {
             if let Err(e) = handshake {
                 self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %conn.peer, error = %e, "direct TLS handshake failed");
-                self.release_source(admitted.source);
                 return;
             }
             conn.mark_direct_tls();
@@ -160,7 +162,6 @@ impl S2s {
         };
         let end = stream.run(verdict_rx).await;
         self.unregister(&entry);
-        stream.release();
         let pairs = entry
             .info
             .lock()
@@ -169,20 +170,27 @@ impl S2s {
         let sm_handled = stream.sm.as_ref().map(InboundSm::handled);
         info!(module = LOG_MODULE, direction = "incoming", peer = %stream.conn.peer, ?pairs, ?sm_handled, reason = %clip(&end), "s2s session closed");
     }
-
-    /// Give back an unauthenticated slot.
-    fn release_source(&self, source: Option<Source>) {
-        if let (Some(source), Ok(mut a)) = (source, self.admission.lock()) {
-            a.release(source);
-        }
-    }
 }
 
 /// What an admitted connection holds until it closes: a global slot, and an unauthenticated
-/// slot of its source until it authenticates.
+/// slot of its source until it authenticates. Both are given back when dropped, on every path.
 struct Admitted {
     _slot: OwnedSemaphorePermit,
-    source: Option<Source>,
+    source: Option<SourceSlot>,
+}
+
+/// An unauthenticated slot of a source, given back when dropped.
+struct SourceSlot {
+    s2s: Arc<S2s>,
+    source: Source,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.s2s.admission.lock() {
+            a.release(self.source);
+        }
+    }
 }
 
 /// At most this much of a peer-chosen string goes into a log line.
@@ -257,6 +265,12 @@ struct InboundStream {
     verifications: Vec<AbortHandle>,
     /// Dialback verifications that did not say valid.
     failed_verdicts: u32,
+}
+
+impl Drop for InboundStream {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl InboundStream {
@@ -358,10 +372,9 @@ impl InboundStream {
         }
     }
 
-    /// Give back everything the stream holds: its unauthenticated slot, its place in its
-    /// remote domains' stream counts, its verifications under way.
+    /// Give back what the stream holds besides its slots: its place in its remote domains'
+    /// stream counts, its verifications under way.
     fn release(&mut self) {
-        self.s2s.release_source(self.admitted.source.take());
         if let Ok(mut a) = self.s2s.admission.lock() {
             for remote in self.remotes_counted.drain() {
                 a.remove_stream(&remote);
@@ -388,7 +401,7 @@ impl InboundStream {
             }
             self.remotes_counted.insert(pair.0.clone());
         }
-        self.s2s.release_source(self.admitted.source.take());
+        self.admitted.source = None;
         let cfg = self.s2s.cfg();
         self.conn.set_max_stanza_bytes(cfg.limits.max_stanza_bytes);
         self.authed.insert(pair.clone());
