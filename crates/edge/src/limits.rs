@@ -118,7 +118,6 @@ impl LimitsSection {
             authentication: Duration::from_secs(self.authentication_secs),
             write_stall: Duration::from_secs(self.write_stall_secs),
         };
-        s2s.negotiation_timeout = Duration::from_secs(self.authentication_secs);
         s2s.preauth_stanza_bytes = self.preauth_stanza_bytes;
         s2s.max_inbound = self.max_inbound;
         s2s.admission = AdmissionLimits {

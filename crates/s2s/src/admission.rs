@@ -73,6 +73,8 @@ impl std::fmt::Display for Source {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// Every inbound slot (`max_inbound`, over all listeners) is taken.
+    MaxInbound,
     /// The source holds too many unauthenticated connections.
     TooManyUnauthenticated,
     /// The source opens connections faster than its rate.
@@ -82,9 +84,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, in metrics label order.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::MaxInbound,
+        Refusal::TooManyUnauthenticated,
+        Refusal::RateExceeded,
+        Refusal::TooManyStreams,
+    ];
+
     /// For logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
+            Refusal::MaxInbound => "max_inbound",
             Refusal::TooManyUnauthenticated => "unauthenticated_per_source",
             Refusal::RateExceeded => "connection_rate",
             Refusal::TooManyStreams => "streams_per_domain",

@@ -21,7 +21,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::admission::Source;
+use crate::admission::{Refusal, Source};
 use crate::sm::{self, InboundSm};
 use crate::transport::tls_summary;
 use crate::verify::Verdict;
@@ -80,7 +80,7 @@ impl S2s {
     /// source.
     fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Admitted> {
         let Ok(slot) = self.inbound_slots.clone().try_acquire_owned() else {
-            self.counters.refuse_connection("max_inbound");
+            self.counters.refuse_connection(Refusal::MaxInbound);
             warn!(module = LOG_MODULE, peer = %addr, limit = self.cfg().max_inbound, "too many inbound connections; refused");
             return None;
         };
@@ -97,7 +97,7 @@ impl S2s {
                 }),
             }),
             Err(refused) => {
-                self.counters.refuse_connection(refused.why.as_str());
+                self.counters.refuse_connection(refused.why);
                 if refused.report {
                     warn!(module = LOG_MODULE, peer = %addr, source = %Source::of(addr.ip()), limit = refused.why.as_str(), "inbound connection refused by a per-source limit (further refusals of this source are counted, and logged once a minute)");
                 }
@@ -126,10 +126,9 @@ impl S2s {
             };
             let mut tls = (*base).clone();
             tls.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
-            let handshake =
-                tokio::time::timeout(cfg.deadlines.tls_handshake, conn.accept_tls(Arc::new(tls)))
-                    .await
-                    .unwrap_or_else(|_| Err(ConnError::Tls("handshake timed out".into())));
+            let handshake = conn
+                .accept_tls(Arc::new(tls), cfg.deadlines.tls_handshake)
+                .await;
             if let Err(e) = handshake {
                 self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %conn.peer, error = %e, "direct TLS handshake failed");
@@ -336,12 +335,9 @@ impl InboundStream {
                     flow
                 }
                 Ok(Event::StreamClose) => {
-                    let _ = tokio::time::timeout(
-                        crate::deadlines::FINAL_WRITE,
-                        self.conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()),
-                    )
-                    .await;
-                    self.conn.shutdown().await;
+                    self.conn
+                        .send_and_close(causeway_xmpp::stream::STREAM_CLOSE.as_bytes())
+                        .await;
                     Flow::Close("closed by peer".into())
                 }
                 Err(ConnError::Frame(e)) => {
@@ -392,10 +388,10 @@ impl InboundStream {
         if !self.remotes_counted.contains(&pair.0) {
             let counted = match self.s2s.admission.lock() {
                 Ok(mut a) => a.add_stream(&pair.0),
-                Err(_) => Err(crate::admission::Refusal::TooManyStreams),
+                Err(_) => Err(Refusal::TooManyStreams),
             };
             if let Err(why) = counted {
-                self.s2s.counters.refuse_connection(why.as_str());
+                self.s2s.counters.refuse_connection(why);
                 warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %pair.0, limit = why.as_str(), "too many authenticated streams from this domain; refused");
                 return Err(());
             }
@@ -565,10 +561,7 @@ impl InboundStream {
             return Flow::Close(e.to_string());
         }
         let deadlines = self.s2s.cfg().deadlines;
-        let handshake = tokio::time::timeout(deadlines.tls_handshake, self.conn.accept_tls(cfg))
-            .await
-            .unwrap_or_else(|_| Err(ConnError::Tls("handshake timed out".into())));
-        match handshake {
+        match self.conn.accept_tls(cfg, deadlines.tls_handshake).await {
             Ok(()) => {
                 let tls = self.conn.tls.clone();
                 self.entry.update(|i| i.tls = tls);
@@ -1043,12 +1036,7 @@ impl InboundStream {
         }
         out.push_str(&causeway_xmpp::error::stream_error(cond, Some(text)));
         out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
-        let _ = tokio::time::timeout(
-            crate::deadlines::FINAL_WRITE,
-            self.conn.send(out.as_bytes()),
-        )
-        .await;
-        self.conn.shutdown().await;
+        self.conn.send_and_close(out.as_bytes()).await;
         Flow::Close(format!("{}: {text}", cond.as_str()))
     }
 }

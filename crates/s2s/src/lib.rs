@@ -175,8 +175,6 @@ pub struct S2sConfig {
     pub max_verifications: usize,
     /// Dialback verifications running at once for one remote domain.
     pub max_verifications_per_domain: usize,
-    /// Time allowed from TCP connect to an authenticated stream.
-    pub negotiation_timeout: Duration,
     /// Close an outgoing or incoming session with no stanza for this long.
     pub idle_timeout: Duration,
     /// Send a whitespace keepalive after this long without writing.
@@ -225,7 +223,6 @@ impl S2sConfig {
             outbound_filter: None,
             max_verifications: 256,
             max_verifications_per_domain: 8,
-            negotiation_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             keepalive: Duration::from_secs(60),
             queue_per_session: 1024,
@@ -343,8 +340,7 @@ pub struct Counters {
     pub verifications_refused: AtomicU64,
     /// Addresses from DNS the outbound address filter refused to connect to.
     pub addresses_refused: AtomicU64,
-    /// Inbound connections refused at accept, by reason (indexed like
-    /// [`Counters::CONNECTION_REFUSALS`]).
+    /// Inbound connections refused by a limit (indexed like [`admission::Refusal::ALL`]).
     pub connections_refused: [AtomicU64; 4],
     /// Connections closed because a negotiation deadline passed (stream header or
     /// authentication; TLS handshake timeouts count as TLS failures).
@@ -352,29 +348,19 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Labels of [`Counters::connections_refused`].
-    pub const CONNECTION_REFUSALS: [&'static str; 4] = [
-        "max_inbound",
-        "unauthenticated_per_source",
-        "connection_rate",
-        "streams_per_domain",
-    ];
-
-    /// Count an inbound connection refused for `why` (a label of
-    /// [`Counters::CONNECTION_REFUSALS`]).
-    pub fn refuse_connection(&self, why: &str) {
-        if let Some(i) = Self::CONNECTION_REFUSALS.iter().position(|r| *r == why) {
+    /// Count an inbound connection refused by a limit.
+    pub fn refuse_connection(&self, why: admission::Refusal) {
+        if let Some(i) = admission::Refusal::ALL.iter().position(|r| *r == why) {
             self.connections_refused[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Refused inbound connections by reason label.
+    /// Refused inbound connections by limit label.
     pub fn connections_refused_by_reason(&self) -> Vec<(&'static str, u64)> {
-        Self::CONNECTION_REFUSALS
-            .iter()
-            .zip(&self.connections_refused)
-            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
-            .collect()
+        by_label(
+            admission::Refusal::ALL.map(admission::Refusal::as_str),
+            &self.connections_refused,
+        )
     }
 
     /// Count a refused stanza (in the total and under its reason).
@@ -387,12 +373,23 @@ impl Counters {
 
     /// Refused stanzas by reason label.
     pub fn refused_by_reason(&self) -> Vec<(&'static str, u64)> {
-        RefusalReason::ALL
-            .iter()
-            .zip(&self.refused_by)
-            .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
-            .collect()
+        by_label(
+            RefusalReason::ALL.map(RefusalReason::as_str),
+            &self.refused_by,
+        )
     }
+}
+
+/// Counters paired with their labels, for metrics.
+fn by_label<const N: usize>(
+    labels: [&'static str; N],
+    counters: &[AtomicU64; N],
+) -> Vec<(&'static str, u64)> {
+    labels
+        .into_iter()
+        .zip(counters)
+        .map(|(l, c)| (l, c.load(Ordering::Relaxed)))
+        .collect()
 }
 
 /// The s2s service of one process: inbound listener and outgoing session pool.

@@ -120,8 +120,11 @@ impl S2s {
         mut rx: mpsc::Receiver<OutboundStanza>,
         generation: u64,
     ) {
-        let opened =
-            tokio::time::timeout(self.cfg().negotiation_timeout, self.establish(&from, &to)).await;
+        let opened = tokio::time::timeout(
+            self.cfg().deadlines.authentication,
+            self.establish(&from, &to),
+        )
+        .await;
         let (conn, entry) = match opened {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => return self.fail_queue(&from, &to, rx, generation, e).await,

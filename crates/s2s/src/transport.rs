@@ -210,12 +210,24 @@ impl XmlConn {
         .await;
     }
 
-    /// Server side of STARTTLS, after `<proceed/>` was sent. The stream restarts.
-    pub async fn accept_tls(&mut self, cfg: Arc<rustls::ServerConfig>) -> Result<(), ConnError> {
+    /// Last words: write `data` (a stream error, a closing tag) and shut the write side, all
+    /// within [`crate::deadlines::FINAL_WRITE`] whatever the write-stall bound.
+    pub async fn send_and_close(&mut self, data: &[u8]) {
+        let _ = tokio::time::timeout(crate::deadlines::FINAL_WRITE, self.send(data)).await;
+        self.shutdown().await;
+    }
+
+    /// Server side of STARTTLS (after `<proceed/>` was sent) or of direct TLS, within
+    /// `within` (a handshake that takes longer fails). The stream restarts.
+    pub async fn accept_tls(
+        &mut self,
+        cfg: Arc<rustls::ServerConfig>,
+        within: std::time::Duration,
+    ) -> Result<(), ConnError> {
         let tcp = self.take_plain()?;
-        let tls = TlsAcceptor::from(cfg)
-            .accept(tcp)
+        let tls = tokio::time::timeout(within, TlsAcceptor::from(cfg).accept(tcp))
             .await
+            .map_err(|_| ConnError::Tls("handshake timed out".into()))?
             .map_err(|e| ConnError::Tls(e.to_string()))?;
         let (_, session) = tls.get_ref();
         self.tls = Some(tls_info(

@@ -139,7 +139,7 @@ impl S2s {
         let verdict = match self.verification_slot(remote, &cfg) {
             Ok(slot) => {
                 let attempt = tokio::time::timeout(
-                    cfg.negotiation_timeout,
+                    cfg.deadlines.authentication,
                     self.verify_inner(local, remote, stream_id, key),
                 )
                 .await;
@@ -288,7 +288,7 @@ mod tests {
             config("secret-local-0001", |cfg| {
                 cfg.max_verifications = 2;
                 cfg.max_verifications_per_domain = 1;
-                cfg.negotiation_timeout = ms(1_500);
+                cfg.deadlines.authentication = ms(1_500);
                 cfg.connect_timeout = ms(200);
             }),
             host,
