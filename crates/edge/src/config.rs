@@ -462,7 +462,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
             .collect()
     };
     let allow = rules("allow", &raw.policy.allow)?;
-    let grants = grants(&raw, &routes)?;
+    let grants = grants(&raw, &routes, &allow)?;
     let deny = rules("deny", &raw.policy.deny)?;
     let policy = Policy::from_rules(
         raw.policy.privacy_mode,
@@ -494,20 +494,13 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
 fn grants(
     raw: &EdgeConfig,
     routes: &HashMap<String, Vec<SocketAddr>>,
+    allow: &[Rule],
 ) -> anyhow::Result<crate::grants::Grants> {
-    let mut remote: Vec<String> = routes.keys().cloned().collect();
-    for v in &raw.policy.allow {
-        let name = match v {
-            toml::Value::String(s) => Some(s.as_str()),
-            toml::Value::Table(t) => t.get("domain").and_then(|d| d.as_str()),
-            _ => None,
-        };
-        if let Some(d) = name.filter(|d| !d.starts_with("*.")) {
-            if let Ok(d) = causeway_xmpp::addr::normalize_domain(d) {
-                remote.push(d);
-            }
-        }
-    }
+    let exact_allows = allow.iter().filter_map(|r| match &r.pattern {
+        causeway_policy::Pattern::Exact(d) => Some(d.clone()),
+        causeway_policy::Pattern::Suffix(_) => None,
+    });
+    let remote: Vec<String> = routes.keys().cloned().chain(exact_allows).collect();
     let entries: Vec<(String, Vec<String>)> = raw
         .tunnel
         .cores

@@ -7,49 +7,14 @@
 //! granted names of each hello and logs the rest; a name the edge federates with as a remote
 //! (a static route, or an exact allow-list entry) can never be granted.
 //!
+//! Names are written and matched like privacy-policy entries ([`Pattern`]).
+//!
 //! Pure: the edge applies it to each hello in the tunnel pump.
 
 use std::collections::HashMap;
 
+use causeway_policy::Pattern;
 use causeway_tunnel::CoreHello;
-
-/// One granted name: a domain, or `*.domain` (the domain and all its subdomains).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Pattern {
-    Exact(String),
-    Subtree(String),
-}
-
-impl Pattern {
-    fn parse(entry: &str) -> Result<Self, String> {
-        let (wild, name) = match entry.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, entry),
-        };
-        let name = causeway_xmpp::addr::normalize_domain(name).map_err(|e| e.to_string())?;
-        Ok(if wild {
-            Pattern::Subtree(name)
-        } else {
-            Pattern::Exact(name)
-        })
-    }
-
-    fn matches(&self, domain: &str) -> bool {
-        match self {
-            Pattern::Exact(d) => d == domain,
-            Pattern::Subtree(d) => {
-                domain == d
-                    || domain
-                        .strip_suffix(d.as_str())
-                        .is_some_and(|head| head.ends_with('.'))
-            }
-        }
-    }
-
-    fn covers(&self, name: &str) -> bool {
-        self.matches(name)
-    }
-}
 
 /// The grants of every core id.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +57,7 @@ impl Grants {
             for (j, name) in names.iter().enumerate() {
                 let p = Pattern::parse(name)
                     .map_err(|e| format!("tunnel.cores[{i}].domains[{j}]: {e}"))?;
-                if let Some(r) = remote.iter().find(|r| p.covers(r)) {
+                if let Some(r) = remote.iter().find(|r| p.matches(r)) {
                     return Err(format!(
                         "tunnel.cores[{i}].domains[{j}]: {name} covers {r}, which the edge \
                          federates with as a remote domain (static route or allow-list entry)"
@@ -201,7 +166,7 @@ mod tests {
         });
         assert!(f.hello.domains.is_empty());
         let err = Grants::new(
-            &[("c".into(), vec!["*.test".into()])],
+            &[("c".into(), vec!["*.partner.test".into()])],
             &["partner.test".into()],
         )
         .expect_err("covers a remote");

@@ -171,9 +171,7 @@ impl EdgeHost {
             }
         });
     }
-}
 
-impl EdgeHost {
     /// Take a core's hello: it serves the names it announced that its grant allows and that
     /// are not remote domains the edge has sessions with; the others are refused and logged.
     pub fn announce(&self, s2s: &S2s, hello: &causeway_tunnel::CoreHello) {

@@ -4,8 +4,9 @@
 //!
 //! Applied live: privacy policy, static routes, DNS servers, security mode, certificates, CA
 //! bundle and CRLs, required client certificates, SASL EXTERNAL, limits and timeouts, the
-//! dialback secret, the outbound address filter and the verification caps. Every live session re-checks itself; those the new config forbids close
-//! with a stream error. Listen addresses and the tunnel's settings need a restart: the reload
+//! dialback secret, the outbound address filter, the verification caps and the cores' grants.
+//! Every live session re-checks itself; those the new config forbids close with a stream
+//! error. Listen addresses and the tunnel's settings need a restart: the reload
 //! applies the rest and says so.
 
 use std::sync::Mutex;
