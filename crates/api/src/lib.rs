@@ -30,7 +30,10 @@ mod tests {
     #[test]
     fn frame_roundtrip() {
         let f = Frame {
-            kind: Some(frame::Kind::Ack(Ack { seq: 42 })),
+            kind: Some(frame::Kind::Ack(Ack {
+                seq: 42,
+                ranges: vec![],
+            })),
         };
         let bytes = f.encode_to_vec();
         let back = Frame::decode(bytes.as_slice()).expect("decode");

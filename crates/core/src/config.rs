@@ -101,6 +101,9 @@ pub struct TunnelSection {
     /// Stanzas kept until acknowledged.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// Bytes of stanzas kept until acknowledged (payload and domain names).
+    #[serde(default = "default_window_bytes")]
+    pub window_bytes: usize,
     /// Keepalive interval in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
@@ -190,6 +193,9 @@ impl Default for LogSection {
 fn default_window() -> usize {
     4096
 }
+fn default_window_bytes() -> usize {
+    causeway_tunnel::DEFAULT_WINDOW_BYTES
+}
 fn default_keepalive() -> u64 {
     10
 }
@@ -278,6 +284,8 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         raw.s2s.dialback_secret.as_deref(),
         raw.s2s.dialback_secret_file.as_deref(),
     )?;
+    causeway_tunnel::TunnelOptions::check_window(raw.tunnel.window, raw.tunnel.window_bytes)
+        .map_err(anyhow::Error::msg)?;
     if raw.domains.is_empty() && raw.clusters.is_empty() {
         bail!("domains: at least one [[domains]] (or [[clusters]]) entry is needed");
     }

@@ -236,6 +236,7 @@ pub async fn start(
         },
         TunnelOptions {
             window: t.window,
+            window_bytes: t.window_bytes,
             keepalive: Duration::from_secs(t.keepalive_secs),
             ..TunnelOptions::default()
         },

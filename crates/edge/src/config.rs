@@ -79,6 +79,9 @@ pub struct TunnelSection {
     /// Stanzas kept per core until acknowledged.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// Bytes of stanzas kept until acknowledged (payload and domain names).
+    #[serde(default = "default_window_bytes")]
+    pub window_bytes: usize,
     /// Keepalive interval in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
@@ -289,6 +292,9 @@ fn default_true() -> bool {
 fn default_window() -> usize {
     4096
 }
+fn default_window_bytes() -> usize {
+    causeway_tunnel::DEFAULT_WINDOW_BYTES
+}
 fn default_keepalive() -> u64 {
     10
 }
@@ -424,6 +430,8 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
     raw.federation.certificate_names()?;
     let outbound_filter = validate_outbound(&raw.federation)?;
     raw.limits.validate(raw.federation.max_stanza_bytes)?;
+    causeway_tunnel::TunnelOptions::check_window(raw.tunnel.window, raw.tunnel.window_bytes)
+        .map_err(anyhow::Error::msg)?;
     let mut routes: HashMap<String, Vec<SocketAddr>> = HashMap::new();
     let mut direct_tls_routes = std::collections::HashSet::new();
     for (i, r) in raw.static_routes.iter().enumerate() {

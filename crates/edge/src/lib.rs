@@ -364,6 +364,7 @@ pub async fn start(
     };
     let opts = TunnelOptions {
         window: cfg.raw.tunnel.window,
+        window_bytes: cfg.raw.tunnel.window_bytes,
         keepalive: Duration::from_secs(cfg.raw.tunnel.keepalive_secs),
         handshake_timeout: Duration::from_secs(cfg.raw.limits.tunnel_handshake_secs),
         max_connections: cfg.raw.limits.max_tunnel_connections,

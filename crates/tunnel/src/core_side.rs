@@ -75,7 +75,7 @@ impl CoreTunnel {
             attempts: 0,
         });
         let inner = Arc::new(CoreInner {
-            link: Arc::new(Link::new(cfg.opts.window)),
+            link: Arc::new(Link::new(cfg.opts.window, cfg.opts.window_bytes)),
             state,
             cancel: CancellationToken::new(),
             edge_name: cfg.edge_name.clone(),
@@ -392,7 +392,7 @@ async fn run_session(
         // Re-announced while we were saying hello: say it again.
         cancel.cancel();
     }
-    let resume = inner.link.resume_from(&peer, inner.instance);
+    inner.link.resume_from(&peer, inner.instance);
     inner.link.set_connected(true);
     inner.state.send_replace(TunnelState::Connected {
         since: SystemTime::now(),
@@ -404,7 +404,6 @@ async fn run_session(
         out_tx,
         deliver: deliver.clone(),
         wrap: Arc::new(|s| s),
-        resume,
         keepalive: cfg.opts.keepalive_or_min(),
         dead_after: cfg.opts.dead_after(),
         cancel,

@@ -226,7 +226,7 @@ impl EdgeInner {
         lock(&self.cores)
             .entry(core_id.to_owned())
             .or_insert_with(|| {
-                let link = Arc::new(Link::new(self.opts.window));
+                let link = Arc::new(Link::new(self.opts.window, self.opts.window_bytes));
                 if self.cancel.is_cancelled() {
                     link.close();
                 }
@@ -316,7 +316,7 @@ impl Traversal for TraversalService {
             chat_node_aliases: hello.chat_node_aliases.clone(),
             version: hello.version.clone(),
         };
-        let resume = entry.link.resume_from(&hello, inner.instance);
+        entry.link.resume_from(&hello, inner.instance);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
         let our_hello = hello_frame(
             &entry.link,
@@ -343,7 +343,6 @@ impl Traversal for TraversalService {
                 core_id: wrap_id.clone(),
                 stanza,
             }),
-            resume,
             keepalive: inner.opts.keepalive_or_min(),
             dead_after,
             cancel: cancel.clone(),

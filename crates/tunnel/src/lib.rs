@@ -35,4 +35,5 @@ pub use link::{Receipt, MAX_STANZA_BYTES};
 pub use tls::peer_identity;
 pub use types::{
     CoreHello, LinkStats, TlsFiles, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,
+    DEFAULT_WINDOW_BYTES, MIN_WINDOW_BYTES,
 };

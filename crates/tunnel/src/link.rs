@@ -15,18 +15,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use causeway_api::traversal::{frame, Ack, Frame, Hello, Keepalive, StanzaFrame};
+use causeway_api::traversal::{frame, Ack, Frame, Hello, Keepalive, SeqRange, StanzaFrame};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::types::{LinkStats, TunnelStanza};
-use crate::window::{Dedup, ReplayWindow};
+use crate::window::{AckInfo, PeerPosition, RecvState, SendState};
 use crate::TunnelError;
 
-/// Cumulative ack at least every this many deliveries.
+/// An acknowledgement at least every this many settled stanzas.
 pub(crate) const ACK_EVERY: u64 = 32;
-/// ... or this long after the first unacknowledged delivery.
+/// ... or this long after the first unacknowledged one settled.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Largest stanza accepted by `send` (payload plus both domain names).
 pub const MAX_STANZA_BYTES: usize = 8 * 1024 * 1024;
@@ -75,58 +75,63 @@ struct Counters {
 
 /// Everything about one peer that must survive reconnects.
 pub(crate) struct Link {
-    window: Mutex<ReplayWindow<TunnelStanza>>,
+    window: Mutex<SendState<TunnelStanza>>,
     /// Free window slots; `send` takes one permit per stanza, acks return them.
     room: Semaphore,
+    /// Free window bytes; `send` takes what the window charges, acks return them.
+    room_bytes: Semaphore,
     /// Woken (notify_waiters) whenever a stanza is pushed.
     pushed: Notify,
-    dedup: Mutex<Dedup>,
+    recv: Mutex<RecvState>,
     counters: Counters,
-    /// Highest sequence number acknowledged (or taken back), for [`Receipt`]s.
-    acked: watch::Sender<u64>,
+    /// Bumped whenever stanzas leave the window (acknowledged or taken back), for [`Receipt`]s.
+    settled: watch::Sender<u64>,
 }
 
-/// Says when one queued stanza has left the sender's hands: acknowledged by the peer (it was
-/// delivered there), or taken back with [`Link::take_unacked`] to go another way.
+/// Says when one queued stanza has left the sender's hands: acknowledged by the peer (it is
+/// done with it), or taken back with [`Link::take_unacked`] to go another way.
 pub struct Receipt {
-    acked: watch::Receiver<u64>,
+    link: Arc<Link>,
+    changes: watch::Receiver<u64>,
     seq: u64,
 }
 
 impl Receipt {
     /// Resolves once the stanza is acknowledged or taken back; never if the tunnel is gone.
     pub async fn settled(mut self) {
-        if self.acked.wait_for(|a| *a >= self.seq).await.is_err() {
-            std::future::pending::<()>().await;
+        loop {
+            if lock(&self.link.window).is_settled(self.seq) {
+                return;
+            }
+            if self.changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
-}
-
-/// What the sender side learned from the peer's hello.
-pub(crate) struct Resume {
-    /// First sequence number to (re)send in the new session.
-    pub cursor: u64,
-    /// Our delivered counter for the peer's instance after the hello.
-    pub delivered: u64,
 }
 
 impl Link {
-    pub(crate) fn new(capacity: usize) -> Self {
-        let window = ReplayWindow::new(capacity);
-        let room = Semaphore::new(window.capacity());
+    /// A link whose window holds at most `items` stanzas and `bytes` bytes.
+    pub(crate) fn new(items: usize, bytes: usize) -> Self {
+        let window = SendState::new(items, bytes);
+        let (max_items, max_bytes) = window.capacity();
         Self {
             window: Mutex::new(window),
-            room,
+            room: Semaphore::new(max_items),
+            room_bytes: Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS)),
             pushed: Notify::new(),
-            dedup: Mutex::new(Dedup::new()),
+            recv: Mutex::new(RecvState::new()),
             counters: Counters::default(),
-            acked: watch::Sender::new(0),
+            settled: watch::Sender::new(0),
         }
     }
 
-    /// Queues a stanza, waiting for window room. Cancel-safe: if the future is
-    /// dropped before it resolves, nothing was queued.
-    pub(crate) async fn send(&self, stanza: TunnelStanza) -> Result<Receipt, TunnelError> {
+    /// Queues a stanza, waiting for window room (a slot and its bytes). Cancel-safe: if the
+    /// future is dropped before it resolves, nothing was queued.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        stanza: TunnelStanza,
+    ) -> Result<Receipt, TunnelError> {
         let size = stanza.payload.len() + stanza.from_domain.len() + stanza.to_domain.len();
         if size > MAX_STANZA_BYTES {
             // Never queue what the peer would refuse to decode: it would break
@@ -136,15 +141,23 @@ impl Link {
                 max: MAX_STANZA_BYTES,
             });
         }
-        let permit = self.room.acquire().await.map_err(|_| TunnelError::Closed)?;
-        let pushed = lock(&self.window).push(stanza);
+        let charge = lock(&self.window).charge(size);
+        let slot = self.room.acquire().await.map_err(|_| TunnelError::Closed)?;
+        let bytes = self
+            .room_bytes
+            .acquire_many(u32::try_from(charge).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| TunnelError::Closed)?;
+        let pushed = lock(&self.window).push(stanza, size);
         match pushed {
             Ok(seq) => {
-                permit.forget();
+                slot.forget();
+                bytes.forget();
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 self.pushed.notify_waiters();
                 Ok(Receipt {
-                    acked: self.acked.subscribe(),
+                    link: self.clone(),
+                    changes: self.settled.subscribe(),
                     seq,
                 })
             }
@@ -155,19 +168,18 @@ impl Link {
     }
 
     /// Empties the replay window and returns its stanzas in order, freeing
-    /// their room as an ack would (see [`ReplayWindow::take_all`]).
+    /// their room as an ack would (see [`SendState::take_all`]).
     pub(crate) fn take_unacked(&self) -> Vec<TunnelStanza> {
-        let taken = {
+        let (taken, bytes) = {
             let mut w = lock(&self.window);
-            let taken = w.take_all();
-            self.acked.send_replace(w.acked_through());
-            taken
+            let bytes = w.bytes();
+            (w.take_all(), bytes)
         };
         if !taken.is_empty() {
             self.counters
                 .taken_back
                 .fetch_add(taken.len() as u64, Ordering::Relaxed);
-            self.room.add_permits(taken.len());
+            self.release(taken.len(), bytes);
         }
         taken
     }
@@ -175,50 +187,47 @@ impl Link {
     /// Makes pending and future `send` calls fail with `Closed`.
     pub(crate) fn close(&self) {
         self.room.close();
+        self.room_bytes.close();
     }
 
-    fn apply_ack(&self, seq: u64) {
-        let freed = {
-            let mut w = lock(&self.window);
-            let freed = w.ack(seq);
-            self.acked.send_replace(w.acked_through());
-            freed
-        };
-        if freed > 0 {
+    fn release(&self, items: usize, bytes: usize) {
+        self.room.add_permits(items);
+        self.room_bytes.add_permits(bytes);
+        self.settled.send_modify(|v| *v += 1);
+    }
+
+    fn apply_ack(&self, ack: &AckInfo) {
+        let (items, bytes) = lock(&self.window).on_ack(ack);
+        if items > 0 {
             self.counters
                 .acked
-                .fetch_add(freed as u64, Ordering::Relaxed);
-            self.room.add_permits(freed);
+                .fetch_add(items as u64, Ordering::Relaxed);
+            self.release(items, bytes);
         }
     }
 
-    /// The `(last_received, peer_instance)` pair for our hello.
-    pub(crate) fn receive_position(&self) -> (u64, u64) {
-        let d = lock(&self.dedup);
-        (d.last_delivered(), d.instance())
-    }
-
-    /// Applies the peer's hello: resets the duplicate filter if the peer
-    /// restarted, releases what the peer says it already delivered (if it
-    /// refers to our instance) and computes where replay starts.
-    pub(crate) fn resume_from(&self, peer: &Hello, our_instance: u64) -> Resume {
-        let delivered = {
-            let mut d = lock(&self.dedup);
-            d.reset_for_instance(peer.instance);
-            d.last_delivered()
+    /// Applies the peer's hello: resets the receiving side if the peer restarted, releases
+    /// what the peer says it settled (if it refers to our instance) and sets where writing
+    /// starts.
+    pub(crate) fn resume_from(&self, peer: &Hello, our_instance: u64) {
+        lock(&self.recv).on_peer_instance(peer.instance);
+        let position = PeerPosition {
+            instance: peer.instance,
+            peer_instance: peer.peer_instance,
+            last_received: peer.last_received,
+            settled: peer.settled_through.map(|through| AckInfo {
+                through,
+                ranges: peer.settled.iter().map(|r| (r.first, r.last)).collect(),
+            }),
         };
-        let knows_us = peer.peer_instance != 0 && peer.peer_instance == our_instance;
-        if knows_us {
-            self.apply_ack(peer.last_received);
+        let (items, bytes) = lock(&self.window).resume(&position, our_instance);
+        if items > 0 {
+            self.counters
+                .acked
+                .fetch_add(items as u64, Ordering::Relaxed);
+            self.release(items, bytes);
         }
-        let first_unacked = lock(&self.window).first_unacked();
-        let cursor = if knows_us {
-            peer.last_received.saturating_add(1).max(first_unacked)
-        } else {
-            first_unacked
-        };
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
-        Resume { cursor, delivered }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -231,9 +240,14 @@ impl Link {
 
     pub(crate) fn stats(&self) -> LinkStats {
         let c = &self.counters;
+        let (unacked, unacked_bytes) = {
+            let w = lock(&self.window);
+            (w.len(), w.bytes())
+        };
         LinkStats {
             connected: c.connected.load(Ordering::Relaxed),
-            unacked: lock(&self.window).len(),
+            unacked,
+            unacked_bytes,
             queued: c.queued.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
@@ -246,7 +260,22 @@ impl Link {
     }
 }
 
-/// Builds a hello frame.
+fn ranges(list: Vec<(u64, u64)>) -> Vec<SeqRange> {
+    list.into_iter()
+        .map(|(first, last)| SeqRange { first, last })
+        .collect()
+}
+
+fn ack_frame(ack: AckInfo) -> Frame {
+    Frame {
+        kind: Some(frame::Kind::Ack(Ack {
+            seq: ack.through,
+            ranges: ranges(ack.ranges),
+        })),
+    }
+}
+
+/// Builds a hello frame: who we are, and what we received and settled from the peer.
 pub(crate) fn hello_frame(
     link: &Link,
     instance: u64,
@@ -255,7 +284,7 @@ pub(crate) fn hello_frame(
     domains: Vec<String>,
     chat_node_aliases: Vec<String>,
 ) -> Frame {
-    let (last_received, peer_instance) = link.receive_position();
+    let (peer_instance, last_received, settled) = lock(&link.recv).hello_position();
     Frame {
         kind: Some(frame::Kind::Hello(Hello {
             core_id,
@@ -265,6 +294,8 @@ pub(crate) fn hello_frame(
             instance,
             last_received,
             peer_instance,
+            settled_through: Some(settled.through),
+            settled: ranges(settled.ranges),
         })),
     }
 }
@@ -303,7 +334,6 @@ pub(crate) struct Session<T> {
     pub out_tx: mpsc::Sender<Frame>,
     pub deliver: mpsc::Sender<T>,
     pub wrap: Wrap<T>,
-    pub resume: Resume,
     pub keepalive: Duration,
     pub dead_after: Duration,
     pub cancel: CancellationToken,
@@ -318,13 +348,13 @@ impl<T: Send + 'static> Session<T> {
             out_tx,
             deliver,
             wrap,
-            resume,
             keepalive,
             dead_after,
             cancel,
         } = self;
         let cancel = cancel.child_token();
-        let (delivered_tx, delivered_rx) = watch::channel(resume.delivered);
+        // Counts stanzas settled in this session: the writer acknowledges them.
+        let (settled_tx, settled_rx) = watch::channel(0u64);
         let ack_now = Arc::new(Notify::new());
 
         let mut rx_task = tokio::spawn(
@@ -333,7 +363,7 @@ impl<T: Send + 'static> Session<T> {
                 inbound,
                 deliver,
                 wrap,
-                delivered_tx,
+                settled_tx,
                 ack_now: ack_now.clone(),
                 dead_after,
                 cancel: cancel.clone(),
@@ -344,9 +374,8 @@ impl<T: Send + 'static> Session<T> {
             Outbound {
                 link,
                 out_tx,
-                cursor: resume.cursor,
-                acked_sent: resume.delivered,
-                delivered_rx,
+                acked_count: 0,
+                settled_rx,
                 ack_now,
                 keepalive,
                 cancel: cancel.clone(),
@@ -380,7 +409,7 @@ struct Inbound<T> {
     inbound: tonic::Streaming<Frame>,
     deliver: mpsc::Sender<T>,
     wrap: Wrap<T>,
-    delivered_tx: watch::Sender<u64>,
+    settled_tx: watch::Sender<u64>,
     ack_now: Arc<Notify>,
     dead_after: Duration,
     cancel: CancellationToken,
@@ -408,7 +437,10 @@ impl<T: Send + 'static> Inbound<T> {
                         return end;
                     }
                 }
-                Some(frame::Kind::Ack(a)) => self.link.apply_ack(a.seq),
+                Some(frame::Kind::Ack(a)) => self.link.apply_ack(&AckInfo {
+                    through: a.seq,
+                    ranges: a.ranges.iter().map(|r| (r.first, r.last)).collect(),
+                }),
                 Some(frame::Kind::Keepalive(_)) => self.ack_now.notify_one(),
                 Some(frame::Kind::Hello(_)) => {
                     return SessionEnd::Failed(TunnelError::Protocol(
@@ -425,19 +457,21 @@ impl<T: Send + 'static> Inbound<T> {
         // Reserve the delivery slot first: waiting here is the backpressure
         // point, and it is cancel-safe. Filtering and handing over then happen
         // atomically, so a stanza counted as delivered is really delivered.
+        // Handing it over settles it (the consumer takes it from here).
         let permit = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Err(SessionEnd::Cancelled),
             p = self.deliver.reserve() => p.map_err(|_| SessionEnd::DeliveryClosed)?,
         };
         let accepted = {
-            let mut d = lock(&self.link.dedup);
-            if d.accept(s.seq) {
+            let mut r = lock(&self.link.recv);
+            if r.accept(s.seq) {
                 permit.send((self.wrap)(TunnelStanza {
                     from_domain: s.from_domain,
                     to_domain: s.to_domain,
                     payload: s.payload,
                 }));
+                r.settle(s.seq);
                 true
             } else {
                 false
@@ -446,7 +480,7 @@ impl<T: Send + 'static> Inbound<T> {
         let c = &self.link.counters;
         if accepted {
             c.received.fetch_add(1, Ordering::Relaxed);
-            self.delivered_tx.send_replace(s.seq);
+            self.settled_tx.send_modify(|n| *n += 1);
         } else {
             c.duplicates.fetch_add(1, Ordering::Relaxed);
         }
@@ -458,11 +492,9 @@ impl<T: Send + 'static> Inbound<T> {
 struct Outbound {
     link: Arc<Link>,
     out_tx: mpsc::Sender<Frame>,
-    /// Next sequence number to write in this session.
-    cursor: u64,
-    /// Highest cumulative ack written in this session (or implied by our hello).
-    acked_sent: u64,
-    delivered_rx: watch::Receiver<u64>,
+    /// Stanzas settled in this session as of the last ack written.
+    acked_count: u64,
+    settled_rx: watch::Receiver<u64>,
     ack_now: Arc<Notify>,
     keepalive: Duration,
     cancel: CancellationToken,
@@ -483,26 +515,24 @@ impl Outbound {
             let pushed = link.pushed.notified();
             tokio::pin!(pushed);
             pushed.as_mut().enable();
-            let next = {
-                let w = lock(&link.window);
-                self.cursor = self.cursor.max(w.first_unacked());
-                w.get(self.cursor).cloned()
-            };
+            let next = lock(&link.window)
+                .peek_next()
+                .map(|(seq, st)| (seq, st.clone()));
 
             let result = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
                 _ = self.ack_now.notified() => self.send_ack(&mut ack_deadline, true).await,
-                changed = self.delivered_rx.changed() => {
+                changed = self.settled_rx.changed() => {
                     if changed.is_err() {
                         // The inbound task is gone; the session is ending.
                         return SessionEnd::Cancelled;
                     }
-                    let delivered = *self.delivered_rx.borrow_and_update();
-                    if delivered.saturating_sub(self.acked_sent) >= ACK_EVERY {
+                    let settled = *self.settled_rx.borrow_and_update();
+                    if settled.saturating_sub(self.acked_count) >= ACK_EVERY {
                         self.send_ack(&mut ack_deadline, false).await
                     } else {
-                        if delivered > self.acked_sent && ack_deadline.is_none() {
+                        if settled > self.acked_count && ack_deadline.is_none() {
                             ack_deadline = Some(Instant::now() + ACK_DELAY);
                         }
                         Ok(())
@@ -515,8 +545,7 @@ impl Outbound {
                 }
                 permit = out_tx.reserve(), if next.is_some() => {
                     match (permit, next) {
-                        (Ok(permit), Some(stanza)) => {
-                            let seq = self.cursor;
+                        (Ok(permit), Some((seq, stanza))) => {
                             permit.send(Frame {
                                 kind: Some(frame::Kind::Stanza(StanzaFrame {
                                     seq,
@@ -525,7 +554,7 @@ impl Outbound {
                                     payload: stanza.payload,
                                 })),
                             });
-                            self.cursor = seq + 1;
+                            lock(&link.window).sent(seq);
                             let c = &link.counters;
                             c.sent.fetch_add(1, Ordering::Relaxed);
                             if c.highest_sent.fetch_max(seq, Ordering::Relaxed) >= seq {
@@ -544,23 +573,27 @@ impl Outbound {
         }
     }
 
-    /// Writes a cumulative ack for everything delivered so far. With `force`,
-    /// writes it even if it repeats the previous ack (keepalive answer).
+    /// Writes an acknowledgement of what settled since the last one. With `force`, writes one
+    /// even if nothing did (keepalive answer: it repeats the floor).
     async fn send_ack(
         &mut self,
         deadline: &mut Option<Instant>,
         force: bool,
     ) -> Result<(), SessionEnd> {
         *deadline = None;
-        let delivered = *self.delivered_rx.borrow_and_update();
-        if delivered <= self.acked_sent && !force {
-            return Ok(());
+        self.acked_count = *self.settled_rx.borrow_and_update();
+        let ack = {
+            let mut r = lock(&self.link.recv);
+            if force {
+                Some(r.current_ack())
+            } else {
+                r.take_ack()
+            }
+        };
+        match ack {
+            Some(ack) => self.write(ack_frame(ack)).await,
+            None => Ok(()),
         }
-        self.acked_sent = self.acked_sent.max(delivered);
-        self.write(Frame {
-            kind: Some(frame::Kind::Ack(Ack { seq: delivered })),
-        })
-        .await
     }
 
     async fn write(&self, f: Frame) -> Result<(), SessionEnd> {
@@ -612,17 +645,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_receipt_settles_when_its_stanza_is_acknowledged_not_before() {
-        let link = Link::new(8);
+        let link = Arc::new(Link::new(8, 1 << 20));
         let first = link.send(stanza("1")).await.expect("queued");
         let second = link.send(stanza("2")).await.expect("queued");
-        link.apply_ack(1);
+        link.apply_ack(&AckInfo {
+            through: 1,
+            ranges: Vec::new(),
+        });
         assert!(settles(first).await, "acknowledged");
         assert!(!settles(second).await, "not acknowledged yet");
     }
 
     #[tokio::test]
     async fn a_receipt_settles_when_its_stanza_is_taken_back() {
-        let link = Link::new(8);
+        let link = Arc::new(Link::new(8, 1 << 20));
         let r = link.send(stanza("1")).await.expect("queued");
         assert_eq!(link.take_unacked().len(), 1);
         assert!(settles(r).await, "taken back to go another way");

@@ -31,6 +31,10 @@ pub struct TunnelOptions {
     /// Maximum number of unacknowledged stanzas per direction and peer;
     /// `send` waits when it is reached. Default 4096.
     pub window: usize,
+    /// Maximum bytes of unacknowledged stanzas per direction and peer (payload and both
+    /// domain names); `send` waits when it is reached. A stanza larger than this is sent
+    /// alone. Default 32 MiB.
+    pub window_bytes: usize,
     /// Interval between keepalive frames (and HTTP/2 pings). A connection with
     /// no frame received for three intervals is closed. Default 10 s.
     pub keepalive: Duration,
@@ -45,10 +49,18 @@ pub struct TunnelOptions {
     pub max_connections: usize,
 }
 
+/// The default byte budget of a replay window.
+pub const DEFAULT_WINDOW_BYTES: usize = 32 * 1024 * 1024;
+
+/// The smallest byte budget a config may set: room for a stanza of the largest size servers
+/// commonly allow (256 KiB).
+pub const MIN_WINDOW_BYTES: usize = 256 * 1024;
+
 impl Default for TunnelOptions {
     fn default() -> Self {
         Self {
             window: 4096,
+            window_bytes: DEFAULT_WINDOW_BYTES,
             keepalive: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -59,6 +71,20 @@ impl Default for TunnelOptions {
 }
 
 impl TunnelOptions {
+    /// Checks the window settings of a config file (`tunnel.window`, `tunnel.window_bytes`):
+    /// the error names the key.
+    pub fn check_window(window: usize, window_bytes: usize) -> Result<(), String> {
+        if window == 0 {
+            return Err("tunnel.window: at least 1".into());
+        }
+        if window_bytes < MIN_WINDOW_BYTES {
+            return Err(format!(
+                "tunnel.window_bytes: at least {MIN_WINDOW_BYTES} (one largest stanza should fit)"
+            ));
+        }
+        Ok(())
+    }
+
     /// How long without any received frame before a connection is declared dead.
     pub fn dead_after(&self) -> Duration {
         self.keepalive_or_min() * 3
@@ -89,6 +115,8 @@ pub struct LinkStats {
     pub connected: bool,
     /// Stanzas queued towards the peer and not yet acknowledged.
     pub unacked: usize,
+    /// Their bytes, as the window's byte budget counts them.
+    pub unacked_bytes: usize,
     /// Stanzas accepted by `send`.
     pub queued: u64,
     /// Stanza frames written to the wire, including replays.
