@@ -254,3 +254,170 @@ fn a_stanza_to_a_domain_not_served_ends_the_stream_with_host_unknown() {
     assert!(closed, "no host-unknown:\n{}", edge_log(&lab));
     legitimate_traffic_flows(&lab, "beside the unserved domain");
 }
+
+/// Error replies that came back to the flooder for its messages (ids `flood-*`).
+fn flood_bounces(flood: &causeway_testkit::synthetic::SyntheticServer) -> usize {
+    flood
+        .received
+        .kept
+        .lock()
+        .map(|kept| {
+            kept.iter()
+                .filter(|p| String::from_utf8_lossy(p).contains("flood-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `GET /metrics` at `addr`: the response text (empty when it cannot be read).
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return String::new();
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n");
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out
+}
+
+/// The hostile test of the per-domain inbound rate: flood.test (a synthetic server) sends
+/// 400 KiB of messages at once to an address that bounces them, with the edge's inbound rate at
+/// 20 KiB/s (burst 20 KiB); bob (partner.test) talks to alice meanwhile. The edge stops
+/// reading the flood's stream whenever flood.test is over its rate: every message still gets
+/// through (nothing dropped), at about the rate, while bob's messages arrive promptly. The
+/// episode is logged once and counted; the edge's pings to flood.test, whose answers wait
+/// behind the flood, do not make it declare flood.test dead.
+#[test]
+fn a_flooding_partner_is_throttled_while_another_is_unaffected() {
+    const RATE: usize = 20 * 1024;
+    const FLOOD: usize = 400 * 1024;
+    const BODY: usize = 2000;
+    let subnet = 236;
+    let metrics = SocketAddr::from((Lab::ip(subnet, 2), 9464));
+    let mut opts = options(subnet);
+    opts.extra_allow = vec!["flood.test".into()];
+    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
+        "flood.test",
+        &Lab::ip(subnet, 41).to_string(),
+        5269,
+    )];
+    // The edge pings its peers often: flood.test's answers wait behind its flood.
+    opts.edge_federation_extra = "ping_interval_secs = 2\nping_timeout_secs = 3\n".into();
+    opts.edge_extra = format!(
+        "[limits]\ninbound_bytes_per_sec_per_domain = {RATE}\ninbound_burst_bytes_per_domain = {RATE}\n\n[metrics]\nlisten = \"{metrics}\"\n"
+    );
+    let lab = start(opts);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let flood = rt
+        .block_on(
+            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
+                "flood.test",
+                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
+                SocketAddr::from((Lab::ip(subnet, 2), 5269)),
+                true,
+                None,
+            ),
+        )
+        .expect("flood.test");
+    // Like Prosody by default, the flooder does not ping us: its pings would wait behind its
+    // own flood (and its writes may block that long).
+    let mut quiet = (*flood.s2s.cfg()).clone();
+    quiet.ping_interval = Duration::from_secs(600);
+    quiet.ping_timeout = Duration::from_secs(600);
+    flood.s2s.reconfigure(quiet);
+    let message = |id: &str, body: &str| {
+        format!(
+            "<message from='flooder@flood.test' to='nobody@example.com' id='flood-{id}' type='chat'><body>{body}</body></message>"
+        )
+    };
+
+    // First contact both ways, for both partners.
+    rt.block_on(flood.send("example.com", message("warm-up", "hello")));
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || flood_bounces(&flood) == 1),
+        "flood.test's first message never bounced back:\n{}",
+        lab.diagnostics()
+    );
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+    crate::support::warm_up(&lab, &mut alice, &mut bob);
+
+    // The flood: 400 KiB queued at once.
+    let body = "x".repeat(BODY);
+    let one = message("0000", &body).len();
+    let n = FLOOD / one;
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        for i in 0..n {
+            flood
+                .send("example.com", message(&format!("{i:04}"), &body))
+                .await;
+        }
+    });
+    // Meanwhile bob -> alice, one message a second.
+    let bob_jid = format!("bob@{PARTNER}");
+    let mut latencies = Vec::new();
+    let mut i = 0;
+    while flood_bounces(&flood) < n + 1 && started.elapsed() < Duration::from_secs(90) {
+        let text = format!("during the flood {i}");
+        bob.send_message("alice@example.com", &text)
+            .step(&lab, "send");
+        let sent = std::time::Instant::now();
+        alice
+            .expect_message(&bob_jid, &text, PATIENCE)
+            .step(&lab, "bob's message during the flood");
+        latencies.push(sent.elapsed());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let done =
+        causeway_testkit::wait_until(Duration::from_secs(90), || flood_bounces(&flood) == n + 1);
+    let took = started.elapsed();
+    assert!(
+        done,
+        "only {} of {n} flood messages got through in {took:?}:\n{}",
+        flood_bounces(&flood) - 1,
+        lab.diagnostics()
+    );
+    let bytes = n * one;
+    let at_rate = Duration::from_secs_f64(bytes as f64 / RATE as f64);
+    eprintln!(
+        "flood: {n} messages, {} KiB in {took:?} (the rate allows {at_rate:?}); bob's latencies: {latencies:?}",
+        bytes / 1024
+    );
+    assert!(
+        took >= at_rate.mul_f64(0.6),
+        "the flood was not held to its rate: {} KiB in {took:?}",
+        bytes / 1024
+    );
+    assert!(
+        latencies.len() >= 5,
+        "too few of bob's messages were measured during the flood: {latencies:?}"
+    );
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(2)),
+        "bob's messages were slowed by flood.test's limit: {latencies:?}"
+    );
+
+    // One log line for the episode, the pauses counted, flood.test never declared dead.
+    let log = edge_log(&lab);
+    let episodes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("inbound rate limit: this domain sends faster"))
+        .collect();
+    assert_eq!(episodes.len(), 1, "{episodes:#?}");
+    assert!(episodes[0].contains("remote=flood.test"), "{}", episodes[0]);
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("peer is not answering") && l.contains("flood.test")),
+        "flood.test was declared dead while we held it back:\n{log}"
+    );
+    let text = scrape(metrics);
+    let pauses = text
+        .lines()
+        .find_map(|l| l.strip_prefix("causeway_inbound_throttled_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(pauses.is_some_and(|p| p > 0), "metrics:\n{text}");
+}

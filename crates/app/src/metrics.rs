@@ -317,6 +317,9 @@ pub struct Snapshot {
     pub dns_lookups: Option<u64>,
     /// Addresses from DNS the outbound address filter refused (the edge only).
     pub outbound_addresses_refused: Option<u64>,
+    /// Pauses of authenticated inbound streams over their domain's inbound rate, and the
+    /// seconds they lasted (summed over streams) (the edge only).
+    pub inbound_throttled: Option<(u64, f64)>,
 }
 
 impl Snapshot {
@@ -362,6 +365,7 @@ impl Snapshot {
                 .collect(),
             dns_lookups,
             outbound_addresses_refused: None,
+            inbound_throttled: None,
         }
     }
 
@@ -487,6 +491,20 @@ impl Snapshot {
                 "Addresses from DNS the outbound address filter refused to connect to.",
                 Counter,
                 value(n),
+            );
+        }
+        if let Some((pauses, seconds)) = self.inbound_throttled {
+            e.single(
+                "causeway_inbound_throttled_total",
+                "Times an authenticated inbound s2s stream paused reading: its remote domain was over limits.inbound_bytes_per_sec_per_domain.",
+                Counter,
+                value(pauses),
+            );
+            e.single(
+                "causeway_inbound_throttled_seconds_total",
+                "Seconds inbound s2s streams spent paused by the per-domain inbound rate (summed over streams).",
+                Counter,
+                seconds,
             );
         }
         e.finish()

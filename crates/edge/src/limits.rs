@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use causeway_s2s::{AdmissionLimits, Deadlines, S2sConfig, LOG_MODULE};
+use causeway_s2s::{AdmissionLimits, Deadlines, RateLimit, S2sConfig, LOG_MODULE};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -38,7 +38,17 @@ pub struct LimitsSection {
     pub tunnel_handshake_secs: u64,
     /// Tunnel connections (cores, authenticated or not) at once.
     pub max_tunnel_connections: usize,
+    /// Bytes per second one remote domain may send over its authenticated inbound streams
+    /// (all of them together); beyond it they pause reading. 0: unlimited.
+    pub inbound_bytes_per_sec_per_domain: u64,
+    /// ...and in a burst.
+    pub inbound_burst_bytes_per_domain: u64,
 }
+
+/// Default inbound rate per remote domain: generous, since a big provider carries many users.
+const DEFAULT_INBOUND_BYTES_PER_SEC: u64 = 1024 * 1024;
+/// Default inbound burst per remote domain.
+const DEFAULT_INBOUND_BURST_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Default for LimitsSection {
     fn default() -> Self {
@@ -57,6 +67,8 @@ impl Default for LimitsSection {
             streams_per_domain: a.streams_per_domain,
             tunnel_handshake_secs: 10,
             max_tunnel_connections: 64,
+            inbound_bytes_per_sec_per_domain: DEFAULT_INBOUND_BYTES_PER_SEC,
+            inbound_burst_bytes_per_domain: DEFAULT_INBOUND_BURST_BYTES,
         }
     }
 }
@@ -107,6 +119,9 @@ impl LimitsSection {
         if self.connection_burst_per_source == 0 {
             bail!("limits.connection_burst_per_source: at least 1");
         }
+        if self.inbound_bytes_per_sec_per_domain > 0 && self.inbound_burst_bytes_per_domain == 0 {
+            bail!("limits.inbound_burst_bytes_per_domain: at least 1 (or set limits.inbound_bytes_per_sec_per_domain to 0 for no limit)");
+        }
         Ok(())
     }
 
@@ -126,6 +141,15 @@ impl LimitsSection {
             connection_burst: self.connection_burst_per_source,
             streams_per_domain: self.streams_per_domain,
         };
+        s2s.inbound_rate = self.inbound_rate();
+    }
+
+    /// The inbound rate per remote domain; None when `inbound_bytes_per_sec_per_domain` is 0.
+    pub fn inbound_rate(&self) -> Option<RateLimit> {
+        (self.inbound_bytes_per_sec_per_domain > 0).then_some(RateLimit {
+            bytes_per_sec: self.inbound_bytes_per_sec_per_domain,
+            burst_bytes: self.inbound_burst_bytes_per_domain,
+        })
     }
 
     /// File descriptors the process may need at these limits: every inbound connection,
@@ -210,10 +234,40 @@ mod tests {
                 },
                 "limits.connections_per_sec_per_source",
             ),
+            (
+                LimitsSection {
+                    inbound_burst_bytes_per_domain: 0,
+                    ..Default::default()
+                },
+                "limits.inbound_burst_bytes_per_domain",
+            ),
         ];
         for (limits, key) in cases {
             let err = limits.validate(262_144).expect_err(key).to_string();
             assert!(err.starts_with(key), "{err}");
         }
+    }
+
+    #[test]
+    fn the_inbound_rate_is_generous_by_default_and_zero_turns_it_off() {
+        let client = causeway_pki::s2s_client_config_dialback().expect("client config");
+        let mut cfg = S2sConfig::new("s".into(), None, client);
+        assert_eq!(cfg.inbound_rate, None, "core and tests: unlimited");
+        LimitsSection::default().apply(&mut cfg);
+        assert_eq!(
+            cfg.inbound_rate,
+            Some(RateLimit {
+                bytes_per_sec: 1024 * 1024,
+                burst_bytes: 4 * 1024 * 1024
+            })
+        );
+        let off = LimitsSection {
+            inbound_bytes_per_sec_per_domain: 0,
+            inbound_burst_bytes_per_domain: 0,
+            ..Default::default()
+        };
+        off.validate(262_144).expect("0 is valid");
+        off.apply(&mut cfg);
+        assert_eq!(cfg.inbound_rate, None);
     }
 }

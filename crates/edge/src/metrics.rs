@@ -1,6 +1,6 @@
 //! The edge's Prometheus metrics (`[metrics] listen`): s2s sessions and counters, the tunnel to
-//! each core, DNS lookups, addresses refused by the outbound address filter. Rendered at scrape
-//! time from the live state.
+//! each core, DNS lookups, addresses refused by the outbound address filter, pauses of the
+//! per-domain inbound rate. Rendered at scrape time from the live state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -37,8 +37,12 @@ impl Sources {
             self.tunnel.stats(),
             Some(self.host.dns_lookups.load(Ordering::Relaxed)),
         );
-        snapshot.outbound_addresses_refused =
-            Some(self.s2s.counters.addresses_refused.load(Ordering::Relaxed));
+        let c = &self.s2s.counters;
+        snapshot.outbound_addresses_refused = Some(c.addresses_refused.load(Ordering::Relaxed));
+        snapshot.inbound_throttled = Some((
+            c.inbound_throttled.load(Ordering::Relaxed),
+            c.inbound_throttled_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        ));
         snapshot
     }
 }

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Refusal, Source};
 use crate::sm::{self, InboundSm};
+use crate::throttle::Charged;
 use crate::transport::tls_summary;
 use crate::verify::Verdict;
 use crate::{
@@ -158,6 +159,8 @@ impl S2s {
             remotes_counted: HashSet::new(),
             verifications: Vec::new(),
             failed_verdicts: 0,
+            charge_to: None,
+            paused_until: None,
         };
         let end = stream.run(verdict_rx).await;
         self.unregister(&entry);
@@ -264,6 +267,11 @@ struct InboundStream {
     verifications: Vec<AbortHandle>,
     /// Dialback verifications that did not say valid.
     failed_verdicts: u32,
+    /// The remote domain whose bucket pays for what this stream reads (see
+    /// [`crate::throttle`]): the first one it authenticated. None until then.
+    charge_to: Option<String>,
+    /// Over the domain's inbound rate: read nothing until then.
+    paused_until: Option<Instant>,
 }
 
 impl Drop for InboundStream {
@@ -323,10 +331,12 @@ impl InboundStream {
         let entry = self.entry.clone();
         let idle = (!self.authed.is_empty()).then_some(*idle_deadline);
         let sm_deadline = self.sm.as_ref().and_then(InboundSm::deadline);
+        let paused_until = self.paused_until;
         tokio::select! {
-            ev = self.conn.next_event() => match ev {
+            ev = self.conn.next_event(), if paused_until.is_none() => match ev {
                 Ok(Event::StreamOpen(h)) => self.on_header(h).await,
                 Ok(Event::Element(tl)) => {
+                    self.charge(tl.raw.len());
                     let is_stanza = is_stanza(&tl.element);
                     let flow = self.on_element(tl).await;
                     if is_stanza {
@@ -346,6 +356,10 @@ impl InboundStream {
                 }
                 Err(e) => Flow::Close(e.to_string()),
             },
+            _ = sm::sleep_until_opt(paused_until) => {
+                self.paused_until = None;
+                Flow::Continue
+            }
             Some(v) = verdicts.recv() => self.on_verdict(v).await,
             h = sm::next_safe(&mut self.sm) => match self.sm.as_mut().and_then(|sm| sm.became_safe(h)) {
                 Some(h) => self.send_sm_ack(h).await,
@@ -398,6 +412,9 @@ impl InboundStream {
             self.remotes_counted.insert(pair.0.clone());
         }
         self.admitted.source = None;
+        if self.charge_to.is_none() {
+            self.charge_to = Some(pair.0.clone());
+        }
         let cfg = self.s2s.cfg();
         self.conn.set_max_stanza_bytes(cfg.limits.max_stanza_bytes);
         self.authed.insert(pair.clone());
@@ -406,6 +423,45 @@ impl InboundStream {
             i.pairs.push(pair);
         });
         Ok(())
+    }
+
+    /// Charge `bytes` read on an authenticated stream to its domain's bucket. Over the limit,
+    /// the stream reads nothing more until the debt is paid: TCP backpressure slows the peer,
+    /// nothing is dropped. Each pause is counted; an episode is logged when it starts and ends.
+    fn charge(&mut self, bytes: usize) {
+        let Some(domain) = self.charge_to.as_deref() else {
+            return;
+        };
+        let now = Instant::now();
+        let charged = match self.s2s.throttle.lock() {
+            Ok(mut t) => t.charge(domain, bytes, now.into_std()),
+            Err(_) => return,
+        };
+        match charged {
+            Charged::Go {
+                episode_ended: Some(lasted),
+            } => {
+                info!(module = LOG_MODULE, direction = "incoming", remote = %domain, lasted_secs = lasted.as_secs(), "inbound rate limit: this domain is back under its rate");
+            }
+            Charged::Go { .. } => {}
+            Charged::Wait {
+                until,
+                episode_started,
+            } => {
+                let until = Instant::from_std(until);
+                let paused = until.saturating_duration_since(now);
+                let c = &self.s2s.counters;
+                c.inbound_throttled.fetch_add(1, Ordering::Relaxed);
+                let micros = u64::try_from(paused.as_micros()).unwrap_or(u64::MAX);
+                c.inbound_throttled_micros
+                    .fetch_add(micros, Ordering::Relaxed);
+                if episode_started {
+                    let limit = self.s2s.cfg().inbound_rate.map(|l| l.bytes_per_sec);
+                    warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, remote = %domain, bytes_per_sec = ?limit, "inbound rate limit: this domain sends faster than its rate; its streams pause reading (logged once until it is back under)");
+                }
+                self.paused_until = Some(until);
+            }
+        }
     }
 
     /// A (re)started stream: answer with our header and features.

@@ -30,12 +30,14 @@ pub mod outbound;
 mod sm;
 #[cfg(test)]
 mod testing;
+pub mod throttle;
 pub mod transport;
 pub mod verify;
 
 pub use admission::AdmissionLimits;
 pub use connect::Target;
 pub use deadlines::Deadlines;
+pub use throttle::RateLimit;
 pub use transport::{ConnError, TlsInfo, XmlConn};
 
 /// The module name carried by every federation log event.
@@ -198,6 +200,10 @@ pub struct S2sConfig {
     /// Largest element a peer may send before its stream authenticated anything (dialback and
     /// SASL elements are tiny; TLS handshake bytes are rustls's business).
     pub preauth_stanza_bytes: usize,
+    /// Bytes per remote domain read from its authenticated inbound streams (a token bucket
+    /// shared by all of them, see [`throttle`]); beyond it the streams pause reading. None:
+    /// unlimited (the default; the edge sets one).
+    pub inbound_rate: Option<RateLimit>,
 }
 
 impl S2sConfig {
@@ -232,6 +238,7 @@ impl S2sConfig {
             deadlines: Deadlines::default(),
             admission: AdmissionLimits::default(),
             preauth_stanza_bytes: 8192,
+            inbound_rate: None,
         }
     }
 }
@@ -345,6 +352,11 @@ pub struct Counters {
     /// Connections closed because a negotiation deadline passed (stream header or
     /// authentication; TLS handshake timeouts count as TLS failures).
     pub deadline_closes: AtomicU64,
+    /// Times an authenticated inbound stream paused reading: its domain was over
+    /// [`S2sConfig::inbound_rate`].
+    pub inbound_throttled: AtomicU64,
+    /// Microseconds inbound streams spent paused that way (summed over streams).
+    pub inbound_throttled_micros: AtomicU64,
 }
 
 impl Counters {
@@ -409,6 +421,8 @@ pub struct S2s {
     pub(crate) admission: Mutex<admission::Admission>,
     /// Inbound connection slots shared by every listener (`max_inbound`).
     pub(crate) inbound_slots: Arc<tokio::sync::Semaphore>,
+    /// Byte buckets of the remote domains' inbound streams (`inbound_rate`).
+    pub(crate) throttle: Mutex<throttle::Throttle>,
     next_id: AtomicU64,
     /// Counters for status and metrics.
     pub counters: Counters,
@@ -419,9 +433,11 @@ impl S2s {
     pub fn new(cfg: S2sConfig, host: Arc<dyn Host>) -> Arc<Self> {
         let admission = Mutex::new(admission::Admission::new(cfg.admission));
         let inbound_slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_inbound));
+        let throttle = Mutex::new(throttle::Throttle::new(cfg.inbound_rate));
         Arc::new(Self {
             admission,
             inbound_slots,
+            throttle,
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
             generation: tokio::sync::watch::channel(0).0,
             host,
@@ -448,6 +464,9 @@ impl S2s {
     pub fn reconfigure(&self, cfg: S2sConfig) {
         if let Ok(mut a) = self.admission.lock() {
             a.set_limits(cfg.admission);
+        }
+        if let Ok(mut t) = self.throttle.lock() {
+            t.set_limit(cfg.inbound_rate);
         }
         match self.cfg.write() {
             Ok(mut c) => *c = Arc::new(cfg),
@@ -544,6 +563,14 @@ impl S2s {
             }
         }
         n
+    }
+
+    /// Is `remote` held back by the inbound rate limit now (its streams are not being read)?
+    /// Then its answers to our pings may wait behind what we do not read.
+    pub(crate) fn inbound_held_back(&self, remote: &str) -> bool {
+        self.throttle
+            .lock()
+            .is_ok_and(|t| t.holding(remote, Instant::now()))
     }
 
     /// An answer to one of our pings: consume it (true) rather than deliver it.

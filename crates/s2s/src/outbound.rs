@@ -481,6 +481,14 @@ impl S2s {
                     pong = None;
                 },
                 _ = sleep_until(pong_deadline), if pong.is_some() => {
+                    if self.inbound_held_back(to) {
+                        // We are not reading its streams (inbound rate limit): the answer may
+                        // wait behind what we hold back. Not a sign of death; wait on.
+                        if let Some(p) = pong.as_mut() {
+                            p.deadline = Instant::now() + cfg.ping_timeout;
+                        }
+                        continue;
+                    }
                     if let Some(p) = pong.take() {
                         if let Ok(mut m) = self.pings.lock() {
                             m.remove(&p.id);

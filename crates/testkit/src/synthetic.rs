@@ -1,10 +1,11 @@
 //! A synthetic XMPP server built on our own s2s crate: it authenticates honestly as its domain
-//! (answering dialback for it), sends whatever stanzas it is given to one address, and counts
-//! what it receives. Tests use it as a hostile peer; the benchmark as load generator and sink.
+//! (answering dialback for it), sends whatever stanzas it is given to one address, answers
+//! XEP-0199 pings addressed to its domain, and counts what else it receives. Tests use it as a
+//! hostile peer; the benchmark as load generator and sink.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use crate::TempDir;
 /// What a [`SyntheticServer`] saw.
 #[derive(Default)]
 pub struct Received {
-    /// Stanzas delivered to it.
+    /// Stanzas delivered to it (pings it answered are not counted).
     pub count: AtomicU64,
     /// Kept payloads (only when `keep` was asked for).
     pub kept: Mutex<Vec<Bytes>>,
@@ -31,6 +32,31 @@ struct SyntheticHost {
     route: SocketAddr,
     keep: bool,
     received: Arc<Received>,
+    /// Its own s2s service, for answering pings (set right after it is made).
+    s2s: OnceLock<Weak<S2s>>,
+}
+
+impl SyntheticHost {
+    /// The answer to `payload` if it is a ping (`<iq type='get'><ping/></iq>`), as a real
+    /// server's: a result from the pinged address to the pinger.
+    fn pong(payload: &[u8]) -> Option<(String, String)> {
+        use causeway_xmpp::{ns, Element};
+        let iq = causeway_s2s::parse_stanza(payload)?;
+        if iq.name != "iq" || iq.attr("type") != Some("get") || iq.child("ping", ns::PING).is_none()
+        {
+            return None;
+        }
+        let (from, to) = (iq.attr("from")?, iq.attr("to")?);
+        let to_domain = causeway_xmpp::addr::jid_domain(from).ok()?;
+        let mut reply = Element::new("iq", ns::SERVER)
+            .with_attr("type", "result")
+            .with_attr("from", to)
+            .with_attr("to", from);
+        if let Some(id) = iq.attr("id") {
+            reply = reply.with_attr("id", id);
+        }
+        Some((to_domain, reply.to_xml(ns::SERVER)))
+    }
 }
 
 impl Host for SyntheticHost {
@@ -45,6 +71,21 @@ impl Host for SyntheticHost {
         Box::pin(async move { Ok(vec![route]) })
     }
     fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
+        if let Some((to_domain, pong)) = Self::pong(&stanza.payload) {
+            if let Some(s2s) = self.s2s.get().and_then(Weak::upgrade) {
+                let from_domain = self.domain.clone();
+                // In a task of its own: never wait for queue room on the inbound stream.
+                tokio::spawn(async move {
+                    s2s.send(OutboundStanza {
+                        from_domain,
+                        to_domain,
+                        payload: Bytes::from(pong),
+                    })
+                    .await;
+                });
+            }
+            return Box::pin(async {});
+        }
         self.received.count.fetch_add(1, Ordering::Relaxed);
         if self.keep {
             if let Ok(mut kept) = self.received.kept.lock() {
@@ -116,8 +157,10 @@ impl SyntheticServer {
             route,
             keep,
             received: received.clone(),
+            s2s: OnceLock::new(),
         });
-        let s2s = S2s::new(cfg, host);
+        let s2s = S2s::new(cfg, host.clone());
+        let _ = host.s2s.set(Arc::downgrade(&s2s));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("synthetic server {domain} binding {listen}"))?;
