@@ -8,7 +8,7 @@ use std::time::Duration;
 use causeway_testkit::lab::{Lab, PARTNER};
 
 use crate::support::raw::{self, connect_from, edge_memory, header, read_until};
-use crate::support::{edge_log, legitimate_traffic_flows, options, start, Step, PATIENCE};
+use crate::support::{edge_log, legitimate_traffic_flows, options, scrape, start, Step, PATIENCE};
 
 /// The element that grew the edge by 3.7 GB before: a 131 kB namespace declared on the root
 /// and as many tiny children as fit under the stanza limit (each child used to get its own
@@ -267,19 +267,6 @@ fn flood_bounces(flood: &causeway_testkit::synthetic::SyntheticServer) -> usize 
                 .count()
         })
         .unwrap_or(0)
-}
-
-/// `GET /metrics` at `addr`: the response text (empty when it cannot be read).
-fn scrape(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-        return String::new();
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n");
-    let mut out = String::new();
-    let _ = tcp.read_to_string(&mut out);
-    out
 }
 
 /// The hostile test of the per-domain inbound rate: flood.test (a synthetic server) sends

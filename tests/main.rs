@@ -14,6 +14,8 @@ mod groupchat;
 mod ha;
 mod hostile;
 mod internal;
+mod ipv6;
+mod isolation;
 mod limits;
 mod liveness;
 mod modes;

@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -146,4 +147,25 @@ pub fn legitimate_traffic_flows(lab: &Lab, body: &str) {
             PATIENCE,
         )
         .step(lab, "legitimate traffic beside the attack");
+}
+
+/// `GET /metrics` at `addr`: the response text (empty when it cannot be read).
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return String::new();
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n");
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out
+}
+
+/// The value of the sample `name` (with its labels, e.g. `x_total{reason="full"}`) in a
+/// metrics text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }

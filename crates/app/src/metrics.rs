@@ -301,6 +301,10 @@ pub struct Snapshot {
     pub refused_by: Vec<(&'static str, u64)>,
     /// Stanzas bounced to their sender with a stanza error.
     pub stanzas_bounced: u64,
+    /// Of those, bounced by the outgoing queues: (queue full, waited too long).
+    pub bounced_by_queue: (u64, u64),
+    /// Bytes queued for remote servers now, over every outgoing pair.
+    pub queued_bytes: u64,
     /// Failed TLS handshakes.
     pub tls_handshake_failures: u64,
     /// Dialback verifications that failed or said invalid.
@@ -348,6 +352,8 @@ impl Snapshot {
             stanzas_refused: load(&c.stanzas_refused),
             refused_by: c.refused_by_reason(),
             stanzas_bounced: load(&c.stanzas_bounced),
+            bounced_by_queue: (load(&c.bounced_queue_full), load(&c.bounced_queue_expired)),
+            queued_bytes: s2s.queued_bytes() as u64,
             tls_handshake_failures: load(&c.tls_failures),
             dialback_failures: load(&c.dialback_failures),
             verifications_refused: load(&c.verifications_refused),
@@ -443,6 +449,21 @@ impl Snapshot {
         for (reason, count) in &self.connections_refused {
             e.sample(n, &[("reason", reason)], value(*count));
         }
+        let n = "causeway_stanzas_bounced_by_queue_total";
+        e.family(
+            n,
+            "Stanzas bounced by an outgoing pair's queue: full (resource-constraint) or waited past limits.outbound_queue_secs (remote-server-timeout).",
+            Counter,
+        );
+        let (full, expired) = self.bounced_by_queue;
+        e.sample(n, &[("reason", "full")], value(full));
+        e.sample(n, &[("reason", "expired")], value(expired));
+        e.single(
+            "causeway_outbound_queued_bytes",
+            "Bytes queued for remote servers, over every outgoing (local, remote) pair.",
+            Gauge,
+            value(self.queued_bytes),
+        );
         e.single(
             "causeway_deadline_closes_total",
             "s2s connections closed because a negotiation deadline passed.",

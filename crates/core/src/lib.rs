@@ -129,20 +129,21 @@ impl Host for CoreHost {
         })
     }
 
-    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>> {
         Box::pin(async move {
             // Answers to discovery's disco requests are core's own (crates/core/src/discovery.rs).
             if self.nodes.intercept_answer(&stanza) {
-                return;
+                return Ok(());
             }
             self.nodes.wait_ready().await;
             if self.is_local(&stanza.to_domain) {
                 self.internal(stanza).await;
-                return;
+                return Ok(());
             }
             let stanza = self.email.outbound(stanza);
             self.to_edge(stanza.from_domain, stanza.to_domain, stanza.payload)
                 .await;
+            Ok(())
         })
     }
 

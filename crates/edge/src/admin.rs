@@ -180,12 +180,9 @@ pub fn status(edge: &Edge) -> StatusReply {
         cores,
         domains,
         listeners: Some(Listeners {
-            s2s: edge.s2s_addr.to_string(),
-            direct_tls: edge
-                .direct_tls_addr
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            tunnel: edge.tunnel_addr.to_string(),
+            s2s: crate::addr_list(&edge.listening.s2s),
+            direct_tls: crate::addr_list(&edge.listening.direct_tls),
+            tunnel: crate::addr_list(&edge.listening.tunnel),
         }),
     });
     reply

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use causeway_policy::{Policy, PrivacyMode, Rule, RuleConfig, ScopedRuleConfig};
 use serde::Deserialize;
 
+use crate::listen::ListenAddrs;
+
 /// How TLS is used on federation connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -67,9 +69,9 @@ pub struct EdgeConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSection {
-    /// gRPC listen address (default 0.0.0.0:7400).
+    /// gRPC listen address or addresses (default 0.0.0.0:7400 and [::]:7400).
     #[serde(default = "default_tunnel_listen")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddrs,
     /// The edge's traversal server certificate chain (PEM).
     pub cert: PathBuf,
     /// Its private key (PEM).
@@ -105,12 +107,13 @@ pub struct CoreGrant {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FederationSection {
-    /// s2s listen address (default 0.0.0.0:5269).
+    /// s2s listen address or addresses (default 0.0.0.0:5269 and [::]:5269).
     #[serde(default = "default_s2s_listen")]
-    pub listen: SocketAddr,
-    /// Direct TLS (XEP-0368) s2s listen address, e.g. 0.0.0.0:5270. Off unless set.
+    pub listen: ListenAddrs,
+    /// Direct TLS (XEP-0368) s2s listen address or addresses, e.g. 0.0.0.0:5270. Off unless
+    /// set.
     #[serde(default)]
-    pub direct_tls_listen: Option<SocketAddr>,
+    pub direct_tls_listen: Option<ListenAddrs>,
     /// Try a remote domain's `_xmpps-server._tcp` (direct TLS) endpoints before STARTTLS.
     #[serde(default = "default_true")]
     pub direct_tls_outbound: bool,
@@ -277,11 +280,11 @@ impl Default for LogSection {
     }
 }
 
-fn default_tunnel_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 7400))
+fn default_tunnel_listen() -> ListenAddrs {
+    ListenAddrs::wildcards(7400)
 }
-fn default_s2s_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 5269))
+fn default_s2s_listen() -> ListenAddrs {
+    ListenAddrs::wildcards(5269)
 }
 fn default_ping() -> u64 {
     10

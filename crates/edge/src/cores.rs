@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use causeway_s2s::LOG_MODULE;
+use causeway_s2s::{S2s, LOG_MODULE};
 use causeway_tunnel::ha::{self, Failover};
 use causeway_tunnel::CoreHello;
 use tokio::time::Instant;
@@ -94,7 +94,7 @@ impl DomainCores {
 
 /// The failover task: once a second, takes back the unacknowledged stanzas of cores that are
 /// gone and routes them again (a wiring loop around [`Failover`]).
-pub(crate) async fn supervise(host: Arc<EdgeHost>, grace: Duration) {
+pub(crate) async fn supervise(host: Arc<EdgeHost>, s2s: Arc<S2s>, grace: Duration) {
     let Some(tunnel) = host.tunnel().cloned() else {
         return;
     };
@@ -118,10 +118,20 @@ pub(crate) async fn supervise(host: Arc<EdgeHost>, grace: Duration) {
                 continue;
             }
             warn!(module = LOG_MODULE, %core, stanzas = stanzas.len(), "core gone: routing its unacknowledged stanzas to the other cores (those it delivered unacknowledged arrive twice)");
-            let host = host.clone();
+            let (host, s2s) = (host.clone(), s2s.clone());
             tokio::spawn(async move {
                 for st in stanzas {
-                    host.to_core(st.from_domain, st.to_domain, st.payload).await;
+                    let (from, to, payload) = (
+                        st.from_domain.clone(),
+                        st.to_domain.clone(),
+                        st.payload.clone(),
+                    );
+                    if let Err(condition) =
+                        host.to_core(st.from_domain, st.to_domain, st.payload).await
+                    {
+                        s2s.answer_undeliverable(to, from, &payload, condition)
+                            .await;
+                    }
                 }
                 info!(module = LOG_MODULE, "failover re-send done");
             });

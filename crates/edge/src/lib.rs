@@ -29,6 +29,7 @@ pub mod config;
 pub mod cores;
 pub mod grants;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod reload;
 
@@ -75,7 +76,13 @@ pub struct EdgeHost {
     dns_lookups: std::sync::atomic::AtomicU64,
     /// Each core's latest hello and when it arrived (its session's start), for the admin API.
     hellos: RwLock<HashMap<String, (causeway_tunnel::CoreHello, std::time::SystemTime)>>,
+    /// When refusing stanzas for the inside was last logged.
+    unavailable_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long an inbound stanza waits for room in a connected core's tunnel window before it is
+/// answered with `resource-constraint` (its stream is not read meanwhile).
+pub const CORE_WAIT: Duration = Duration::from_secs(30);
 
 impl EdgeHost {
     /// The rules in force.
@@ -115,30 +122,64 @@ impl EdgeHost {
     }
 
     /// Send a stanza towards the inside, to the core serving `to_domain`; the receipt settles
-    /// when that core has it (none: dropped, nothing to wait for).
+    /// when that core has it. A connected core's window with no room is waited for (the
+    /// partner's stream pauses) up to [`CORE_WAIT`]; a disconnected core's window keeps what
+    /// fits (replayed when it is back) and refuses the rest at once. Refused stanzas are
+    /// answered with the returned stanza error, so a core outage costs bounded memory and the
+    /// partners learn of it instead of their streams blocking.
     async fn to_core(
         &self,
         from_domain: String,
         to_domain: String,
         payload: bytes::Bytes,
-    ) -> Option<causeway_tunnel::Receipt> {
+    ) -> Result<causeway_tunnel::Receipt, StanzaCondition> {
         let (Some(core), Some(tunnel)) = (self.core_for(&from_domain, &to_domain), self.tunnel())
         else {
-            warn!(module = LOG_MODULE, to = %to_domain, "no core serves this domain; stanza dropped");
-            return None;
+            self.inside_unavailable(&to_domain, "no core serves this domain");
+            return Err(StanzaCondition::ServiceUnavailable);
         };
+        let connected = tunnel.is_connected(&core);
         let stanza = TunnelStanza {
             from_domain,
             to_domain,
             payload,
         };
-        match tunnel.send_tracked(&core, stanza).await {
-            Ok(receipt) => Some(receipt),
-            Err(e) => {
-                warn!(module = LOG_MODULE, core = %core, error = %e, "tunnel send failed; stanza dropped");
-                None
+        let to_domain = stanza.to_domain.clone();
+        let wait = if connected { CORE_WAIT } else { Duration::ZERO };
+        // Sending is cancel-safe (a stanza is either in the window or not), and a timeout
+        // polls it once before looking at the clock: with no wait, it goes in if there is room.
+        match tokio::time::timeout(wait, tunnel.send_tracked(&core, stanza)).await {
+            Ok(Ok(receipt)) => Ok(receipt),
+            Ok(Err(e)) => {
+                warn!(module = LOG_MODULE, core = %core, error = %e, "tunnel send failed; stanza answered with an error");
+                Err(StanzaCondition::ServiceUnavailable)
+            }
+            Err(_) if connected => {
+                self.inside_unavailable(&to_domain, "the core's tunnel window stayed full");
+                Err(StanzaCondition::ResourceConstraint)
+            }
+            Err(_) => {
+                self.inside_unavailable(
+                    &to_domain,
+                    "its core is disconnected and its window is full",
+                );
+                Err(StanzaCondition::ServiceUnavailable)
             }
         }
+    }
+
+    /// Log (at most once a minute) that stanzas to a local domain are being refused.
+    fn inside_unavailable(&self, to_domain: &str, why: &str) {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.unavailable_logged.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+            tracing::debug!(module = LOG_MODULE, to = %to_domain, reason = why, "stanza for the inside refused");
+            return;
+        }
+        *last = Some(now);
+        warn!(module = LOG_MODULE, to = %to_domain, reason = why, "stanzas for the inside are refused and answered with stanza errors (logged once a minute)");
     }
 
     fn policy_allows(&self, remote: &str, direction: Direction) -> bool {
@@ -265,19 +306,23 @@ impl Host for EdgeHost {
         })
     }
 
-    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>> {
         Box::pin(async move {
             self.to_core(stanza.from_domain, stanza.to_domain, stanza.payload)
-                .await;
+                .await
+                .map(drop)
         })
     }
 
-    fn deliver_tracked(&self, stanza: InboundStanza) -> BoxFuture<'_, Option<Handled>> {
+    fn deliver_tracked(
+        &self,
+        stanza: InboundStanza,
+    ) -> BoxFuture<'_, Result<Option<Handled>, StanzaCondition>> {
         Box::pin(async move {
             let receipt = self
                 .to_core(stanza.from_domain, stanza.to_domain, stanza.payload)
                 .await?;
-            Some(Box::pin(receipt.settled()) as Handled)
+            Ok(Some(Box::pin(receipt.settled()) as Handled))
         })
     }
 
@@ -312,16 +357,49 @@ pub struct Edge {
     pub host: Arc<EdgeHost>,
     /// The tunnel server.
     pub tunnel: EdgeTunnel,
-    /// Where s2s listens.
+    /// Where s2s listens (the first of `listening.s2s`).
     pub s2s_addr: SocketAddr,
-    /// Where direct-TLS s2s listens, if configured.
+    /// Where direct-TLS s2s listens, if configured (the first of `listening.direct_tls`).
     pub direct_tls_addr: Option<SocketAddr>,
-    /// Where the tunnel listens.
+    /// Where the tunnel listens (the first of `listening.tunnel`).
     pub tunnel_addr: SocketAddr,
+    /// Every bound address, and the settings they came from.
+    pub listening: Listening,
     /// The config file (reloads read it again).
     pub config_path: std::path::PathBuf,
     /// When it started.
     pub started: std::time::SystemTime,
+}
+
+/// The addresses the edge's listeners are bound to, and the settings that asked for them (a
+/// reload that changes those needs a restart).
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// Federation (STARTTLS) addresses.
+    pub s2s: Vec<SocketAddr>,
+    /// Direct TLS federation addresses.
+    pub direct_tls: Vec<SocketAddr>,
+    /// Tunnel addresses.
+    pub tunnel: Vec<SocketAddr>,
+    /// `federation.listen`, `federation.direct_tls_listen`, `tunnel.listen` as configured.
+    pub configured: (
+        listen::ListenAddrs,
+        Option<listen::ListenAddrs>,
+        listen::ListenAddrs,
+    ),
+}
+
+/// Bound addresses, for logs and status.
+pub fn addr_list(addrs: &[SocketAddr]) -> String {
+    let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    list.join(", ")
+}
+
+fn bound_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
+    Ok(listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()?)
 }
 
 /// Start the edge from a validated config: bind both listeners, spawn everything, and return
@@ -344,18 +422,18 @@ pub async fn start(
         rules: RwLock::new(Arc::new(rules)),
         tunnel: OnceLock::new(),
         hellos: RwLock::new(HashMap::new()),
+        unavailable_logged: std::sync::Mutex::new(None),
         dns_lookups: Default::default(),
     });
     let s2s = S2s::new(s2s_cfg, host.clone());
 
-    let s2s_listener = TcpListener::bind(fed.listen)
-        .await
-        .with_context(|| format!("federation.listen {}", fed.listen))?;
-    let tunnel_listener = TcpListener::bind(cfg.raw.tunnel.listen)
-        .await
-        .with_context(|| format!("tunnel.listen {}", cfg.raw.tunnel.listen))?;
-    let s2s_addr = s2s_listener.local_addr()?;
-    let tunnel_addr = tunnel_listener.local_addr()?;
+    let s2s_listeners = fed.listen.bind("federation.listen").await?;
+    let tunnel_listeners = cfg.raw.tunnel.listen.bind("tunnel.listen").await?;
+    let s2s_addrs = bound_addrs(&s2s_listeners)?;
+    let tunnel_addrs = bound_addrs(&tunnel_listeners)?;
+    let (Some(&s2s_addr), Some(&tunnel_addr)) = (s2s_addrs.first(), tunnel_addrs.first()) else {
+        anyhow::bail!("federation.listen and tunnel.listen: no address could be bound");
+    };
 
     let tls = TlsFiles {
         cert_pem: causeway_pki::read_file(&cfg.raw.tunnel.cert)?,
@@ -375,24 +453,33 @@ pub async fn start(
     let (events_tx, events_rx) = mpsc::channel(1024);
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let (tunnel, _server) =
-        EdgeTunnel::serve(tunnel_listener, tls, opts, events_tx, shutdown.clone())?;
+        EdgeTunnel::serve_all(tunnel_listeners, tls, opts, events_tx, shutdown.clone())?;
     let _ = host.tunnel.set(tunnel.clone());
 
-    let direct_tls_addr = match fed.direct_tls_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("federation.direct_tls_listen {addr}"))?;
-            let bound = listener.local_addr()?;
+    let mut direct_tls_addrs = Vec::new();
+    if let Some(addrs) = &fed.direct_tls_listen {
+        for listener in addrs.bind("federation.direct_tls_listen").await? {
+            direct_tls_addrs.push(listener.local_addr()?);
             tokio::spawn(s2s.clone().serve_direct_tls(listener, shutdown.clone()));
-            Some(bound)
         }
-        None => None,
-    };
-    tokio::spawn(s2s.clone().serve(s2s_listener, shutdown));
+    }
+    let direct_tls_addr = direct_tls_addrs.first().copied();
+    for listener in s2s_listeners {
+        tokio::spawn(s2s.clone().serve(listener, shutdown.clone()));
+    }
     tokio::spawn(pump_tunnel(host.clone(), s2s.clone(), events_rx));
-    tokio::spawn(cores::supervise(host.clone(), failover_grace));
-    info!(module = LOG_MODULE, s2s = %s2s_addr, direct_tls = ?direct_tls_addr, tunnel = %tunnel_addr, "edge listening");
+    tokio::spawn(cores::supervise(host.clone(), s2s.clone(), failover_grace));
+    info!(module = LOG_MODULE, s2s = %addr_list(&s2s_addrs), direct_tls = %addr_list(&direct_tls_addrs), tunnel = %addr_list(&tunnel_addrs), "edge listening");
+    let listening = Listening {
+        s2s: s2s_addrs,
+        direct_tls: direct_tls_addrs,
+        tunnel: tunnel_addrs,
+        configured: (
+            fed.listen.clone(),
+            fed.direct_tls_listen.clone(),
+            cfg.raw.tunnel.listen.clone(),
+        ),
+    };
     Ok(Edge {
         s2s,
         host,
@@ -400,6 +487,7 @@ pub async fn start(
         s2s_addr,
         direct_tls_addr,
         tunnel_addr,
+        listening,
         config_path: cfg.path.clone(),
         started: std::time::SystemTime::now(),
     })

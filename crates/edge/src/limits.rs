@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use causeway_s2s::{AdmissionLimits, Deadlines, RateLimit, S2sConfig, LOG_MODULE};
+use causeway_s2s::{AdmissionLimits, Deadlines, QueueLimits, RateLimit, S2sConfig, LOG_MODULE};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -43,6 +43,16 @@ pub struct LimitsSection {
     pub inbound_bytes_per_sec_per_domain: u64,
     /// ...and in a burst.
     pub inbound_burst_bytes_per_domain: u64,
+    /// Stanzas queued for one (local domain, remote domain) pair while its stream opens or
+    /// is slow; beyond it stanzas bounce with `resource-constraint`.
+    pub outbound_queue_stanzas: usize,
+    /// Bytes queued for one pair, likewise.
+    pub outbound_queue_bytes: usize,
+    /// Bytes queued for every pair together.
+    pub outbound_queue_total_bytes: usize,
+    /// Seconds a stanza may wait in its pair's queue before it bounces with
+    /// `remote-server-timeout`.
+    pub outbound_queue_secs: u64,
 }
 
 /// Default inbound rate per remote domain: generous, since a big provider carries many users.
@@ -54,6 +64,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         let d = Deadlines::default();
         let a = AdmissionLimits::default();
+        let q = QueueLimits::default();
         Self {
             stream_header_secs: d.stream_header.as_secs(),
             tls_handshake_secs: d.tls_handshake.as_secs(),
@@ -69,6 +80,10 @@ impl Default for LimitsSection {
             max_tunnel_connections: 64,
             inbound_bytes_per_sec_per_domain: DEFAULT_INBOUND_BYTES_PER_SEC,
             inbound_burst_bytes_per_domain: DEFAULT_INBOUND_BURST_BYTES,
+            outbound_queue_stanzas: q.stanzas,
+            outbound_queue_bytes: q.bytes,
+            outbound_queue_total_bytes: q.total_bytes,
+            outbound_queue_secs: q.max_age.as_secs(),
         }
     }
 }
@@ -82,6 +97,7 @@ impl LimitsSection {
             ("authentication_secs", self.authentication_secs),
             ("write_stall_secs", self.write_stall_secs),
             ("tunnel_handshake_secs", self.tunnel_handshake_secs),
+            ("outbound_queue_secs", self.outbound_queue_secs),
         ] {
             if !(1..=3600).contains(&secs) {
                 bail!("limits.{key}: between 1 and 3600 seconds");
@@ -103,6 +119,7 @@ impl LimitsSection {
             ),
             ("streams_per_domain", self.streams_per_domain),
             ("max_tunnel_connections", self.max_tunnel_connections),
+            ("outbound_queue_stanzas", self.outbound_queue_stanzas),
         ] {
             if n == 0 {
                 bail!("limits.{key}: at least 1");
@@ -121,6 +138,12 @@ impl LimitsSection {
         }
         if self.inbound_bytes_per_sec_per_domain > 0 && self.inbound_burst_bytes_per_domain == 0 {
             bail!("limits.inbound_burst_bytes_per_domain: at least 1 (or set limits.inbound_bytes_per_sec_per_domain to 0 for no limit)");
+        }
+        if self.outbound_queue_bytes < max_stanza_bytes {
+            bail!("limits.outbound_queue_bytes: at least federation.max_stanza_bytes ({max_stanza_bytes}), so the largest stanza fits");
+        }
+        if self.outbound_queue_total_bytes < self.outbound_queue_bytes {
+            bail!("limits.outbound_queue_total_bytes: at least limits.outbound_queue_bytes");
         }
         Ok(())
     }
@@ -142,6 +165,12 @@ impl LimitsSection {
             streams_per_domain: self.streams_per_domain,
         };
         s2s.inbound_rate = self.inbound_rate();
+        s2s.queue = QueueLimits {
+            stanzas: self.outbound_queue_stanzas,
+            bytes: self.outbound_queue_bytes,
+            total_bytes: self.outbound_queue_total_bytes,
+            max_age: Duration::from_secs(self.outbound_queue_secs),
+        };
     }
 
     /// The inbound rate per remote domain; None when `inbound_bytes_per_sec_per_domain` is 0.
@@ -188,11 +217,21 @@ mod tests {
         l.validate(262_144).expect("defaults");
         let client = causeway_pki::s2s_client_config_dialback().expect("client config");
         let mut cfg = S2sConfig::new("s".into(), None, client);
-        let before = (cfg.deadlines, cfg.admission, cfg.preauth_stanza_bytes);
+        let before = (
+            cfg.deadlines,
+            cfg.admission,
+            cfg.preauth_stanza_bytes,
+            cfg.queue,
+        );
         l.apply(&mut cfg);
         assert_eq!(
             before,
-            (cfg.deadlines, cfg.admission, cfg.preauth_stanza_bytes)
+            (
+                cfg.deadlines,
+                cfg.admission,
+                cfg.preauth_stanza_bytes,
+                cfg.queue
+            )
         );
     }
 
@@ -240,6 +279,34 @@ mod tests {
                     ..Default::default()
                 },
                 "limits.inbound_burst_bytes_per_domain",
+            ),
+            (
+                LimitsSection {
+                    outbound_queue_bytes: 1000,
+                    ..Default::default()
+                },
+                "limits.outbound_queue_bytes",
+            ),
+            (
+                LimitsSection {
+                    outbound_queue_total_bytes: 1 << 20,
+                    ..Default::default()
+                },
+                "limits.outbound_queue_total_bytes",
+            ),
+            (
+                LimitsSection {
+                    outbound_queue_secs: 0,
+                    ..Default::default()
+                },
+                "limits.outbound_queue_secs",
+            ),
+            (
+                LimitsSection {
+                    outbound_queue_stanzas: 0,
+                    ..Default::default()
+                },
+                "limits.outbound_queue_stanzas",
             ),
         ];
         for (limits, key) in cases {

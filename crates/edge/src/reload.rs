@@ -51,17 +51,14 @@ impl Edge {
     fn needs_restart(&self, next: &Validated) -> Vec<&'static str> {
         let mut out = Vec::new();
         let (t, f) = (&next.raw.tunnel, &next.raw.federation);
-        if t.listen != self.tunnel_addr && t.listen.port() != 0 {
+        let (s2s, direct_tls, tunnel) = &self.listening.configured;
+        if t.listen != *tunnel {
             out.push("tunnel.listen");
         }
-        if f.listen != self.s2s_addr && f.listen.port() != 0 {
+        if f.listen != *s2s {
             out.push("federation.listen");
         }
-        if f.direct_tls_listen.is_some() != self.direct_tls_addr.is_some()
-            || f.direct_tls_listen
-                .zip(self.direct_tls_addr)
-                .is_some_and(|(want, have)| want != have && want.port() != 0)
-        {
+        if f.direct_tls_listen != *direct_tls {
             out.push("federation.direct_tls_listen");
         }
         out

@@ -955,10 +955,27 @@ impl InboundStream {
             Err(closed) => return closed,
         };
         let handled = match stanza {
-            Some(st) if self.sm.is_some() => self.s2s.host.deliver_tracked(st).await,
             Some(st) => {
-                self.s2s.host.deliver(st).await;
-                None
+                let (from, to, payload) = (
+                    st.from_domain.clone(),
+                    st.to_domain.clone(),
+                    st.payload.clone(),
+                );
+                let outcome = if self.sm.is_some() {
+                    self.s2s.host.deliver_tracked(st).await
+                } else {
+                    self.s2s.host.deliver(st).await.map(|()| None)
+                };
+                match outcome {
+                    Ok(handled) => handled,
+                    Err(condition) => {
+                        // Answered (with an error) counts as handled.
+                        self.s2s
+                            .answer_undeliverable(to, from, &payload, condition)
+                            .await;
+                        None
+                    }
+                }
             }
             None => None,
         };

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,7 @@ pub mod connect;
 pub mod deadlines;
 pub mod inbound;
 pub mod outbound;
+pub mod queue;
 mod sm;
 #[cfg(test)]
 mod testing;
@@ -37,6 +38,7 @@ pub mod verify;
 pub use admission::AdmissionLimits;
 pub use connect::Target;
 pub use deadlines::Deadlines;
+pub use queue::QueueLimits;
 pub use throttle::RateLimit;
 pub use transport::{ConnError, TlsInfo, XmlConn};
 
@@ -119,17 +121,18 @@ pub trait Host: Send + Sync + 'static {
         Box::pin(async { Vec::new() })
     }
     /// An authenticated, address-checked inbound stanza. Awaiting it is backpressure: the
-    /// connection is not read while this is pending.
-    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()>;
+    /// connection is not read while this is pending. An error says the stanza cannot be
+    /// taken; the s2s layer answers its sender with that stanza error (RFC 6120 8.3).
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>>;
     /// Like [`Host::deliver`], and also says when the stanza is safe: kept somewhere that
     /// outlives this process, so losing this process would not lose it. Streams with XEP-0198
     /// stream management acknowledge a stanza to the peer only once it is safe. `None`: safe as
     /// soon as delivered (the default).
-    fn deliver_tracked(&self, stanza: InboundStanza) -> BoxFuture<'_, Option<Handled>> {
-        Box::pin(async move {
-            self.deliver(stanza).await;
-            None
-        })
+    fn deliver_tracked(
+        &self,
+        stanza: InboundStanza,
+    ) -> BoxFuture<'_, Result<Option<Handled>, StanzaCondition>> {
+        Box::pin(async move { self.deliver(stanza).await.map(|()| None) })
     }
     /// A stanza we could not send; `condition` says why. The host should answer the sender
     /// with a stanza error where RFC 6120 asks for one.
@@ -181,8 +184,10 @@ pub struct S2sConfig {
     pub idle_timeout: Duration,
     /// Send a whitespace keepalive after this long without writing.
     pub keepalive: Duration,
-    /// Stanzas queued per outgoing session (backpressure beyond).
-    pub queue_per_session: usize,
+    /// Bounds on each outgoing pair's queue and on all of them together (see [`queue`]):
+    /// beyond them a stanza is bounced with `resource-constraint`, and one queued too long
+    /// with `remote-server-timeout`.
+    pub queue: QueueLimits,
     /// Send an XEP-0199 ping to the peer this often on every outgoing session...
     pub ping_interval: Duration,
     /// ...and declare it dead (closing its sessions both ways) when no answer arrives within
@@ -231,7 +236,7 @@ impl S2sConfig {
             max_verifications_per_domain: 8,
             idle_timeout: Duration::from_secs(600),
             keepalive: Duration::from_secs(60),
-            queue_per_session: 1024,
+            queue: QueueLimits::default(),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
             max_inbound: 10_000,
@@ -338,6 +343,10 @@ pub struct Counters {
     pub refused_by: [AtomicU64; 4],
     /// Stanzas bounced back to their sender.
     pub stanzas_bounced: AtomicU64,
+    /// Of those, bounced because their pair's queue (or the budget of all queues) was full.
+    pub bounced_queue_full: AtomicU64,
+    /// Of those, bounced because they waited in their pair's queue longer than its age limit.
+    pub bounced_queue_expired: AtomicU64,
     /// TLS handshakes that failed.
     pub tls_failures: AtomicU64,
     /// Dialback verifications that said invalid or failed.
@@ -413,6 +422,8 @@ pub struct S2s {
     pub(crate) host: Arc<dyn Host>,
     pub(crate) sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
     pub(crate) outgoing: Mutex<HashMap<(String, String), outbound::SessionHandle>>,
+    /// Bytes queued over every outgoing pair (bounded by [`QueueLimits::total_bytes`]).
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
     /// Outstanding XEP-0199 pings by id; the inbound stream that sees the answer fires it.
     pub(crate) pings: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     /// Dialback verifications running, overall and per remote domain.
@@ -443,6 +454,7 @@ impl S2s {
             host,
             sessions: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(HashMap::new()),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
             pings: Mutex::new(HashMap::new()),
             verifications: Mutex::new(verify::InFlight::default()),
             next_id: AtomicU64::new(1),

@@ -1,25 +1,32 @@
 //! Outgoing s2s: one session per (local domain, remote domain) pair, opened on demand.
 //!
-//! [`S2s::send`] finds or spawns the pair's session task and queues the stanza on its bounded
-//! channel (awaiting room: backpressure). The task resolves and connects, negotiates STARTTLS,
-//! authenticates with dialback (XEP-0220, keys per XEP-0185), then writes queued stanzas in
-//! batches. If the session cannot be opened, queued stanzas are bounced to the [`crate::Host`]
-//! with `remote-server-not-found` or `remote-server-timeout`.
+//! [`S2s::send`] finds or spawns the pair's session task and pushes the stanza on the pair's
+//! own bounded queue ([`crate::queue`]); it never waits for room, so one partner that stalls
+//! cannot hold up sends to any other. The task resolves and connects, negotiates STARTTLS,
+//! authenticates with dialback (XEP-0220, keys per XEP-0185) or SASL EXTERNAL, then writes
+//! queued stanzas in batches; when a stream ends with stanzas still queued it opens another.
+//! A stanza that cannot be delivered is bounced to the [`crate::Host`]: `resource-constraint`
+//! when the queue is full, `remote-server-timeout` when it waited longer than the queue's age
+//! limit, `remote-server-not-found` (or the failure's own condition) when no session opens.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use causeway_xmpp::{dialback, ns, Element, Event, StanzaCondition, StreamCondition, StreamHeader};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
+use crate::queue::{PairQueue, PushError};
 use crate::{Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE};
+
+/// Bytes written to a peer in one batch at most.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// The pool's reference to a live session task.
 #[derive(Clone)]
 pub(crate) struct SessionHandle {
-    tx: mpsc::Sender<OutboundStanza>,
+    queue: Arc<PairQueue>,
     generation: u64,
 }
 
@@ -52,32 +59,71 @@ impl From<crate::ConnError> for OpenError {
 }
 
 impl S2s {
-    /// Send a stanza to a remote domain, opening a session if needed. Awaits room in the
-    /// session's queue. A stanza that cannot be delivered is handed to [`crate::Host::bounce`].
+    /// Send a stanza to a remote domain, opening a session if needed. Never waits for the
+    /// remote side: the stanza is queued on its pair's queue at once, or bounced to
+    /// [`crate::Host::bounce`] (`resource-constraint`) if that queue is full.
     pub async fn send(self: &Arc<Self>, stanza: OutboundStanza) {
         let mut stanza = stanza;
         for _ in 0..3 {
             let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
-            match handle.tx.send(stanza).await {
+            match handle.queue.push(stanza, Instant::now()) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(back)) => {
-                    // The session ended between lookup and send; forget it and retry.
+                Err(PushError::Full(back)) => {
+                    debug!(module = LOG_MODULE, direction = "outgoing", local = %back.from_domain, remote = %back.to_domain, "queue full: stanza bounced");
+                    self.counters
+                        .bounced_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    return self.bounce(back, StanzaCondition::ResourceConstraint).await;
+                }
+                Err(PushError::Closed(back)) => {
+                    // The session ended between lookup and push; forget it and retry.
                     self.forget_session(&back.from_domain, &back.to_domain, handle.generation);
                     stanza = back;
                 }
             }
         }
+        self.bounce(stanza, StanzaCondition::RemoteServerNotFound)
+            .await;
+    }
+
+    /// Answer the sender (on `remote`) of an inbound stanza the host could not take with a
+    /// stanza error, sent as `local` (none for an error: errors are never answered).
+    pub async fn answer_undeliverable(
+        self: &Arc<Self>,
+        local: String,
+        remote: String,
+        payload: &[u8],
+        condition: StanzaCondition,
+    ) {
         self.counters
             .stanzas_bounced
             .fetch_add(1, Ordering::Relaxed);
-        self.host
-            .bounce(stanza, StanzaCondition::RemoteServerNotFound)
-            .await;
+        let Some(reply) = crate::error_reply(payload, condition) else {
+            return;
+        };
+        self.send(OutboundStanza {
+            from_domain: local,
+            to_domain: remote,
+            payload: reply,
+        })
+        .await;
+    }
+
+    async fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) {
+        self.counters
+            .stanzas_bounced
+            .fetch_add(1, Ordering::Relaxed);
+        self.host.bounce(stanza, condition).await;
     }
 
     /// Number of outgoing sessions open or opening.
     pub fn outgoing_count(&self) -> usize {
         self.outgoing.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes queued for remote domains, over every pair.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     fn session_for(self: &Arc<Self>, from: &str, to: &str) -> SessionHandle {
@@ -87,17 +133,20 @@ impl S2s {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(h) = map.get(&key) {
-            if !h.tx.is_closed() {
+            if !h.queue.is_closed() {
                 return h.clone();
             }
         }
-        let (tx, rx) = mpsc::channel(self.cfg().queue_per_session.max(1));
+        let queue = Arc::new(PairQueue::new(self.cfg().queue, self.queued_bytes.clone()));
         let generation = rand::random::<u64>();
-        let handle = SessionHandle { tx, generation };
+        let handle = SessionHandle {
+            queue: queue.clone(),
+            generation,
+        };
         map.insert(key, handle.clone());
         let s2s = self.clone();
         let (from, to) = (from.to_owned(), to.to_owned());
-        tokio::spawn(async move { s2s.run_session(from, to, rx, generation).await });
+        tokio::spawn(async move { s2s.run_session(from, to, queue, generation).await });
         handle
     }
 
@@ -112,49 +161,48 @@ impl S2s {
         }
     }
 
-    /// The life of one outgoing session (a wiring function: open, stream, drain).
+    /// The life of one pair's session task (a wiring function): open a stream, write what is
+    /// queued until it ends, and open another while stanzas remain; end when the queue is
+    /// empty at the end of a stream or no stream can be opened.
     async fn run_session(
         self: Arc<Self>,
         from: String,
         to: String,
-        mut rx: mpsc::Receiver<OutboundStanza>,
+        queue: Arc<PairQueue>,
         generation: u64,
     ) {
-        let opened = tokio::time::timeout(
-            self.cfg().deadlines.authentication,
-            self.establish(&from, &to),
-        )
-        .await;
-        let (conn, entry) = match opened {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return self.fail_queue(&from, &to, rx, generation, e).await,
-            Err(_) => {
-                let e = OpenError {
-                    condition: StanzaCondition::RemoteServerTimeout,
-                    reason: "s2s negotiation timed out".into(),
-                };
-                return self.fail_queue(&from, &to, rx, generation, e).await;
-            }
-        };
-        let end = self
-            .stream_stanzas(conn, &entry, &mut rx, (&from, &to))
-            .await;
-        self.unregister(&entry);
-        self.forget_session(&from, &to, generation);
-        info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %end, "s2s session closed");
-        // Stanzas still queued go out on a fresh session.
-        rx.close();
-        let mut leftovers = Vec::new();
-        while let Some(st) = rx.recv().await {
-            leftovers.push(st);
-        }
-        if !leftovers.is_empty() {
-            let s2s = self.clone();
-            tokio::spawn(async move {
-                for st in leftovers {
-                    s2s.send(st).await;
+        loop {
+            let opened = self
+                .bouncing_expired(
+                    &queue,
+                    tokio::time::timeout(
+                        self.cfg().deadlines.authentication,
+                        self.establish(&from, &to),
+                    ),
+                )
+                .await;
+            let (conn, entry) = match opened {
+                Ok(Ok(ok)) => ok,
+                Ok(Err(e)) => return self.fail_queue(&from, &to, &queue, generation, e).await,
+                Err(_) => {
+                    let e = OpenError {
+                        condition: StanzaCondition::RemoteServerTimeout,
+                        reason: "s2s negotiation timed out".into(),
+                    };
+                    return self.fail_queue(&from, &to, &queue, generation, e).await;
                 }
-            });
+            };
+            let end = self
+                .stream_stanzas(conn, &entry, &queue, (&from, &to))
+                .await;
+            self.unregister(&entry);
+            info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %end, "s2s session closed");
+            if queue.close_if_empty() {
+                self.forget_session(&from, &to, generation);
+                return;
+            }
+            // Stanzas are still queued (or were being written): they go out, in order, on
+            // the next stream.
         }
     }
 
@@ -162,18 +210,38 @@ impl S2s {
         &self,
         from: &str,
         to: &str,
-        mut rx: mpsc::Receiver<OutboundStanza>,
+        queue: &PairQueue,
         generation: u64,
         e: OpenError,
     ) {
         warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %e.reason, "s2s session failed");
         self.forget_session(from, to, generation);
-        rx.close();
-        while let Some(st) = rx.recv().await {
+        for st in queue.close_and_drain() {
+            self.bounce(st, e.condition).await;
+        }
+    }
+
+    /// Run `work` to completion, meanwhile bouncing each stanza of `queue` at the moment it
+    /// has waited longer than the queue's age limit (`remote-server-timeout`).
+    async fn bouncing_expired<F: Future>(&self, queue: &PairQueue, work: F) -> F::Output {
+        tokio::pin!(work);
+        loop {
+            let next = queue.next_expiry();
+            tokio::select! {
+                out = &mut work => return out,
+                _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
+                    self.bounce_expired(queue).await;
+                }
+            }
+        }
+    }
+
+    async fn bounce_expired(&self, queue: &PairQueue) {
+        for st in queue.take_expired(Instant::now()) {
             self.counters
-                .stanzas_bounced
+                .bounced_queue_expired
                 .fetch_add(1, Ordering::Relaxed);
-            self.host.bounce(st, e.condition).await;
+            self.bounce(st, StanzaCondition::RemoteServerTimeout).await;
         }
     }
 
@@ -405,13 +473,13 @@ impl S2s {
         }
     }
 
-    /// Write queued stanzas until the stream ends, the session idles out, or the pool is gone.
+    /// Write queued stanzas until the stream ends or the session idles out.
     /// Returns why it ended.
     async fn stream_stanzas(
         &self,
         mut conn: XmlConn,
         entry: &SessionEntry,
-        rx: &mut mpsc::Receiver<OutboundStanza>,
+        queue: &PairQueue,
         (from, to): (&str, &str),
     ) -> String {
         let cfg = self.cfg();
@@ -420,8 +488,30 @@ impl S2s {
         let mut keepalive_deadline = Instant::now() + cfg.keepalive;
         let mut ping_at = Instant::now() + cfg.ping_interval;
         let mut pong: Option<Pong> = None;
-        let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut bytes: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
+            let batch = queue.take_batch(BATCH_BYTES);
+            if !batch.is_empty() {
+                bytes.clear();
+                for (st, _) in &batch {
+                    bytes.extend_from_slice(&st.payload);
+                }
+                let written = self
+                    .bouncing_expired(queue, self.write_or_dead(&mut conn, &bytes, to))
+                    .await;
+                if let Err(e) = written {
+                    // Not known to be delivered: the next stream sends it again.
+                    queue.unshift(batch);
+                    return e;
+                }
+                let n = batch.len() as u64;
+                entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
+                self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
+                entry.touch();
+                idle_deadline = Instant::now() + cfg.idle_timeout;
+                keepalive_deadline = Instant::now() + cfg.keepalive;
+                continue;
+            }
             let pong_deadline = pong.as_ref().map_or(ping_at, |p| p.deadline);
             tokio::select! {
                 ev = conn.next_event() => match ev {
@@ -438,26 +528,7 @@ impl S2s {
                     Ok(Event::StreamOpen(_)) => return "unexpected stream restart".into(),
                     Err(e) => return e.to_string(),
                 },
-                first = rx.recv() => {
-                    let Some(first) = first else { return "pool closed".into() };
-                    batch.clear();
-                    batch.extend_from_slice(&first.payload);
-                    let mut n = 1u64;
-                    while batch.len() < 64 * 1024 {
-                        match rx.try_recv() {
-                            Ok(st) => { batch.extend_from_slice(&st.payload); n += 1; }
-                            Err(_) => break,
-                        }
-                    }
-                    if let Err(e) = self.write_or_dead(&mut conn, &batch, to).await {
-                        return e;
-                    }
-                    entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
-                    self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
-                    entry.touch();
-                    idle_deadline = Instant::now() + cfg.idle_timeout;
-                    keepalive_deadline = Instant::now() + cfg.keepalive;
-                },
+                _ = queue.pushed() => continue,
                 Ok(()) = generation.changed() => {
                     if let Some(why) = self.still_allowed(&conn, to) {
                         warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = why, "new config no longer allows this session");
@@ -467,7 +538,10 @@ impl S2s {
                 },
                 _ = sleep_until(ping_at), if pong.is_none() => {
                     let (ping, waiter) = self.new_ping(from, to);
-                    if let Err(e) = self.write_or_dead(&mut conn, ping.payload.as_bytes(), to).await {
+                    let written = self
+                        .bouncing_expired(queue, self.write_or_dead(&mut conn, ping.payload.as_bytes(), to))
+                        .await;
+                    if let Err(e) = written {
                         return e;
                     }
                     pong = Some(Pong { id: ping.id, answered: waiter, deadline: Instant::now() + cfg.ping_timeout });
@@ -497,7 +571,10 @@ impl S2s {
                     return self.peer_dead(&mut conn, to, "no answer to a ping").await;
                 },
                 _ = sleep_until(keepalive_deadline) => {
-                    if let Err(e) = self.write_or_dead(&mut conn, b" ", to).await {
+                    let written = self
+                        .bouncing_expired(queue, self.write_or_dead(&mut conn, b" ", to))
+                        .await;
+                    if let Err(e) = written {
                         return e;
                     }
                     keepalive_deadline = Instant::now() + cfg.keepalive;
@@ -547,6 +624,11 @@ impl S2s {
         conn.abort();
         format!("peer dead: {why}")
     }
+}
+
+/// A sleep deadline that never comes (for a disabled `select!` branch's expression).
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// One of our pings on the wire.

@@ -50,8 +50,8 @@ impl Host for TestHost {
             .cloned();
         Box::pin(async move { found.ok_or_else(|| format!("no route to {domain}")) })
     }
-    fn deliver(&self, _stanza: InboundStanza) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    fn deliver(&self, _stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>> {
+        Box::pin(async { Ok(()) })
     }
     fn bounce(&self, _stanza: OutboundStanza, _condition: StanzaCondition) -> BoxFuture<'_, ()> {
         Box::pin(async {})

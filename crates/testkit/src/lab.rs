@@ -70,6 +70,10 @@ pub struct LabOptions {
     pub ejabberd_starttls: String,
     /// TOML lines added to the edge's `[federation]` section.
     pub edge_federation_extra: String,
+    /// TOML lines added to the edge's `[tunnel]` section (e.g. a small `window`).
+    pub edge_tunnel_extra: String,
+    /// More addresses for the edge's `federation.listen` (e.g. `[::1]:port`).
+    pub edge_extra_listen: Vec<SocketAddr>,
     /// Lua lines added to partner.test's Prosody global section.
     pub partner_extra_global: String,
     /// Modules partner.test's Prosody loads besides the usual ones (e.g. "smacks").
@@ -122,6 +126,8 @@ impl LabOptions {
             ejabberd_trusted: true,
             ejabberd_starttls: "required".into(),
             edge_federation_extra: String::new(),
+            edge_tunnel_extra: String::new(),
+            edge_extra_listen: Vec::new(),
             partner_extra_global: String::new(),
             partner_extra_modules: Vec::new(),
             revoked_names: Vec::new(),
@@ -304,6 +310,24 @@ impl Lab {
             &opts.extra_allow,
             &federation_extra,
         );
+        if !opts.edge_extra_listen.is_empty() {
+            let list: Vec<String> = std::iter::once(edge_s2s)
+                .chain(opts.edge_extra_listen.iter().copied())
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            edge_toml = edge_toml.replacen(
+                &format!("listen = \"{edge_s2s}\""),
+                &format!("listen = [{}]", list.join(", ")),
+                1,
+            );
+        }
+        if !opts.edge_tunnel_extra.is_empty() {
+            edge_toml = edge_toml.replacen(
+                "[tunnel]\n",
+                &format!("[tunnel]\n{}\n", opts.edge_tunnel_extra),
+                1,
+            );
+        }
         if let Some(policy) = &opts.edge_policy {
             let start = edge_toml.find("[policy]").unwrap_or(edge_toml.len());
             edge_toml.truncate(start);

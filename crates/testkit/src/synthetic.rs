@@ -70,7 +70,7 @@ impl Host for SyntheticHost {
         let route = Target::configured(self.route);
         Box::pin(async move { Ok(vec![route]) })
     }
-    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, ()> {
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>> {
         if let Some((to_domain, pong)) = Self::pong(&stanza.payload) {
             if let Some(s2s) = self.s2s.get().and_then(Weak::upgrade) {
                 let from_domain = self.domain.clone();
@@ -84,7 +84,7 @@ impl Host for SyntheticHost {
                     .await;
                 });
             }
-            return Box::pin(async {});
+            return Box::pin(async { Ok(()) });
         }
         self.received.count.fetch_add(1, Ordering::Relaxed);
         if self.keep {
@@ -92,7 +92,7 @@ impl Host for SyntheticHost {
                 kept.push(stanza.payload);
             }
         }
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
     fn bounce(&self, _stanza: OutboundStanza, _condition: StanzaCondition) -> BoxFuture<'_, ()> {
         self.received.bounced.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +150,7 @@ impl SyntheticServer {
         let secret = format!("synthetic-secret-for-{domain}");
         let mut cfg = S2sConfig::new(secret, Some(tls_server), tls_client);
         cfg.presents_client_cert = cert.is_some();
-        cfg.queue_per_session = 4096;
+        cfg.queue.stanzas = 4096;
         let received = Arc::new(Received::default());
         let host = Arc::new(SyntheticHost {
             domain: domain.to_owned(),

@@ -89,6 +89,18 @@ impl EdgeTunnel {
         events: mpsc::Sender<EdgeEvent>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(EdgeTunnel, JoinHandle<Result<(), TunnelError>>), TunnelError> {
+        Self::serve_all(vec![listener], tls, opts, events, shutdown)
+    }
+
+    /// Like [`EdgeTunnel::serve`] on several listeners at once (an IPv4 and an IPv6 address,
+    /// say); the connection cap covers them all.
+    pub fn serve_all(
+        listeners: Vec<tokio::net::TcpListener>,
+        tls: TlsFiles,
+        opts: TunnelOptions,
+        events: mpsc::Sender<EdgeEvent>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(EdgeTunnel, JoinHandle<Result<(), TunnelError>>), TunnelError> {
         tls::validate(&tls)?;
         let keepalive = opts.keepalive_or_min();
         let mut builder = Server::builder()
@@ -109,7 +121,11 @@ impl EdgeTunnel {
         .max_decoding_message_size(MAX_FRAME_BYTES);
         let router = builder.add_service(service);
         let incoming = capped(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            futures::stream::select_all(
+                listeners
+                    .into_iter()
+                    .map(|l| TcpIncoming::from(l).with_nodelay(Some(true))),
+            ),
             inner.opts.max_connections,
         );
         let server_inner = inner.clone();
@@ -408,7 +424,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Accepted connections, at most `max` at once: each carries a slot it gives back when the
 /// connection ends; one accepted beyond the cap is dropped at once (before any TLS work).
 fn capped(
-    incoming: TcpIncoming,
+    incoming: impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
     max: usize,
 ) -> impl Stream<Item = std::io::Result<Capped>> + Send + 'static {
     let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));

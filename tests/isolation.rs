@@ -1,0 +1,280 @@
+//! Isolation between partners and from the inside's outages (issue "The edge survives the
+//! internet"): a partner that stops answering fills only its own outgoing queue, and a core
+//! outage costs the edge bounded memory and answers the partners with stanza errors.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use causeway_testkit::lab::{Lab, PARTNER};
+use causeway_testkit::ClientEvent;
+
+use crate::support::raw::edge_memory;
+use crate::support::{edge_log, metric, options, scrape, start, warm_up, Step, PATIENCE};
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Continues a stopped process even when the test fails, so cleanup can kill it.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The 99th percentile (nearest rank) of some latencies.
+fn p99(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((sorted.len() as f64) * 0.99).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Error messages `client` has received so far (kept events and new ones within `wait`) whose
+/// XML names `condition`, from `from_bare`.
+fn errors_from(
+    client: &mut causeway_testkit::Client,
+    from_bare: &str,
+    condition: &str,
+    wait: Duration,
+) -> usize {
+    let mut n = 0;
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let found = client
+            .wait_for(left, |ev| {
+                matches!(ev, ClientEvent::Message { from, mtype, xml, .. }
+                    if mtype == "error" && from.starts_with(from_bare) && xml.contains(condition))
+            })
+            .unwrap_or(None);
+        if found.is_none() {
+            return n;
+        }
+        n += 1;
+    }
+}
+
+/// One message from alice to other.test (a synthetic server) and the time until it arrived.
+fn to_other(
+    lab: &Lab,
+    alice: &mut causeway_testkit::Client,
+    other: &causeway_testkit::synthetic::SyntheticServer,
+    tag: &str,
+) -> Duration {
+    use std::sync::atomic::Ordering;
+    let before = other.received.count.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    alice
+        .send_message("someone@other.test", tag)
+        .step(lab, "send to other.test");
+    let arrived = causeway_testkit::wait_until(PATIENCE, || {
+        other.received.count.load(Ordering::Relaxed) > before
+    });
+    assert!(
+        arrived,
+        "{tag} never reached other.test:\n{}",
+        lab.diagnostics()
+    );
+    sent.elapsed()
+}
+
+/// partner.test (a real Prosody) is SIGSTOPped: its kernel still accepts and ACKs, nothing
+/// answers. alice goes on talking to other.test (a synthetic server) the whole time, and its
+/// latency's p99 stays near the baseline measured before. A burst to the stopped partner
+/// fills its own queue (40 stanzas here): what does not fit bounces at once with
+/// `resource-constraint`, what waited 30 s with `remote-server-timeout`; both are counted.
+/// After SIGCONT the partner is reachable again.
+#[test]
+fn a_stopped_partner_fills_only_its_own_queue() {
+    const QUEUE: usize = 40;
+    const BURST: usize = 100;
+    let subnet = 241;
+    let metrics = SocketAddr::from((Lab::ip(subnet, 2), 9464));
+    let mut opts = options(subnet);
+    opts.extra_allow = vec!["other.test".into()];
+    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
+        "other.test",
+        &Lab::ip(subnet, 41).to_string(),
+        5269,
+    )];
+    opts.edge_extra = format!(
+        "[limits]\noutbound_queue_stanzas = {QUEUE}\n\n[metrics]\nlisten = \"{metrics}\"\n"
+    );
+    let lab = start(opts);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let other = rt
+        .block_on(
+            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
+                "other.test",
+                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
+                SocketAddr::from((Lab::ip(subnet, 2), 5269)),
+                false,
+                None,
+            ),
+        )
+        .expect("other.test");
+    let bob_jid = format!("bob@{PARTNER}");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+    warm_up(&lab, &mut alice, &mut bob);
+    to_other(&lab, &mut alice, &other, "warm-up");
+
+    let baseline: Vec<Duration> = (0..20)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(200));
+            to_other(&lab, &mut alice, &other, &format!("baseline {i}"))
+        })
+        .collect();
+
+    let pid = lab.partner.pid();
+    signal(pid, "-STOP");
+    let resume = Resume(pid);
+    let stopped = Instant::now();
+    let mut during = Vec::new();
+    // Until the edge finds it dead (its open session would take writes into kernel buffers).
+    while !edge_log(&lab).contains("peer is not answering") {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(40),
+            "the stopped partner was never found dead:\n{}",
+            edge_log(&lab)
+        );
+        during.push(to_other(&lab, &mut alice, &other, "while stopping"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    alice
+        .send_burst_prefixed(&bob_jid, BURST, "to-stopped-")
+        .step(&lab, "burst to the stopped partner");
+    let burst_at = Instant::now();
+    while burst_at.elapsed() < Duration::from_secs(35) {
+        during.push(to_other(&lab, &mut alice, &other, "during"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let full = errors_from(&mut alice, &bob_jid, "resource-constraint", PATIENCE);
+    let expired = errors_from(&mut alice, &bob_jid, "remote-server-timeout", PATIENCE);
+    let (base, worst) = (p99(&baseline), p99(&during));
+    eprintln!(
+        "other.test latency p99: baseline {base:?}, partner stopped {worst:?} ({} samples, ratio {:.2}); bounces: {full} full, {expired} expired",
+        during.len(),
+        worst.as_secs_f64() / base.as_secs_f64()
+    );
+    assert!(
+        worst <= (base * 3).max(Duration::from_secs(1)),
+        "other.test slowed by the stopped partner: p99 {worst:?} against a baseline of {base:?}"
+    );
+    assert!(
+        full >= BURST - QUEUE - 5,
+        "expected about {} resource-constraint bounces, got {full}",
+        BURST - QUEUE
+    );
+    assert!(
+        (1..=QUEUE).contains(&expired),
+        "expected up to {QUEUE} remote-server-timeout bounces, got {expired}"
+    );
+    let text = scrape(metrics);
+    let counted = |reason: &str| {
+        metric(
+            &text,
+            &format!("causeway_stanzas_bounced_by_queue_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0) as usize
+    };
+    assert!(counted("full") >= full, "metrics:\n{text}");
+    assert_eq!(
+        metric(&text, "causeway_outbound_queued_bytes"),
+        Some(0.0),
+        "nothing stays queued once bounced:\n{text}"
+    );
+
+    drop(resume);
+    alice
+        .send_message(&bob_jid, "after the stop")
+        .step(&lab, "send");
+    bob.expect_message("alice@example.com", "after the stop", PATIENCE * 3)
+        .step(&lab, "a->b after SIGCONT");
+}
+
+/// core dies while partner.test's bob sends alice 400 messages. The edge keeps what fits in
+/// the core's tunnel window (64 stanzas here) for its return and answers the rest at once with
+/// `service-unavailable`; its memory stays bounded. When core is back, the kept messages
+/// arrive: every message is either delivered or answered with an error - none lost.
+#[test]
+fn a_core_outage_bounces_with_bounded_memory_and_loses_nothing() {
+    const WINDOW: usize = 64;
+    const N: usize = 400;
+    let mut opts = options(242);
+    opts.edge_tunnel_extra = format!("window = {WINDOW}");
+    let mut lab = start(opts);
+    let bob_jid = format!("bob@{PARTNER}");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+    warm_up(&lab, &mut alice, &mut bob);
+
+    let edge_pid = lab.edge.as_ref().expect("edge").pid();
+    let (rss_before, _) = edge_memory(edge_pid);
+    if let Some(mut core) = lab.core.take() {
+        core.kill();
+    }
+    let disconnected =
+        causeway_testkit::wait_until(PATIENCE, || edge_log(&lab).contains("core disconnected"));
+    assert!(
+        disconnected,
+        "the edge never saw core go:\n{}",
+        edge_log(&lab)
+    );
+
+    bob.send_burst_prefixed("alice@example.com", N, "outage-")
+        .step(&lab, "burst during the outage");
+    let refused = errors_from(
+        &mut bob,
+        "alice@example.com",
+        "service-unavailable",
+        PATIENCE,
+    );
+    let (rss_after, _) = edge_memory(edge_pid);
+    let growth = rss_after.saturating_sub(rss_before);
+    eprintln!(
+        "core outage: {refused} of {N} answered service-unavailable; edge RSS {} MiB -> {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(
+        (N - WINDOW - 5..=N - WINDOW).contains(&refused),
+        "expected about {} refusals (the window keeps {WINDOW}), got {refused}:\n{}",
+        N - WINDOW,
+        lab.diagnostics()
+    );
+    assert!(growth < 32 << 20, "edge RSS grew by {growth} bytes");
+    assert!(
+        edge_log(&lab).contains("stanzas for the inside are refused"),
+        "the refusals were not logged"
+    );
+
+    lab.restart_core().expect("core restarts");
+    let kept = N - refused;
+    let got = alice
+        .collect_messages(&bob_jid, kept, PATIENCE * 2)
+        .step(&lab, "the kept messages arrive when core is back");
+    assert!(
+        got.iter().all(|b| b.starts_with("outage-")),
+        "unexpected messages: {got:?}"
+    );
+    let late = errors_from(&mut bob, "alice@example.com", "", Duration::from_secs(2));
+    assert_eq!(late, 0, "errors after the outage for delivered messages");
+    let more = alice
+        .collect_messages(&bob_jid, 1, Duration::from_secs(2))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(
+        more, 0,
+        "a message arrived twice or was both bounced and delivered"
+    );
+}
