@@ -400,3 +400,67 @@ fn verifications_over_the_cap_fail_at_once_without_traffic() {
     );
     legitimate_traffic_flows(&lab, "beside the capped verifications");
 }
+
+/// One SASL EXTERNAL attempt over STARTTLS presenting `cert`, as `from`, with `authzid`;
+/// returns the edge's answer (`success`, or the failure's condition).
+async fn sasl_external_as(
+    edge: SocketAddr,
+    cert: &causeway_testkit::CertFiles,
+    from: &str,
+    authzid: &str,
+) -> String {
+    use base64::Engine;
+    let tcp = tokio::net::TcpStream::connect(edge).await.expect("connect");
+    let mut conn = XmlConn::new(tcp, Limits::default()).expect("conn");
+    header(&mut conn, from).await;
+    conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .expect("starttls");
+    let proceed = next_element(&mut conn).await;
+    assert!(proceed.is("proceed", ns::TLS), "no proceed: {proceed:?}");
+    let certs = causeway_pki::load_certs(&cert.cert_pem).expect("cert");
+    let key = causeway_pki::load_key(&cert.key_pem).expect("key");
+    let cfg = causeway_pki::s2s_client_config_dialback_with_cert(certs, key).expect("tls");
+    conn.connect_tls(cfg, "example.com").await.expect("TLS");
+    header(&mut conn, from).await;
+    let auth = format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{}</auth>",
+        base64::engine::general_purpose::STANDARD.encode(authzid)
+    );
+    conn.send(auth.as_bytes()).await.expect("auth");
+    let answer = next_element(&mut conn).await;
+    if answer.is("success", ns::SASL) {
+        return "success".into();
+    }
+    assert!(answer.is("failure", ns::SASL), "unexpected: {answer:?}");
+    let condition = answer.elements().next().map(|c| c.name.clone());
+    condition.unwrap_or_default()
+}
+
+/// (g) SASL EXTERNAL's authorization identity must be the stream header's `from` (XEP-0178):
+/// a peer whose certificate names both evil.test and partner.test (a hosting provider's,
+/// say), on a stream from evil.test, cannot authorize as partner.test - refused with
+/// `<not-authorized/>` and logged - while the same certificate with a matching authzid
+/// succeeds.
+#[test]
+fn a_sasl_authzid_other_than_the_stream_from_is_refused() {
+    let subnet = 232;
+    let mut opts = evil_options(subnet);
+    opts.federation_ca = true;
+    let lab = start(opts);
+    let ca = lab.federation_ca.clone().expect("federation CA");
+    let cert = ca.issue(&["evil.test", PARTNER]).expect("cert");
+    let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mismatched = rt.block_on(sasl_external_as(edge, &cert, "evil.test", PARTNER));
+    assert_eq!(mismatched, "not-authorized", "{}", lab.diagnostics());
+    let matching = rt.block_on(sasl_external_as(edge, &cert, "evil.test", "evil.test"));
+    assert_eq!(matching, "success", "{}", lab.diagnostics());
+    let log = edge_log(&lab);
+    assert!(
+        log.lines().any(|l| l.contains("SASL EXTERNAL refused")
+            && l.contains("authzid does not match the stream header's from")),
+        "the refusal was not logged:\n{log}"
+    );
+    legitimate_traffic_flows(&lab, "beside a mismatched authzid");
+}
