@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, PARTNER};
 
-use crate::support::{options, start, warm_up, Step, PATIENCE};
+use crate::support::{edge_log, options, run, start, warm_up, Step, EDGE, PATIENCE};
 
 /// The tunnel's TCP connection is cut again and again while 1,000 messages flow each way:
 /// every message arrives once, in order.
@@ -119,4 +119,129 @@ fn a_core_with_a_certificate_from_another_ca_is_refused() {
         !since.contains("core connected"),
         "the edge accepted the rogue core:\n{since}"
     );
+}
+
+/// Set (or with `None` remove) `tunnel.crls` in the lab edge's config and reload it (SIGHUP);
+/// returns once the reload is logged.
+fn reload_with_crls(lab: &Lab, crls: Option<&str>) {
+    let path = lab.config_path("edge");
+    let text = std::fs::read_to_string(&path).expect("edge config");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("crls = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = match crls {
+        Some(list) => text.replacen("[tunnel]\n", &format!("[tunnel]\ncrls = [{list}]\n"), 1),
+        None => text,
+    };
+    std::fs::write(&path, text).expect("write config");
+    let before = edge_log(lab).matches("configuration reloaded").count();
+    let pid = lab.edge.as_ref().expect("edge").pid();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(hup, "kill -HUP {pid}");
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || {
+            edge_log(lab).matches("configuration reloaded").count() > before
+        }),
+        "the reload was not logged:\n{}",
+        edge_log(lab)
+    );
+}
+
+/// Revoking a core without rotating the traversal CA: `edge pki revoke` adds the core's
+/// certificate to a CRL, a reload that loads it cuts the connected core off and refuses its
+/// reconnects; a reload without it lets the core back in. `edge check` names a broken CRL.
+#[test]
+fn a_revoked_core_is_cut_off_by_a_reload_and_readmitted_without_the_crl() {
+    let lab = start(options(243));
+    let bob_jid = format!("bob@{PARTNER}");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+    warm_up(&lab, &mut alice, &mut bob);
+
+    let pki = lab.dir.path().join("pki");
+    let p = |name: &str| pki.join(name).to_string_lossy().into_owned();
+    let r = run(
+        EDGE,
+        &[
+            "pki",
+            "revoke",
+            "--ca-cert",
+            &p("traversal-ca.crt"),
+            "--ca-key",
+            &p("traversal-ca.key"),
+            "--crl",
+            &p("traversal.crl"),
+            &p("core-tunnel.crt"),
+        ],
+    );
+    assert_eq!(r.code, 0, "edge pki revoke: {}", r.text());
+    assert!(
+        r.stdout.contains("1 newly revoked, 1 in all"),
+        "{}",
+        r.text()
+    );
+
+    reload_with_crls(&lab, Some("\"pki/traversal.crl\""));
+    let log = edge_log(&lab);
+    assert!(
+        log.contains("cores cut off (certificate revoked): core1.example.com"),
+        "the reload did not cut the revoked core off:\n{log}"
+    );
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || {
+            edge_log(&lab).contains("refusing core: its traversal certificate is not accepted")
+        }),
+        "the revoked core's reconnect was not refused:\n{}",
+        edge_log(&lab)
+    );
+    let config = lab.config_path("edge");
+    let status = run(
+        EDGE,
+        &["status", "--json", "--config", &config.to_string_lossy()],
+    );
+    let v = status.json();
+    assert_eq!(
+        v["edge"]["federation"]["active"], false,
+        "with its only core revoked the edge must not report federation active: {v:#}"
+    );
+
+    // A broken CRL is named by `edge check` (and would be refused by a reload).
+    std::fs::write(pki.join("broken.crl"), "not a CRL").expect("write");
+    reload_check_names_broken_crl(&lab);
+
+    let connected_before = edge_log(&lab).matches("core connected").count();
+    reload_with_crls(&lab, None);
+    assert!(
+        causeway_testkit::wait_until(PATIENCE * 2, || {
+            edge_log(&lab).matches("core connected").count() > connected_before
+        }),
+        "the core did not come back once the CRL was removed:\n{}",
+        edge_log(&lab)
+    );
+    bob.send_message("alice@example.com", "after readmission")
+        .step(&lab, "send");
+    alice
+        .expect_message(&bob_jid, "after readmission", PATIENCE)
+        .step(&lab, "bob -> alice through the readmitted core");
+}
+
+fn reload_check_names_broken_crl(lab: &Lab) {
+    let path = lab.config_path("edge");
+    let good = std::fs::read_to_string(&path).expect("edge config");
+    let broken = good.replacen("[tunnel]\n", "[tunnel]\ncrls = [\"pki/broken.crl\"]\n", 1);
+    let broken = broken
+        .lines()
+        .filter(|l| *l != "crls = [\"pki/traversal.crl\"]")
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let check_path = path.with_file_name("edge-broken.toml");
+    std::fs::write(&check_path, broken).expect("write");
+    let r = run(EDGE, &["check", "-c", &check_path.to_string_lossy()]);
+    assert_ne!(r.code, 0, "edge check accepted a broken CRL: {}", r.text());
+    assert!(r.text().contains("tunnel.crls"), "{}", r.text());
 }

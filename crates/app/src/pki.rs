@@ -1,4 +1,5 @@
-//! `pki` subcommands shared by both binaries: lab certificates.
+//! `pki` subcommands shared by both binaries: lab certificates, and revoking a core's
+//! traversal certificate.
 
 use std::path::PathBuf;
 
@@ -28,6 +29,21 @@ pub enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke certificates issued by the traversal CA (a core's, say): add them to the CRL
+    /// file the edge loads (`tunnel.crl`), creating it if needed; then `edge reload`.
+    Revoke {
+        /// The CA's certificate (PEM).
+        #[arg(long = "ca-cert")]
+        ca_cert: PathBuf,
+        /// The CA's private key (PEM).
+        #[arg(long = "ca-key")]
+        ca_key: PathBuf,
+        /// The CRL file to update (PEM; kept entries stay revoked).
+        #[arg(long)]
+        crl: PathBuf,
+        /// The certificates to revoke (PEM files); none: re-sign the CRL with fresh dates.
+        certs: Vec<PathBuf>,
+    },
 }
 
 /// Run a `pki` subcommand.
@@ -51,6 +67,21 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
             for p in written {
                 println!("{}", p.display());
             }
+            Ok(())
+        }
+        PkiCommand::Revoke {
+            ca_cert,
+            ca_key,
+            crl,
+            certs,
+        } => {
+            let r = causeway_pki::revoke(&ca_cert, &ca_key, &crl, &certs)?;
+            println!(
+                "{}: {} newly revoked, {} in all; run `edge reload` to apply",
+                crl.display(),
+                r.added,
+                r.total
+            );
             Ok(())
         }
     }

@@ -78,6 +78,10 @@ pub struct TunnelSection {
     pub key: PathBuf,
     /// The traversal CA that must have signed every core's client certificate.
     pub ca: PathBuf,
+    /// CRLs of the traversal CA (PEM or DER files, e.g. kept by `edge pki revoke`): a core
+    /// whose certificate they revoke is refused, and cut off when a reload loads them.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
     /// Stanzas kept per core until acknowledged.
     #[serde(default = "default_window")]
     pub window: usize,
@@ -339,6 +343,8 @@ pub struct Validated {
     pub dialback_secret: String,
     /// Trust for peer certificates, if a CA bundle is configured.
     pub peer_trust: Option<std::sync::Arc<causeway_pki::PeerTrust>>,
+    /// The traversal CA with its CRLs, if `tunnel.crls` lists any.
+    pub tunnel_trust: Option<std::sync::Arc<causeway_pki::PeerTrust>>,
     /// The outbound address filter (`federation.outbound_allow_networks`).
     pub outbound_filter: causeway_s2s::addrfilter::AddrFilter,
     /// Which core may announce what.
@@ -368,7 +374,12 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     if let Some(p) = raw.federation.ca_bundle.as_mut() {
         *p = base.join(&*p);
     }
-    for p in raw.federation.crls.iter_mut() {
+    for p in raw
+        .federation
+        .crls
+        .iter_mut()
+        .chain(raw.tunnel.crls.iter_mut())
+    {
         *p = base.join(&*p);
     }
     raw.admin.resolve_paths(base);
@@ -418,6 +429,14 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
             bail!("federation.crls: needs federation.ca_bundle")
         }
         None => None,
+    };
+    let tunnel_trust = if raw.tunnel.crls.is_empty() {
+        None
+    } else {
+        Some(std::sync::Arc::new(
+            causeway_pki::PeerTrust::load(&raw.tunnel.ca, &raw.tunnel.crls)
+                .map_err(|e| anyhow::anyhow!("tunnel.crls: {e}"))?,
+        ))
     };
     if raw.federation.require_client_certs && peer_trust.is_none() {
         bail!("federation.require_client_certs: needs federation.ca_bundle (the CAs to trust)");
@@ -495,6 +514,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         direct_tls_routes,
         dialback_secret,
         peer_trust,
+        tunnel_trust,
         outbound_filter,
         grants,
     })

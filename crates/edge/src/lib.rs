@@ -389,6 +389,22 @@ pub struct Listening {
     ),
 }
 
+/// The check of cores' certificates against the traversal CA's CRLs (`tunnel.crls`), if any.
+pub fn tunnel_peer_check(
+    trust: Option<Arc<causeway_pki::PeerTrust>>,
+) -> Option<causeway_tunnel::PeerCheck> {
+    let trust = trust?;
+    Some(causeway_tunnel::PeerCheck(Arc::new(move |chain| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        trust
+            .verify_chain(chain, true, now)
+            .map_err(|e| e.to_string())
+    })))
+}
+
 /// Bound addresses, for logs and status.
 pub fn addr_list(addrs: &[SocketAddr]) -> String {
     let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
@@ -446,6 +462,7 @@ pub async fn start(
         keepalive: Duration::from_secs(cfg.raw.tunnel.keepalive_secs),
         handshake_timeout: Duration::from_secs(cfg.raw.limits.tunnel_handshake_secs),
         max_connections: cfg.raw.limits.max_tunnel_connections,
+        peer_check: tunnel_peer_check(cfg.tunnel_trust.clone()),
         ..TunnelOptions::default()
     };
     // A core silent this long is gone (see cores.rs).

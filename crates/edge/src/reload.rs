@@ -4,10 +4,10 @@
 //!
 //! Applied live: privacy policy, static routes, DNS servers, security mode, certificates, CA
 //! bundle and CRLs, required client certificates, SASL EXTERNAL, limits and timeouts, the
-//! dialback secret, the outbound address filter, the verification caps and the cores' grants.
-//! Every live session re-checks itself; those the new config forbids close with a stream
-//! error. Listen addresses and the tunnel's settings need a restart: the reload
-//! applies the rest and says so.
+//! dialback secret, the outbound address filter, the verification caps, the cores' grants and
+//! the traversal CA's CRLs (a connected core they revoke is cut off). Every live session
+//! re-checks itself; those the new config forbids close with a stream error. Listen addresses
+//! and the tunnel's other settings need a restart: the reload applies the rest and says so.
 
 use std::sync::Mutex;
 
@@ -35,6 +35,17 @@ impl Edge {
         self.host.set_rules(rules);
         self.host.reapply_grants(&self.s2s);
         self.s2s.reconfigure(s2s_cfg);
+        let check = crate::tunnel_peer_check(next.tunnel_trust.clone());
+        drop(_one_at_a_time);
+        let cut = self.tunnel.set_peer_check(check).await;
+        let summary = if cut.is_empty() {
+            summary
+        } else {
+            format!(
+                "{summary}; cores cut off (certificate revoked): {}",
+                cut.join(", ")
+            )
+        };
         let summary = if restart.is_empty() {
             summary
         } else {
@@ -68,7 +79,7 @@ impl Edge {
 fn summarize(next: &Validated, rules: &Rules) -> String {
     let f = &next.raw.federation;
     format!(
-        "policy {:?} ({} allow, {} deny), {} static routes, security {:?}, require_client_certs {}, sasl_external {}",
+        "policy {:?} ({} allow, {} deny), {} static routes, security {:?}, require_client_certs {}, sasl_external {}, tunnel CRLs {}",
         rules.policy.mode,
         rules.policy.allow.len(),
         rules.policy.deny.len(),
@@ -76,5 +87,6 @@ fn summarize(next: &Validated, rules: &Rules) -> String {
         f.security_mode,
         f.require_client_certs,
         f.sasl_external,
+        next.tunnel_trust.as_ref().map_or(0, |t| t.crl_count()),
     )
 }

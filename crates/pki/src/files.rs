@@ -13,7 +13,7 @@ use crate::PkiError;
 /// Validity of lab leaf certificates, in days.
 const LEAF_DAYS: u32 = 825;
 
-fn io_err(path: &Path, source: std::io::Error) -> PkiError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> PkiError {
     PkiError::Io {
         path: path.display().to_string(),
         source,

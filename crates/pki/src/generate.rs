@@ -244,6 +244,20 @@ const CRL_DAYS: i64 = 30;
 /// Errors if a PEM is not a certificate or was not issued by `ca` (matched by
 /// issuer name), or if `ca` cannot be parsed.
 pub fn make_crl(ca: &CertPair, revoked_leaf_pems: &[&str]) -> Result<Vec<u8>, PkiError> {
+    let mut serials = Vec::with_capacity(revoked_leaf_pems.len());
+    for (i, pem) in revoked_leaf_pems.iter().enumerate() {
+        serials.push(issued_serial(
+            ca,
+            pem,
+            &format!("revoked certificate #{i}"),
+        )?);
+    }
+    make_crl_serials(ca, &serials)
+}
+
+/// The serial number of `leaf_pem` (raw bytes), checked to be issued by `ca` (matched by issuer
+/// name); `label` names it in errors.
+pub fn issued_serial(ca: &CertPair, leaf_pem: &str, label: &str) -> Result<Vec<u8>, PkiError> {
     use x509_parser::prelude::*;
     let ca_der =
         CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
@@ -252,29 +266,45 @@ pub fn make_crl(ca: &CertPair, revoked_leaf_pems: &[&str]) -> Result<Vec<u8>, Pk
         })?;
     let (_, ca_x) = parse_x509_certificate(&ca_der)
         .map_err(|e| PkiError::Gen(format!("cannot parse CA certificate: {e}")))?;
+    let der = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).map_err(|e| PkiError::Pem {
+        path: format!("<{label}>"),
+        msg: e.to_string(),
+    })?;
+    let (_, x) = parse_x509_certificate(&der)
+        .map_err(|e| PkiError::Gen(format!("cannot parse {label}: {e}")))?;
+    if x.issuer().as_raw() != ca_x.subject().as_raw() {
+        return Err(PkiError::Gen(format!(
+            "{label} ({}) was not issued by {}",
+            x.subject(),
+            ca_x.subject()
+        )));
+    }
+    Ok(x.raw_serial().to_vec())
+}
+
+/// The serial numbers a CRL (DER) revokes, raw bytes.
+pub fn crl_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
+    use x509_parser::prelude::*;
+    let (_, crl) =
+        parse_x509_crl(crl_der).map_err(|e| PkiError::Gen(format!("cannot parse CRL: {e}")))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}
+
+/// Like [`make_crl`], from raw serial numbers (e.g. those of an earlier CRL and one more).
+pub fn make_crl_serials(ca: &CertPair, serials: &[Vec<u8>]) -> Result<Vec<u8>, PkiError> {
     let now = OffsetDateTime::now_utc();
-    let mut revoked_certs = Vec::with_capacity(revoked_leaf_pems.len());
-    for (i, pem) in revoked_leaf_pems.iter().enumerate() {
-        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem {
-            path: format!("<revoked certificate #{i}>"),
-            msg: e.to_string(),
-        })?;
-        let (_, x) = parse_x509_certificate(&der)
-            .map_err(|e| PkiError::Gen(format!("cannot parse revoked certificate #{i}: {e}")))?;
-        if x.issuer().as_raw() != ca_x.subject().as_raw() {
-            return Err(PkiError::Gen(format!(
-                "revoked certificate #{i} ({}) was not issued by {}",
-                x.subject(),
-                ca_x.subject()
-            )));
-        }
-        revoked_certs.push(RevokedCertParams {
-            serial_number: SerialNumber::from_slice(x.raw_serial()),
+    let revoked_certs = serials
+        .iter()
+        .map(|serial| RevokedCertParams {
+            serial_number: SerialNumber::from_slice(serial),
             revocation_time: now,
             reason_code: None,
             invalidity_date: None,
-        });
-    }
+        })
+        .collect();
     let crl_number = u64::try_from(now.unix_timestamp()).unwrap_or(1).max(1);
     let params = CertificateRevocationListParams {
         this_update: now - BACKDATE,

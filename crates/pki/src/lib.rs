@@ -30,18 +30,21 @@ mod files;
 mod generate;
 mod names;
 mod peer;
+mod revoke;
 mod tls;
 
 pub use csr::csr;
 pub use files::{lab_init, load_certs, load_key, read_file};
 pub use generate::{
-    generate_ca, issue, issue_with_eku, issue_xmpp_addr, make_crl, self_signed, CertPair, Usage,
+    crl_serials, generate_ca, issue, issue_with_eku, issue_xmpp_addr, issued_serial, make_crl,
+    make_crl_serials, self_signed, CertPair, Usage,
 };
 pub use names::{
     cert_matches_domain, cert_names, cert_not_after, cert_warnings, name_matches, ID_ON_DNS_SRV,
     ID_ON_XMPP_ADDR,
 };
 pub use peer::{CertError, PeerTrust};
+pub use revoke::{revoke, Revoked};
 pub use tls::{
     ring_provider, s2s_client_config_dialback, s2s_client_config_dialback_with_cert,
     s2s_client_config_presenting, s2s_server_config, s2s_server_config_requesting_client_cert,

@@ -169,7 +169,7 @@ fn parse_crl(
 
 /// The CRLs of one file: every `X509 CRL` PEM block, or the whole file as
 /// DER when it does not look like PEM.
-fn crl_ders_of_file(bytes: &[u8], label: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+pub(crate) fn crl_ders_of_file(bytes: &[u8], label: &str) -> Result<Vec<Vec<u8>>, PkiError> {
     if bytes.first() == Some(&0x30) {
         return Ok(vec![bytes.to_vec()]);
     }

@@ -21,7 +21,10 @@ use tracing::{debug, info, warn};
 use crate::link::{
     hello_frame, lock, random_instance, Link, Receipt, Session, MAX_FRAME_BYTES, OUTBOUND_BUFFER,
 };
-use crate::{tls, CoreHello, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelStats};
+use crate::{
+    tls, CoreHello, PeerCheck, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelStats,
+};
+use rustls_pki_types::CertificateDer;
 
 /// Something that happened on the edge's side of the tunnel. Events of one
 /// core arrive in order: `CoreUp`, its stanzas, `CoreDown`, `CoreUp`, ...
@@ -55,6 +58,8 @@ struct EdgeInner {
     events: mpsc::Sender<EdgeEvent>,
     cores: Mutex<HashMap<String, Arc<CoreEntry>>>,
     cancel: CancellationToken,
+    /// Applied to a core's certificate chain when it connects (replaceable: CRL reload).
+    peer_check: Mutex<Option<PeerCheck>>,
 }
 
 /// Per-core state, kept for the life of the edge process.
@@ -68,6 +73,8 @@ struct CoreEntry {
 struct ActiveSession {
     cancel: CancellationToken,
     done: JoinHandle<()>,
+    /// The certificate chain the core presented for this session.
+    chain: Arc<Vec<CertificateDer<'static>>>,
 }
 
 impl EdgeTunnel {
@@ -108,12 +115,14 @@ impl EdgeTunnel {
             .map_err(|e| TunnelError::Tls(error_chain(&e)))?
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive * 2));
+        let peer_check = opts.peer_check.clone();
         let inner = Arc::new(EdgeInner {
             instance: random_instance(),
             opts,
             events,
             cores: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
+            peer_check: Mutex::new(peer_check),
         });
         let service = TraversalServer::new(TraversalService {
             inner: inner.clone(),
@@ -171,6 +180,31 @@ impl EdgeTunnel {
             .map(|e| e.link.clone())
             .ok_or_else(|| TunnelError::UnknownCore(core_id.to_owned()))?;
         link.send(stanza).await
+    }
+
+    /// Replace the check applied to cores' certificates (see [`PeerCheck`]) and apply it to
+    /// every connected core at once: a core whose certificate it refuses (revoked by a
+    /// reloaded CRL, say) loses its session, and its reconnects are refused. Returns those
+    /// cores' ids.
+    pub async fn set_peer_check(&self, check: Option<PeerCheck>) -> Vec<String> {
+        *lock(&self.inner.peer_check) = check.clone();
+        let Some(check) = check else {
+            return Vec::new();
+        };
+        let entries: Vec<Arc<CoreEntry>> = lock(&self.inner.cores).values().cloned().collect();
+        let mut cut = Vec::new();
+        for entry in entries {
+            let slot = entry.session.lock().await;
+            let Some(active) = slot.as_ref() else {
+                continue;
+            };
+            if let Err(why) = (check.0)(&active.chain) {
+                warn!(core_id = %entry.core_id, reason = %why, "a connected core's traversal certificate is no longer accepted: its session is closed");
+                active.cancel.cancel();
+                cut.push(entry.core_id.clone());
+            }
+        }
+        cut
     }
 
     /// True while the core `core_id` has a session.
@@ -284,6 +318,15 @@ impl Traversal for TraversalService {
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let identity = tls::peer_identity(leaf.as_ref())
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let check = lock(&inner.peer_check).clone();
+        if let Some(check) = check {
+            if let Err(why) = (check.0)(&certs) {
+                warn!(?remote, core_id = %identity, reason = %why, "refusing core: its traversal certificate is not accepted");
+                return Err(Status::permission_denied(format!(
+                    "certificate not accepted: {why}"
+                )));
+            }
+        }
 
         let mut inbound = request.into_inner();
         let dead_after = inner.opts.dead_after();
@@ -370,7 +413,11 @@ impl Traversal for TraversalService {
             core_hello,
             session,
         ));
-        *slot = Some(ActiveSession { cancel, done });
+        *slot = Some(ActiveSession {
+            cancel,
+            done,
+            chain: certs,
+        });
         drop(slot);
 
         let stream: FrameStream = Box::pin(ReceiverStream::new(out_rx).map(Ok));

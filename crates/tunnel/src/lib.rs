@@ -34,6 +34,6 @@ pub use error::TunnelError;
 pub use link::{Receipt, MAX_STANZA_BYTES};
 pub use tls::peer_identity;
 pub use types::{
-    CoreHello, LinkStats, TlsFiles, TunnelOptions, TunnelStanza, TunnelState, TunnelStats,
-    DEFAULT_WINDOW_BYTES, MIN_WINDOW_BYTES,
+    CoreHello, LinkStats, PeerCheck, TlsFiles, TunnelOptions, TunnelStanza, TunnelState,
+    TunnelStats, DEFAULT_WINDOW_BYTES, MIN_WINDOW_BYTES,
 };

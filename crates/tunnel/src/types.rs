@@ -47,6 +47,9 @@ pub struct TunnelOptions {
     /// Edge: tunnel connections at once (handshaking or established); more are dropped at
     /// accept. Default 64.
     pub max_connections: usize,
+    /// Edge: a further check of each core's certificate (e.g. revocation). None: the
+    /// handshake's verification only.
+    pub peer_check: Option<PeerCheck>,
 }
 
 /// The default byte budget of a replay window.
@@ -66,7 +69,25 @@ impl Default for TunnelOptions {
             backoff_max: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 64,
+            peer_check: None,
         }
+    }
+}
+
+/// A check of a core's certificate chain (leaf first) beyond the TLS handshake's, e.g. against
+/// the traversal CA's CRLs: `Err` says why it is refused. The edge applies it when a core
+/// connects and, after [`crate::EdgeTunnel::set_peer_check`], to every core connected.
+#[derive(Clone)]
+pub struct PeerCheck(
+    #[allow(clippy::type_complexity)]
+    pub  std::sync::Arc<
+        dyn Fn(&[rustls_pki_types::CertificateDer<'_>]) -> Result<(), String> + Send + Sync,
+    >,
+);
+
+impl std::fmt::Debug for PeerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerCheck")
     }
 }
 
