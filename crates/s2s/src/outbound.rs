@@ -23,6 +23,16 @@ use crate::{Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_
 /// Bytes written to a peer in one batch at most.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// A stream that ends sooner than this after it opened counts as short-lived.
+const SHORT_LIVED: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The pause before opening the next stream of a pair after `short_lived` short-lived
+/// streams in a row: none for the first, then 1 s, 2 s, 4 s ... up to 16 s.
+fn redial_pause(short_lived: u32) -> Option<std::time::Duration> {
+    let exp = short_lived.checked_sub(2)?;
+    Some(std::time::Duration::from_secs(1 << exp.min(4)))
+}
+
 /// The pool's reference to a live session task.
 #[derive(Clone)]
 pub(crate) struct SessionHandle {
@@ -171,6 +181,9 @@ impl S2s {
         queue: Arc<PairQueue>,
         generation: u64,
     ) {
+        // Streams that ended soon after they opened, in a row: the next one waits longer
+        // (a peer that authenticates and then drops us must not be redialled in a tight loop).
+        let mut short_lived = 0u32;
         loop {
             let opened = self
                 .bouncing_expired(
@@ -192,6 +205,7 @@ impl S2s {
                     return self.fail_queue(&from, &to, &queue, generation, e).await;
                 }
             };
+            let opened_at = Instant::now();
             let end = self
                 .stream_stanzas(conn, &entry, &queue, (&from, &to))
                 .await;
@@ -202,7 +216,20 @@ impl S2s {
                 return;
             }
             // Stanzas are still queued (or were being written): they go out, in order, on
-            // the next stream.
+            // the next stream, after a pause if streams keep ending at once.
+            short_lived = if opened_at.elapsed() < SHORT_LIVED {
+                short_lived + 1
+            } else {
+                0
+            };
+            if let Some(pause) = redial_pause(short_lived) {
+                self.bouncing_expired(&queue, tokio::time::sleep(pause))
+                    .await;
+                if queue.close_if_empty() {
+                    self.forget_session(&from, &to, generation);
+                    return;
+                }
+            }
         }
     }
 
@@ -737,4 +764,29 @@ pub(crate) async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: 
     out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
     let _ = conn.send(out.as_bytes()).await;
     conn.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn redialling_backs_off_only_after_streams_keep_ending_at_once() {
+        let pauses: Vec<Option<Duration>> = (0..8).map(redial_pause).collect();
+        let s = Duration::from_secs;
+        assert_eq!(
+            pauses,
+            [
+                None,
+                None,
+                Some(s(1)),
+                Some(s(2)),
+                Some(s(4)),
+                Some(s(8)),
+                Some(s(16)),
+                Some(s(16))
+            ]
+        );
+    }
 }
