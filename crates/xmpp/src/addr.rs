@@ -54,6 +54,28 @@ mod rule {
     pub const IP_LITERAL: &str = "an IP literal is not a federation domain";
 }
 
+/// A JID in parts, each prepared: the local part and resource by RFC 7622 (the `jid` crate's
+/// nodeprep and resourceprep), the domain by [`normalize_domain`] (see [`jid_domain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JidParts {
+    /// The local part, if any.
+    pub local: Option<String>,
+    /// The domain part, normalised.
+    pub domain: String,
+    /// The resource, if any.
+    pub resource: Option<String>,
+}
+
+/// Parse a JID into its prepared parts; refused as [`jid_domain`] refuses.
+pub fn parse_jid(jid: &str) -> Result<JidParts, AddrError> {
+    let (local, domain, resource) = split_jid(jid)?;
+    Ok(JidParts {
+        local: local.map(|l| l.as_str().to_owned()),
+        domain: federation_domain(domain)?,
+        resource: resource.map(|r| r.as_str().to_owned()),
+    })
+}
+
 /// The federation domain of a JID: its domain part through [`normalize_domain`].
 ///
 /// The local part and resource, when present, are checked with the `jid` crate (RFC 7622
@@ -65,6 +87,20 @@ mod rule {
 /// RFC 7622 allows IP literals (`192.0.2.1`, `[::1]`) as domain parts; server-to-server
 /// domains never are, so they are refused here with a rule of their own.
 pub fn jid_domain(jid: &str) -> Result<String, AddrError> {
+    let (_, domain, _) = split_jid(jid)?;
+    federation_domain(domain)
+}
+
+/// A JID's prepared local part and resource (borrowed where preparation changed nothing) and
+/// its domain part as written.
+type SplitJid<'a> = (
+    Option<Cow<'a, jid::NodeRef>>,
+    &'a str,
+    Option<Cow<'a, jid::ResourceRef>>,
+);
+
+/// Cut `jid` into its parts (RFC 7622 3.2), checking the local part and resource.
+fn split_jid(jid: &str) -> Result<SplitJid<'_>, AddrError> {
     let bad_jid = || AddrError::Jid(jid.to_owned());
     if jid.len() > MAX_JID_LEN {
         return Err(bad_jid());
@@ -73,18 +109,26 @@ pub fn jid_domain(jid: &str) -> Result<String, AddrError> {
         Some((bare, resource)) => (bare, Some(resource)),
         None => (jid, None),
     };
-    let (node, domain) = match bare.split_once('@') {
-        Some((node, domain)) => (Some(node), domain),
+    let (local, domain) = match bare.split_once('@') {
+        Some((local, domain)) => (Some(local), domain),
         None => (None, bare),
     };
     if domain.contains('@') {
         return Err(bad_jid());
     }
-    if node.is_some_and(|n| jid::NodePart::new(n).is_err())
-        || resource.is_some_and(|r| jid::ResourcePart::new(r).is_err())
-    {
-        return Err(bad_jid());
-    }
+    let local = local
+        .map(jid::NodePart::new)
+        .transpose()
+        .map_err(|_| bad_jid())?;
+    let resource = resource
+        .map(jid::ResourcePart::new)
+        .transpose()
+        .map_err(|_| bad_jid())?;
+    Ok((local, domain, resource))
+}
+
+/// A JID's domain part as a federation domain: normalised, never an IP literal.
+fn federation_domain(domain: &str) -> Result<String, AddrError> {
     if is_ip_literal(domain) {
         return Err(AddrError::Domain(domain.to_owned(), rule::IP_LITERAL));
     }
@@ -419,6 +463,36 @@ mod tests {
         assert!(matches!(
             jid_domain("user@a_b.example"),
             Err(AddrError::Domain(_, rule::LDH))
+        ));
+    }
+
+    #[test]
+    fn jids_in_parts() {
+        assert_eq!(
+            parse_jid("Ana@BÜCHER.test./phone").ok(),
+            Some(JidParts {
+                local: Some("ana".into()),
+                domain: "xn--bcher-kva.test".into(),
+                resource: Some("phone".into()),
+            })
+        );
+        assert_eq!(
+            parse_jid("bücher.test").ok(),
+            Some(JidParts {
+                local: None,
+                domain: "xn--bcher-kva.test".into(),
+                resource: None,
+            })
+        );
+        // A resource may hold '@' and '/'.
+        assert_eq!(
+            parse_jid("a@b.test/c@d/e").ok().and_then(|p| p.resource),
+            Some("c@d/e".into())
+        );
+        assert!(matches!(parse_jid("a@@b.test"), Err(AddrError::Jid(_))));
+        assert!(matches!(
+            parse_jid("a@[::1]"),
+            Err(AddrError::Domain(_, rule::IP_LITERAL))
         ));
     }
 
