@@ -464,3 +464,45 @@ fn a_sasl_authzid_other_than_the_stream_from_is_refused() {
     );
     legitimate_traffic_flows(&lab, "beside a mismatched authzid");
 }
+
+/// (h) One domain normaliser (UTS-46): a deny rule written `EXÄMPLE.test.` refuses the domain
+/// however a peer spells it - as the A-label, in lower case, or with an ideographic full stop -
+/// and the log names it in its one (A-label) form. Federation with others goes on.
+#[test]
+fn an_internationalised_deny_rule_holds_against_every_spelling() {
+    let subnet = 239;
+    let mut opts = options(subnet);
+    opts.edge_policy = Some(format!(
+        "privacy_mode = \"deny-list\"\ndeny = [\"EXÄMPLE.test.\"]\nallow = [\"{PARTNER}\"]"
+    ));
+    let lab = start(opts);
+    let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for spelling in ["xn--exmple-cua.test", "exämple.test", "exämple\u{3002}test"] {
+        let answer = rt.block_on(async {
+            let mut conn = open(edge, spelling, true).await;
+            let request = dialback::result_request(spelling, "example.com", &"0".repeat(64));
+            conn.send(request.to_xml(ns::SERVER).as_bytes())
+                .await
+                .expect("send");
+            rest(&mut conn).await
+        });
+        assert!(
+            answer.contains("policy-violation"),
+            "{spelling:?} was not refused by the deny rule: {answer}"
+        );
+    }
+    let log = edge_log(&lab);
+    let refusals = log
+        .lines()
+        .filter(|l| {
+            l.contains("domain refused by the federation policy")
+                && l.contains("remote=xn--exmple-cua.test")
+        })
+        .count();
+    assert_eq!(
+        refusals, 3,
+        "each spelling refused under its A-label:\n{log}"
+    );
+    legitimate_traffic_flows(&lab, "beside the denied IDN");
+}

@@ -297,9 +297,9 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
             .map_err(|e| anyhow::anyhow!("domains[{i}].name: {e}"))?;
         let discovered = raw.clusters.iter().any(|c| {
             c.publisher.is_some()
-                || c.domain
-                    .as_deref()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(&name))
+                || c.domain.as_deref().is_some_and(|x| {
+                    causeway_xmpp::addr::normalize_domain(x).is_ok_and(|x| x == name)
+                })
         });
         if d.nodes.is_empty() && !discovered {
             bail!(

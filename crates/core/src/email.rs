@@ -427,7 +427,8 @@ fn error_owed(el: &Element) -> bool {
 
 /// A user's address as written in an attribute: its bare part and resource.
 struct Address {
-    /// Normalized `local@domain`.
+    /// Normalized `local@domain` (the domain by the one domain normaliser, like the
+    /// directory's keys, so a user is found however the domain is spelt).
     bare: String,
     /// The resource, as normalized by JID preparation.
     resource: Option<String>,
@@ -437,11 +438,10 @@ impl Address {
     /// None when `value` does not parse or has no local part (a server or service: never
     /// translated).
     fn parse(value: &str) -> Option<Self> {
-        let parsed = jid::Jid::new(value).ok()?;
-        let node = parsed.node()?;
+        let parts = causeway_xmpp::addr::parse_jid(value).ok()?;
         Some(Self {
-            bare: format!("{}@{}", node.as_str(), parsed.domain().as_str()),
-            resource: parsed.resource().map(|r| r.as_str().to_owned()),
+            bare: format!("{}@{}", parts.local?, parts.domain),
+            resource: parts.resource,
         })
     }
 
@@ -527,6 +527,21 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{locals, on, out, text, tunnel, USERS};
     use super::*;
+
+    #[test]
+    fn addresses_are_keyed_by_the_normalised_domain() {
+        for value in [
+            "Ana@BÜCHER.test/phone",
+            "ana@xn--bcher-kva.test./phone",
+            "ana@bücher\u{3002}test/phone",
+        ] {
+            let a = Address::parse(value).expect("an address");
+            assert_eq!(a.bare, "ana@xn--bcher-kva.test", "{value:?}");
+            assert_eq!(a.resource.as_deref(), Some("phone"));
+        }
+        assert!(Address::parse("bücher.test").is_none(), "no local part");
+        assert!(Address::parse("ana@b_cher.test").is_none());
+    }
 
     fn enabled() -> EmailSection {
         EmailSection {

@@ -143,7 +143,7 @@ pub fn status(edge: &Edge) -> StatusReply {
             let alias = hellos.get(core).is_some_and(|(h, _)| {
                 h.chat_node_aliases
                     .iter()
-                    .any(|a| a.eq_ignore_ascii_case(name))
+                    .any(|a| causeway_xmpp::addr::normalize_domain(a).is_ok_and(|a| a == *name))
             });
             LearnedDomain {
                 name: name.clone(),

@@ -21,13 +21,15 @@ use std::time::Duration;
 use causeway_s2s::{S2s, LOG_MODULE};
 use causeway_tunnel::ha::{self, Failover};
 use causeway_tunnel::CoreHello;
+use causeway_xmpp::addr::normalize_domain;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::EdgeHost;
 
-/// Local domain or chat node alias (lowercase) -> the cores that announced it, the latest
-/// hello last.
+/// Local domain or chat node alias (normalised, see [`normalize_domain`]) -> the cores that
+/// announced it, the latest hello last. Lookups take normalised names (what the s2s layer
+/// hands the edge).
 #[derive(Debug, Clone, Default)]
 pub struct DomainCores {
     map: HashMap<String, Vec<String>>,
@@ -35,17 +37,20 @@ pub struct DomainCores {
 
 impl DomainCores {
     /// A core's hello: it serves exactly the domains and aliases it lists now (a core that
-    /// announces fewer domains than before stops serving the others).
+    /// announces fewer domains than before stops serving the others). Names are normalised;
+    /// one that does not normalise is not a domain and is skipped (the grants, applied first,
+    /// refuse and log it).
     pub fn announce(&mut self, hello: &CoreHello) {
         self.map.retain(|_, cores| {
             cores.retain(|c| *c != hello.core_id);
             !cores.is_empty()
         });
-        for d in hello.domains.iter().chain(&hello.chat_node_aliases) {
-            self.map
-                .entry(d.to_ascii_lowercase())
-                .or_default()
-                .push(hello.core_id.clone());
+        let names = hello.domains.iter().chain(&hello.chat_node_aliases);
+        for d in names.filter_map(|d| normalize_domain(d).ok()) {
+            let cores = self.map.entry(d).or_default();
+            if !cores.contains(&hello.core_id) {
+                cores.push(hello.core_id.clone());
+            }
         }
     }
 
@@ -160,8 +165,9 @@ mod tests {
             &["Example.com"],
             &["conference.example.com"],
         ));
-        d.announce(&hello("core2", &["example.com"], &[]));
+        d.announce(&hello("core2", &["example.com."], &["bad_alias.test"]));
         assert!(d.serves("example.com") && d.serves("conference.example.com"));
+        assert!(!d.serves("bad_alias.test"));
         assert!(d.announced_by("example.com", "core2"));
         assert!(!d.announced_by("conference.example.com", "core2"));
         assert!(!d.serves("partner.test"));

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use causeway_policy::Pattern;
 use causeway_tunnel::CoreHello;
+use causeway_xmpp::addr::normalize_domain;
 
 /// The grants of every core id.
 #[derive(Debug, Clone, Default)]
@@ -78,22 +79,22 @@ impl Grants {
     }
 
     /// Keep the names of `hello` its core is granted and that are not `remote_now` (remote
-    /// domains the edge has sessions with at this moment).
+    /// domains the edge has sessions with at this moment), in their normalised form
+    /// ([`normalize_domain`]). A name that does not normalise is refused, as written.
     pub fn filter(&self, hello: &CoreHello, remote_now: impl Fn(&str) -> bool) -> Filtered {
         let mut refused = Vec::new();
         let mut keep = |names: &[String]| -> Vec<String> {
-            names
-                .iter()
-                .filter(|n| {
-                    let name = n.to_ascii_lowercase();
-                    let ok = self.allows(&hello.core_id, &name) && !remote_now(&name);
-                    if !ok {
-                        refused.push(name);
+            let mut kept = Vec::new();
+            for n in names {
+                match normalize_domain(n) {
+                    Ok(name) if self.allows(&hello.core_id, &name) && !remote_now(&name) => {
+                        kept.push(name);
                     }
-                    ok
-                })
-                .cloned()
-                .collect()
+                    Ok(name) => refused.push(name),
+                    Err(_) => refused.push(n.clone()),
+                }
+            }
+            kept
         };
         let domains = keep(&hello.domains);
         let chat_node_aliases = keep(&hello.chat_node_aliases);
@@ -156,6 +157,43 @@ mod tests {
         let f = g.filter(&hello("evil", &["example.com"], &[]), |_| false);
         assert!(f.hello.domains.is_empty());
         assert_eq!(f.refused, vec!["example.com"]);
+    }
+
+    #[test]
+    fn names_are_granted_and_kept_in_their_normalised_form() {
+        let g = Grants::new(
+            &[(
+                "core1".into(),
+                vec!["bücher.example".into(), "*.xn--exmple-cua.com".into()],
+            )],
+            &["partner.test".into()],
+        )
+        .expect("grants");
+        let f = g.filter(
+            &hello(
+                "core1",
+                &["XN--BCHER-KVA.example.", "exämple.com"],
+                &[
+                    "muc.EXÄMPLE\u{3002}com",
+                    "bad_name.example",
+                    "xn--zz.example",
+                ],
+            ),
+            |_| false,
+        );
+        assert_eq!(
+            f.hello.domains,
+            vec!["xn--bcher-kva.example", "xn--exmple-cua.com"]
+        );
+        assert_eq!(f.hello.chat_node_aliases, vec!["muc.xn--exmple-cua.com"]);
+        assert_eq!(f.refused, vec!["bad_name.example", "xn--zz.example"]);
+        // A remote domain in U-label form is still the remote domain.
+        let err = Grants::new(
+            &[("c".into(), vec!["*.pärtner.test".into()])],
+            &["xn--prtner-bua.test".into()],
+        )
+        .expect_err("covers a remote");
+        assert!(err.contains("covers xn--prtner-bua.test"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use causeway_s2s::{
     LOG_MODULE,
 };
 use causeway_tunnel::{EdgeEvent, EdgeTunnel, TlsFiles, TunnelOptions, TunnelStanza};
+use causeway_xmpp::addr::normalize_domain;
 use causeway_xmpp::StanzaCondition;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -575,15 +576,35 @@ async fn pump_tunnel(host: Arc<EdgeHost>, s2s: Arc<S2s>, mut events: mpsc::Recei
     }
 }
 
+/// A stanza a core sends out: checked (the core announced the `from` domain, the `to` domain
+/// is remote and the policy allows it), then handed to s2s. Both domains are normalised first,
+/// so the announced names, the policy and the s2s sessions all see one form.
 async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: TunnelStanza) {
-    if !host.domain_cores().announced_by(&st.from_domain, core_id) {
+    let from_domain = normalize_domain(&st.from_domain)
+        .ok()
+        .filter(|d| host.domain_cores().announced_by(d, core_id));
+    let Some(from_domain) = from_domain else {
         warn!(module = LOG_MODULE, core = %core_id, from = %st.from_domain, "stanza from a domain this core did not announce: dropped");
         s2s.counters.refuse(causeway_s2s::RefusalReason::Spoofed);
         return;
-    }
+    };
+    let to_domain = match normalize_domain(&st.to_domain) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(module = LOG_MODULE, core = %core_id, to = %st.to_domain, error = %e, "stanza to a malformed domain: bounced");
+            s2s.counters.refuse(causeway_s2s::RefusalReason::Unroutable);
+            let out = OutboundStanza {
+                from_domain,
+                to_domain: st.to_domain,
+                payload: st.payload,
+            };
+            host.bounce(out, StanzaCondition::JidMalformed).await;
+            return;
+        }
+    };
     let out = OutboundStanza {
-        from_domain: st.from_domain,
-        to_domain: st.to_domain,
+        from_domain,
+        to_domain,
         payload: st.payload,
     };
     if host.serves(&out.to_domain) {
@@ -607,6 +628,93 @@ async fn outbound_from_core(host: &EdgeHost, s2s: &Arc<S2s>, core_id: &str, st: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An edge host without a tunnel whose core1 announced example.com, with `policy`.
+    fn host_with(policy: Policy) -> Arc<EdgeHost> {
+        let resolver =
+            causeway_dns::Resolver::new(Some(vec!["127.0.0.1:53".parse().expect("addr")]))
+                .expect("resolver");
+        let host = Arc::new(EdgeHost {
+            domains: RwLock::new(cores::DomainCores::default()),
+            rules: RwLock::new(Arc::new(Rules {
+                policy,
+                routes: HashMap::new(),
+                direct_tls_routes: Default::default(),
+                direct_tls_outbound: false,
+                resolver,
+                grants: grants::Grants::default(),
+            })),
+            tunnel: OnceLock::new(),
+            dns_lookups: Default::default(),
+            hellos: RwLock::new(HashMap::new()),
+            unavailable_logged: std::sync::Mutex::new(None),
+        });
+        if let Ok(mut d) = host.domains.write() {
+            d.announce(&causeway_tunnel::CoreHello {
+                core_id: "core1".into(),
+                domains: vec!["example.com".into()],
+                chat_node_aliases: Vec::new(),
+                version: String::new(),
+            });
+        }
+        host
+    }
+
+    fn refused(s2s: &S2s) -> Vec<(&'static str, u64)> {
+        s2s.counters
+            .refused_by_reason()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stanzas_from_a_core_are_judged_on_normalised_domains() {
+        let policy = Policy::new(
+            causeway_policy::PrivacyMode::DenyList,
+            vec![],
+            vec!["exämple.org".into()],
+            vec![],
+        )
+        .expect("policy");
+        let host = host_with(policy);
+        let tls = causeway_pki::s2s_client_config_dialback().expect("tls");
+        let s2s = S2s::new(
+            S2sConfig::new("secret-edge-0001".into(), None, tls),
+            host.clone(),
+        );
+        let stanza = |from: &str, to: &str| TunnelStanza {
+            from_domain: from.into(),
+            to_domain: to.into(),
+            payload: bytes::Bytes::from_static(b"<message/>"),
+        };
+        // The announced domain spelt otherwise is still announced; the deny rule written as a
+        // U-label refuses the remote domain however the core spells it.
+        outbound_from_core(
+            &host,
+            &s2s,
+            "core1",
+            stanza("EXAMPLE.com.", "xn--exmple-cua.org"),
+        )
+        .await;
+        outbound_from_core(
+            &host,
+            &s2s,
+            "core1",
+            stanza("example.com", "EXÄMPLE\u{3002}org"),
+        )
+        .await;
+        assert_eq!(refused(&s2s), vec![("policy", 2)]);
+        // A malformed or unannounced from is spoofed; a malformed to is unroutable.
+        outbound_from_core(&host, &s2s, "core1", stanza("example_.com", "partner.test")).await;
+        outbound_from_core(&host, &s2s, "core2", stanza("example.com", "partner.test")).await;
+        outbound_from_core(&host, &s2s, "core1", stanza("example.com", "xn--zz.test")).await;
+        assert_eq!(
+            refused(&s2s),
+            vec![("spoofed", 2), ("unroutable", 1), ("policy", 2)]
+        );
+        assert_eq!(s2s.outgoing_count(), 0);
+    }
 
     #[test]
     fn dns_targets_keep_srv_order_and_interleave_families_per_target() {

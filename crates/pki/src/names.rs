@@ -126,15 +126,14 @@ pub fn name_matches(presented: &str, reference: &str) -> bool {
     }
 }
 
-/// XmppAddr match: the whole value equals the domain (no wildcards, no
-/// localpart or resource), case-insensitive (Unicode lowercase), ignoring a
-/// trailing dot.
+/// XmppAddr match: the whole value is the domain (no wildcards, no localpart
+/// or resource). An XmppAddr is a UTF8String whose domain is written with
+/// U-labels (RFC 7622 3.2.1), so both sides go through the gateway's one
+/// domain normaliser (UTS-46 to A-labels, lowercase, no trailing dot) and
+/// are compared in that form; a value it refuses never matches.
 fn xmpp_addr_matches(presented: &str, reference: &str) -> bool {
-    let p = presented
-        .strip_suffix('.')
-        .unwrap_or(presented)
-        .to_lowercase();
-    !p.is_empty() && !p.contains('*') && p == reference.to_lowercase()
+    use causeway_xmpp::addr::normalize_domain;
+    normalize_domain(presented).is_ok_and(|p| normalize_domain(reference).is_ok_and(|r| p == r))
 }
 
 /// SRV-ID match (RFC 6125 / RFC 4985): `_xmpp-server.<domain>`, service
@@ -160,15 +159,17 @@ fn srv_id_matches(presented: &str, reference: &str) -> bool {
 ///   label (`*.example.com` covers `chat.example.com`, not
 ///   `a.chat.example.com` nor `example.com`);
 /// * XmppAddr (`id-on-xmppAddr` otherName): the value must be exactly the
-///   domain (case-insensitive; a JID with a localpart never matches);
+///   domain, compared after UTS-46 normalisation (`bücher.test` names
+///   `xn--bcher-kva.test`; a JID with a localpart never matches);
 /// * SRV-ID (`id-on-dnsSRV` otherName): `_xmpp-server.<domain>` exactly
 ///   (`_xmpp-client.` does not authenticate a server).
 ///
 /// The subject CN (same rules as a DNS-ID) is consulted only when the
 /// certificate has no subjectAltName extension at all. URI-IDs, IP
 /// addresses and other names never match. An unparsable certificate or an
-/// empty or wildcard `domain` never matches. Internationalized names are
-/// compared as given (no A-label/U-label conversion).
+/// empty or wildcard `domain` never matches. DNS-IDs and SRV-IDs are ASCII
+/// (A-labels) in certificates and are compared with `domain` as given, which
+/// the s2s layer passes normalised (A-labels); XmppAddrs are normalised.
 ///
 /// This does not verify the chain: use [`crate::PeerTrust::verify_chain`].
 pub fn cert_matches_domain(leaf_der: &[u8], domain: &str) -> bool {
@@ -530,6 +531,13 @@ mod tests {
         );
         assert!(!cert_matches_domain(&d, "a.wild.test"));
         assert!(!cert_matches_domain(&d, "jid.test"));
+        // An XmppAddr carries U-labels: it names the domain in A-label form.
+        let d = leaf_with(&ca, vec![xa("Bücher.test.")], None, None);
+        assert!(cert_matches_domain(&d, "xn--bcher-kva.test"));
+        assert!(cert_matches_domain(&d, "bücher.test"));
+        assert!(!cert_matches_domain(&d, "bucher.test"));
+        let d = leaf_with(&ca, vec![xa("xn--zz.test")], None, None);
+        assert!(!cert_matches_domain(&d, "xn--zz.test"));
         // An unrelated otherName (UPN) with the domain does not count.
         let upn = rcgen::SanType::OtherName((
             vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],

@@ -17,16 +17,26 @@
 //! domain (`partner.test`) or a wildcard (`*.partner.test`, matching
 //! `partner.test` itself and every subdomain of it), scoped to a
 //! [`RuleDirection`]: all traffic (the default), incoming only or outgoing
-//! only. Matching is case-insensitive; surrounding whitespace and one
-//! trailing dot (fully qualified form) are ignored. Chat node aliases
-//! (`conference.partner.test`) are ordinary domains: `*.partner.test`
-//! matches them, `partner.test` does not.
+//! only. Chat node aliases (`conference.partner.test`) are ordinary domains:
+//! `*.partner.test` matches them, `partner.test` does not.
+//!
+//! # Domain forms
+//!
+//! Rules and remote domains both go through the one domain normaliser of the
+//! gateway, [`normalize_domain`] (`causeway_xmpp::addr`): UTS-46
+//! non-transitional processing to A-labels, lowercase, one trailing dot
+//! dropped. A rule may be written in either form (`exämple.com` or
+//! `xn--exmple-cua.com`) and matches the domain however the peer spells it
+//! (`EXÄMPLE.COM.`, `exämple。com`). A remote domain the normaliser refuses
+//! matches no rule and is always denied ([`DenyReason::Malformed`]), whatever
+//! the mode.
 //!
 //! In configuration files an entry is a [`RuleConfig`]: a plain string (all
 //! traffic) or a table `{ domain = "*.partner.test", direction = "incoming" }`.
 //!
 //! # Precedence
 //!
+//! * A malformed remote domain: deny, whatever the mode.
 //! * Off: allow, whatever the lists say.
 //! * Allow-list: a deny rule matching the domain in this direction wins over
 //!   everything (an allow rule, however specific, and a static route). Else an
@@ -45,7 +55,11 @@
 
 use std::fmt;
 
+use causeway_xmpp::addr::AddrError;
+
 mod rule;
+
+pub use causeway_xmpp::addr::normalize_domain;
 
 pub use rule::{Pattern, Rule, RuleConfig, RuleDirection, ScopedRuleConfig};
 
@@ -100,7 +114,7 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
     /// Allow-list mode: no allow rule matches the domain in this direction
-    /// and it has no static route (or the remote domain was empty).
+    /// and it has no static route.
     NotOnAllowList {
         /// The direction checked.
         direction: Direction,
@@ -114,6 +128,15 @@ pub enum DenyReason {
         direction: Direction,
         /// The (first) deny rule that matched.
         rule: Rule,
+    },
+    /// The remote domain is not a domain at all ([`normalize_domain`] refused
+    /// it: empty, malformed, an IP address): it matches no rule and is denied
+    /// in every mode.
+    Malformed {
+        /// The direction checked.
+        direction: Direction,
+        /// The rule of the normaliser it broke.
+        rule: &'static str,
     },
 }
 
@@ -148,6 +171,12 @@ impl fmt::Display for DenyReason {
                     _ => write!(f, " for {direction} traffic"),
                 }
             }
+            DenyReason::Malformed { direction, rule } => {
+                write!(
+                    f,
+                    "the remote domain of this {direction} traffic is malformed: {rule}"
+                )
+            }
         }
     }
 }
@@ -174,8 +203,9 @@ pub enum PolicyError {
 /// Build it with [`Policy::new`], [`Policy::from_rules`] or
 /// [`Policy::from_config`], which normalize and validate the lists. The
 /// fields are public for inspection; a `Policy` assembled by hand still
-/// works because [`Policy::check`] compares patterns case-insensitively and
-/// ignores trailing dots on both sides.
+/// works because [`Policy::check`] compares ASCII patterns
+/// case-insensitively, ignores trailing dots, and normalizes patterns
+/// written with other characters (U-labels) before comparing.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// Which list governs.
@@ -190,15 +220,6 @@ pub struct Policy {
     pub static_route_domains: Vec<String>,
 }
 
-/// Normalize a domain: trim surrounding whitespace, ASCII-lowercase, strip one
-/// trailing dot. Non-ASCII characters are kept as they are (so they never
-/// fold onto an ASCII rule).
-pub fn normalize_domain(domain: &str) -> String {
-    let d = domain.trim();
-    let d = d.strip_suffix('.').unwrap_or(d);
-    d.to_ascii_lowercase()
-}
-
 /// Validate and normalize a rule list, dropping exact duplicates.
 fn validate_rules(list: Vec<Rule>) -> Result<Vec<Rule>, PolicyError> {
     let mut out: Vec<Rule> = Vec::with_capacity(list.len());
@@ -211,22 +232,37 @@ fn validate_rules(list: Vec<Rule>) -> Result<Vec<Rule>, PolicyError> {
     Ok(out)
 }
 
-fn normalize_list(list: Vec<String>) -> Vec<String> {
+/// Normalize static route domains, dropping blank entries and duplicates; a
+/// malformed one is a [`PolicyError::BadPattern`].
+fn normalize_list(list: Vec<String>) -> Result<Vec<String>, PolicyError> {
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for entry in list {
-        let n = normalize_domain(&entry);
-        if !n.is_empty() && !out.contains(&n) {
+        let trimmed = entry.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let n = normalize_domain(trimmed).map_err(|e| PolicyError::BadPattern {
+            reason: addr_rule(&e),
+            entry: entry.clone(),
+        })?;
+        if !out.contains(&n) {
             out.push(n);
         }
     }
-    out
+    Ok(out)
+}
+
+/// The rule an [`AddrError`] names.
+fn addr_rule(e: &AddrError) -> &'static str {
+    match e {
+        AddrError::Domain(_, rule) => rule,
+        AddrError::Jid(_) => "not a domain",
+    }
 }
 
 /// Is the (possibly hand-built) `entry` the normalized `remote` domain?
 fn same_domain(entry: &str, remote: &str) -> bool {
-    let e = entry.trim();
-    let e = e.strip_suffix('.').unwrap_or(e);
-    !e.is_empty() && e.eq_ignore_ascii_case(remote)
+    Pattern::Exact(entry.to_owned()).matches_normalized(remote)
 }
 
 fn first_match<'a>(rules: &'a [Rule], remote: &str, direction: Direction) -> Option<&'a Rule> {
@@ -269,7 +305,7 @@ impl Policy {
     /// may be built by hand), exact duplicates within a list are dropped, and
     /// the same pattern on both lists with overlapping directions is a
     /// [`PolicyError::Conflict`] (whatever the mode). Static route domains are
-    /// normalized; empty ones are dropped.
+    /// normalized; blank ones are dropped, malformed ones refused.
     pub fn from_rules(
         mode: PrivacyMode,
         allow: Vec<Rule>,
@@ -290,16 +326,25 @@ impl Policy {
             mode,
             allow,
             deny,
-            static_route_domains: normalize_list(static_route_domains),
+            static_route_domains: normalize_list(static_route_domains)?,
         })
     }
 
     /// Decide whether traffic with `remote_domain` in `direction` may flow.
     ///
-    /// See the crate documentation for the precedence. An empty remote domain
-    /// never matches any rule (so it is denied in allow-list mode).
+    /// See the crate documentation for the precedence. `remote_domain` may be
+    /// in any form the normaliser takes; one it refuses (empty, malformed) is
+    /// [`DenyReason::Malformed`] in every mode.
     pub fn check(&self, remote_domain: &str, direction: Direction) -> Verdict {
-        let remote = normalize_domain(remote_domain);
+        let remote = match normalize_domain(remote_domain) {
+            Ok(remote) => remote,
+            Err(e) => {
+                return Verdict::Deny(DenyReason::Malformed {
+                    direction,
+                    rule: addr_rule(&e),
+                })
+            }
+        };
         match self.mode {
             PrivacyMode::Off => Verdict::Allow,
             PrivacyMode::DenyList => match first_match(&self.deny, &remote, direction) {
@@ -310,12 +355,6 @@ impl Policy {
                 None => Verdict::Allow,
             },
             PrivacyMode::AllowList => {
-                if remote.is_empty() {
-                    return Verdict::Deny(DenyReason::NotOnAllowList {
-                        direction,
-                        other_direction: None,
-                    });
-                }
                 if let Some(rule) = first_match(&self.deny, &remote, direction) {
                     return Verdict::Deny(DenyReason::OnDenyList {
                         direction,
@@ -386,6 +425,10 @@ mod tests {
         })
     }
 
+    fn malformed(rule: &'static str, direction: Direction) -> Verdict {
+        Verdict::Deny(DenyReason::Malformed { direction, rule })
+    }
+
     fn denied_by(p: &str, d: RuleDirection, direction: Direction) -> Verdict {
         Verdict::Deny(DenyReason::OnDenyList {
             direction,
@@ -441,7 +484,7 @@ mod tests {
             assert_eq!(p.check("chat.partner.example", dir), not_listed(dir));
             assert_eq!(p.check("example", dir), not_listed(dir));
             assert_eq!(p.check("evilpartner.example", dir), not_listed(dir));
-            assert_eq!(p.check("", dir), not_listed(dir));
+            assert_eq!(p.check("", dir), malformed("empty", dir));
         }
     }
 
@@ -463,9 +506,13 @@ mod tests {
             ] {
                 assert_eq!(p.check(yes, dir), Verdict::Allow, "{yes}");
             }
-            for no in ["evilpartner.test", "test", "partner.test.evil", ""] {
+            for no in ["evilpartner.test", "test", "partner.test.evil"] {
                 assert_eq!(p.check(no, dir), not_listed(dir), "{no}");
             }
+            assert!(matches!(
+                p.check(".partner.test", dir),
+                Verdict::Deny(DenyReason::Malformed { .. })
+            ));
         }
     }
 
@@ -645,7 +692,7 @@ mod tests {
             );
             assert_eq!(p.check("sub.bad.example", dir), Verdict::Allow);
             assert_eq!(p.check("good.example", dir), Verdict::Allow);
-            assert_eq!(p.check("", dir), Verdict::Allow);
+            assert_eq!(p.check("", dir), malformed("empty", dir));
         }
         assert!(p.check("good.example", Inbound).is_allowed());
         assert!(!p.check("bad.example", Inbound).is_allowed());
@@ -839,13 +886,138 @@ mod tests {
     }
 
     #[test]
-    fn non_ascii_never_folds_onto_a_rule() {
-        // U+212A KELVIN SIGN lowercases (Unicode) to an ASCII 'k'.
-        let p = Policy::new(PrivacyMode::AllowList, s(&["k.test"]), vec![], vec![])
+    fn kelvin_sign_folds_onto_k_on_both_sides() {
+        // U+212A KELVIN SIGN is a 'k' under UTS-46, in rules and in remote
+        // domains alike: one normaliser, so nothing slips between them.
+        let p = Policy::new(PrivacyMode::DenyList, vec![], s(&["k.test"]), vec![])
             .expect("valid policy");
-        assert_eq!(normalize_domain("\u{212A}.TEST."), "\u{212A}.test");
-        assert_eq!(p.check("\u{212A}.test", Inbound), not_listed(Inbound));
-        assert_eq!(p.check("K.test", Inbound), Verdict::Allow);
+        assert_eq!(
+            normalize_domain("\u{212A}.TEST.").ok().as_deref(),
+            Some("k.test")
+        );
+        assert!(!p.check("\u{212A}.test", Inbound).is_allowed());
+        assert!(!p.check("K.test", Inbound).is_allowed());
+        let p = Policy::new(PrivacyMode::DenyList, vec![], s(&["\u{212A}.test"]), vec![])
+            .expect("valid policy");
+        assert!(!p.check("k.test", Outbound).is_allowed());
+    }
+
+    /// Every spelling of exämple.com a peer might use.
+    const EXAMPLE_SPELLINGS: [&str; 6] = [
+        "xn--exmple-cua.com",
+        "XN--EXMPLE-CUA.COM.",
+        "exämple.com",
+        "EXÄMPLE.com.",
+        "exämple\u{3002}com",
+        "exämple\u{FF0E}com",
+    ];
+
+    #[test]
+    fn a_deny_rule_in_either_form_denies_every_spelling() {
+        for rule_form in ["exämple.com", "xn--exmple-cua.com", "EXÄMPLE.COM."] {
+            // In allow-list mode a wildcard allow covers the domain: the deny
+            // rule must be what refuses it.
+            for (mode, allow) in [
+                (PrivacyMode::DenyList, vec![]),
+                (PrivacyMode::AllowList, s(&["*.xn--exmple-cua.com"])),
+            ] {
+                let p = Policy::new(mode, allow, s(&[rule_form]), vec![]).expect("valid policy");
+                for remote in EXAMPLE_SPELLINGS {
+                    for dir in BOTH {
+                        assert_eq!(
+                            p.check(remote, dir),
+                            denied_by("xn--exmple-cua.com", RuleDirection::All, dir),
+                            "rule {rule_form:?} ({mode:?}), remote {remote:?}"
+                        );
+                    }
+                }
+                if mode == PrivacyMode::DenyList {
+                    // Plain example.com is another domain.
+                    assert_eq!(p.check("example.com", Inbound), Verdict::Allow);
+                }
+            }
+        }
+        // A wildcard deny covers subdomains in any spelling, and a deny beats
+        // an allow written in the other form.
+        let p = Policy::new(
+            PrivacyMode::AllowList,
+            s(&["*.xn--exmple-cua.com"]),
+            s(&["*.bad.exämple.com"]),
+            vec![],
+        )
+        .expect("valid policy");
+        assert_eq!(p.check("chat.EXÄMPLE.com", Inbound), Verdict::Allow);
+        assert_eq!(
+            p.check("x.BAD.exämple\u{3002}com.", Inbound),
+            denied_by("*.bad.xn--exmple-cua.com", RuleDirection::All, Inbound)
+        );
+    }
+
+    #[test]
+    fn an_allow_rule_in_either_form_allows_every_spelling() {
+        for rule_form in ["exämple.com", "xn--exmple-cua.com"] {
+            let p = Policy::new(PrivacyMode::AllowList, s(&[rule_form]), vec![], vec![])
+                .expect("valid policy");
+            for remote in EXAMPLE_SPELLINGS {
+                assert_eq!(p.check(remote, Outbound), Verdict::Allow, "{remote:?}");
+            }
+            assert_eq!(p.check("example.com", Outbound), not_listed(Outbound));
+        }
+        // Static routes too.
+        let p = Policy::new(PrivacyMode::AllowList, vec![], vec![], s(&["Bücher.test."]))
+            .expect("valid policy");
+        assert_eq!(p.static_route_domains, s(&["xn--bcher-kva.test"]));
+        assert_eq!(p.check("BÜCHER.test", Inbound), Verdict::Allow);
+    }
+
+    #[test]
+    fn a_malformed_remote_is_denied_in_every_mode() {
+        let modes = [
+            PrivacyMode::Off,
+            PrivacyMode::AllowList,
+            PrivacyMode::DenyList,
+        ];
+        for mode in modes {
+            let p = Policy::new(mode, s(&["*.partner.test"]), vec![], vec![]).expect("valid");
+            for (remote, rule) in [
+                ("", "empty"),
+                ("a_b.partner.test", "only letters"),
+                ("xn--zz.partner.test", "xn--"),
+                ("bad\u{FFFD}.partner.test", "internationalised"),
+                ("192.0.2.1", "last label starts with a digit"),
+                ("partner.test..", "empty label"),
+            ] {
+                match p.check(remote, Inbound) {
+                    Verdict::Deny(DenyReason::Malformed {
+                        direction: Inbound,
+                        rule: r,
+                    }) => assert!(r.contains(rule), "{remote:?}: {r}"),
+                    other => panic!("{mode:?} {remote:?}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_idn_entries_and_routes_are_refused_naming_them() {
+        let err = Policy::from_config(
+            PrivacyMode::DenyList,
+            &[],
+            &[RuleConfig::Domain("*.xn--zz.test".into())],
+            vec![],
+        )
+        .expect_err("bad punycode");
+        assert!(
+            err.to_string()
+                .starts_with("bad policy entry \"*.xn--zz.test\": xn-- label"),
+            "{err}"
+        );
+        let err = Policy::new(PrivacyMode::AllowList, vec![], vec![], s(&["a_b.test"]))
+            .expect_err("bad route");
+        assert!(
+            matches!(err, PolicyError::BadPattern { ref entry, .. } if entry == "a_b.test"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -874,6 +1046,10 @@ mod tests {
                 .clone_reason()
                 .to_string(),
             "federation deny rule \"noisy.test\" matches the domain for outgoing traffic"
+        );
+        assert_eq!(
+            malformed("empty", Outbound).clone_reason().to_string(),
+            "the remote domain of this outgoing traffic is malformed: empty"
         );
         assert_eq!(Inbound.to_string(), "incoming");
         assert_eq!(Outbound.to_string(), "outgoing");

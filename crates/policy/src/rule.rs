@@ -2,14 +2,17 @@
 //! plus the traffic direction it applies to, their parsing and validation,
 //! and the serde form embedded in configuration files.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use crate::{Direction, PolicyError};
+use causeway_xmpp::addr::AddrError;
+
+use crate::{normalize_domain, Direction, PolicyError};
 
 /// The domain part of a [`Rule`].
 ///
-/// Built by [`Pattern::parse`] (or [`Rule::parse`]), the inner string is
-/// normalized (ASCII lowercase, no trailing dot) and valid domain syntax.
+/// Built by [`Pattern::parse`] (or [`Rule::parse`]), the inner string is the domain's
+/// normalized form ([`crate::normalize_domain`]: A-labels, lowercase, no trailing dot).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Pattern {
     /// Exactly this domain (`partner.test`).
@@ -122,34 +125,45 @@ impl From<Direction> for RuleDirection {
     }
 }
 
-/// Trim, strip one trailing dot (and, for a hand-built suffix, a leading
-/// `*.`): the comparable core of a pattern string, not yet lowercased.
-fn pattern_core(p: &str) -> &str {
+/// The comparable form of a possibly hand-built pattern string: trimmed, one trailing dot
+/// dropped (and, for a suffix, a leading `*.`). ASCII stays as written (compared
+/// ASCII-case-insensitively); anything else goes through the normaliser, and a pattern it
+/// refuses matches nothing.
+fn comparable(p: &str, suffix: bool) -> Cow<'_, str> {
     let p = p.trim();
-    p.strip_suffix('.').unwrap_or(p)
+    let p = if suffix {
+        p.strip_prefix("*.").unwrap_or(p)
+    } else {
+        p
+    };
+    if p.is_ascii() {
+        return Cow::Borrowed(p.strip_suffix('.').unwrap_or(p));
+    }
+    Cow::Owned(normalize_domain(p).unwrap_or_default())
 }
 
 impl Pattern {
     /// Parse and validate `*.example.com` (suffix) or `example.com` (exact).
     ///
-    /// Input is trimmed, one trailing dot is removed and letters are
-    /// lowercased. Refused, with [`PolicyError::BadPattern`] naming `entry`
-    /// as given: an empty entry, a lone `*`, a `*` anywhere but a leading
-    /// `*.` label, a wildcard over a single label (`*.com`), characters other
-    /// than ASCII letters, digits, `-` and `.` (IDNs must be written in their
-    /// `xn--` form), empty labels, labels over 63 characters or starting or
-    /// ending with `-`, a last label starting with a digit (IP addresses) and
-    /// domains over 255 characters.
+    /// Input is trimmed; the domain (after `*.` for a wildcard) goes through the one domain
+    /// normaliser, [`crate::normalize_domain`]: UTS-46 to A-labels, lowercase, one trailing
+    /// dot dropped, so `exämple.com`, `EXÄMPLE.COM.` and `xn--exmple-cua.com` are the same
+    /// pattern. Refused, with [`PolicyError::BadPattern`] naming `entry` as given and the rule
+    /// broken: an empty entry, a lone `*`, a `*` anywhere but a leading `*.` label, a wildcard
+    /// over a single label (`*.com`), whitespace inside the entry, and whatever the normaliser
+    /// refuses (characters other than letters, digits, `-` and `.` after mapping, bad
+    /// `xn--` labels, empty labels, labels over 63 characters or starting or ending with `-`,
+    /// a last label starting with a digit (IP addresses), domains over 253 characters).
     pub fn parse(entry: &str) -> Result<Pattern, PolicyError> {
         let bad = |reason: &'static str| PolicyError::BadPattern {
             entry: entry.to_owned(),
             reason,
         };
-        let core = pattern_core(entry);
-        if core.is_empty() {
+        let core = entry.trim();
+        if core.is_empty() || core == "." {
             return Err(bad("empty entry"));
         }
-        if core == "*" {
+        if core == "*" || core == "*." {
             return Err(bad(
                 "a lone \"*\" would match every domain (use privacy mode off or deny-list instead)",
             ));
@@ -161,8 +175,13 @@ impl Pattern {
         if domain.contains('*') {
             return Err(bad("\"*\" is only allowed as a leading \"*.\" label"));
         }
-        check_domain(domain).map_err(bad)?;
-        let domain = domain.to_ascii_lowercase();
+        if domain.chars().any(char::is_whitespace) {
+            return Err(bad("whitespace inside the entry (give a direction with the table form { domain = \"...\", direction = \"incoming\" })"));
+        }
+        let domain = normalize_domain(domain).map_err(|e| match e {
+            AddrError::Domain(_, rule) => bad(rule),
+            AddrError::Jid(_) => bad("not a domain"),
+        })?;
         if suffix {
             if !domain.contains('.') {
                 return Err(bad("wildcard over a top-level domain"));
@@ -173,26 +192,26 @@ impl Pattern {
         }
     }
 
-    /// Does the pattern match `domain` (normalized here with
-    /// [`crate::normalize_domain`])? Empty domains never match.
+    /// Does the pattern match `domain` (normalized here with [`crate::normalize_domain`])?
+    /// A domain the normaliser refuses (empty, malformed) never matches.
     pub fn matches(&self, domain: &str) -> bool {
-        self.matches_normalized(&crate::normalize_domain(domain))
+        normalize_domain(domain).is_ok_and(|d| self.matches_normalized(&d))
     }
 
-    /// Matching against an already normalized remote domain. Tolerates a
-    /// hand-built pattern: compared ASCII-case-insensitively, ignoring
-    /// surrounding whitespace, a trailing dot and (for a suffix) a leading
-    /// `*.`. An empty pattern matches nothing.
+    /// Matching against an already normalized remote domain. Tolerates a hand-built pattern
+    /// (see [`comparable`]): compared ASCII-case-insensitively, ignoring surrounding
+    /// whitespace, a trailing dot and (for a suffix) a leading `*.`. An empty pattern matches
+    /// nothing.
     pub(crate) fn matches_normalized(&self, remote: &str) -> bool {
         let remote = remote.as_bytes();
         match self {
             Pattern::Exact(p) => {
-                let p = pattern_core(p).as_bytes();
-                !p.is_empty() && remote.eq_ignore_ascii_case(p)
+                let p = comparable(p, false);
+                !p.is_empty() && remote.eq_ignore_ascii_case(p.as_bytes())
             }
             Pattern::Suffix(p) => {
-                let p = pattern_core(p);
-                let p = p.strip_prefix("*.").unwrap_or(p).as_bytes();
+                let p = comparable(p, true);
+                let p = p.as_bytes();
                 if p.is_empty() || remote.len() < p.len() {
                     return false;
                 }
@@ -231,40 +250,6 @@ impl Pattern {
             }
         }
     }
-}
-
-/// Domain syntax, on the trimmed entry without its trailing dot or `*.`.
-fn check_domain(d: &str) -> Result<(), &'static str> {
-    if d.len() > 255 {
-        return Err("longer than 255 characters");
-    }
-    if d.chars().any(char::is_whitespace) {
-        return Err("whitespace inside the entry (give a direction with the table form { domain = \"...\", direction = \"incoming\" })");
-    }
-    if !d
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err("only letters, digits, '-' and '.' are allowed (write IDNs in xn-- form)");
-    }
-    for label in d.split('.') {
-        if label.is_empty() {
-            return Err("empty label");
-        }
-        if label.len() > 63 {
-            return Err("label longer than 63 characters");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("label starts or ends with a hyphen");
-        }
-    }
-    if d.rsplit('.')
-        .next()
-        .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_digit()))
-    {
-        return Err("last label starts with a digit (IP addresses are not allowed)");
-    }
-    Ok(())
 }
 
 impl fmt::Display for Pattern {
@@ -417,18 +402,57 @@ mod tests {
         }
         let label63 = "a".repeat(63);
         Pattern::parse(&format!("{label63}.test")).expect("63-character label");
-        // 255 characters in total: 4 * 63 + 3 dots.
-        let long = [label63.as_str(); 4].join(".");
-        assert_eq!(long.len(), 255);
-        Pattern::parse(&long).expect("255 characters");
-        Pattern::parse(&format!("{long}.")).expect("255 characters plus the trailing dot");
+        // 253 characters in total: 3 * 63 + 61 + 3 dots.
+        let long = format!("{label63}.{label63}.{label63}.{}", "a".repeat(61));
+        assert_eq!(long.len(), 253);
+        Pattern::parse(&long).expect("253 characters");
+        Pattern::parse(&format!("{long}.")).expect("253 characters plus the trailing dot");
+    }
+
+    #[test]
+    fn idn_patterns_are_stored_as_a_labels() {
+        for entry in [
+            "exämple.com",
+            "EXÄMPLE.COM.",
+            "exämple\u{3002}com",
+            "xn--exmple-cua.com",
+            " XN--Exmple-CUA.com ",
+        ] {
+            assert_eq!(
+                Pattern::parse(entry).expect("valid"),
+                exact("xn--exmple-cua.com"),
+                "{entry:?}"
+            );
+        }
+        assert_eq!(
+            Pattern::parse("*.Bücher.test").expect("valid"),
+            suffix("xn--bcher-kva.test")
+        );
+        assert_eq!(
+            Pattern::parse("*.xn--bcher-kva.test").expect("valid"),
+            suffix("xn--bcher-kva.test")
+        );
+        // U+212A KELVIN SIGN is a K under UTS-46: the rule is k.test, on both sides.
+        assert_eq!(
+            Pattern::parse("\u{212A}.test").expect("valid"),
+            exact("k.test")
+        );
+        let p = suffix("xn--bcher-kva.test");
+        for yes in ["bücher.test", "muc.BÜCHER.test.", "xn--bcher-kva.test"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        assert!(!p.matches("bucher.test"));
+        // A hand-built pattern in U-label form is normalised when matching.
+        assert!(exact("exämple.com").matches("xn--exmple-cua.com"));
+        assert!(suffix("*.Bücher.test").matches("a.xn--bcher-kva.test"));
+        assert!(!exact("bad\u{FFFD}.test").matches("bad.test"));
     }
 
     #[test]
     fn parse_refusals_name_entry_and_reason() {
         let label64 = "a".repeat(64);
         let long = format!("{}.test", ["abc"; 63].join("."));
-        assert!(long.len() > 255);
+        assert!(long.len() > 253);
         let cases: Vec<(String, &str)> = vec![
             ("".into(), "empty entry"),
             ("   ".into(), "empty entry"),
@@ -450,15 +474,17 @@ mod tests {
             ("a-.test".into(), "hyphen"),
             ("*.a.test-".into(), "hyphen"),
             (format!("{label64}.test"), "longer than 63"),
-            (long, "longer than 255"),
+            (long, "longer than 253"),
             ("a_b.test".into(), "only letters"),
-            ("bücher.test".into(), "only letters"),
             ("a.test/x".into(), "only letters"),
             ("a.test incoming".into(), "whitespace"),
             ("192.0.2.1".into(), "last label starts with a digit"),
             ("a.1test".into(), "last label starts with a digit"),
-            // U+212A KELVIN SIGN lowercases to an ASCII 'k': refused, not folded.
-            ("\u{212A}.test".into(), "only letters"),
+            ("xn--zz.test".into(), "xn-- label"),
+            ("*.xn--zz.test".into(), "xn-- label"),
+            ("bad\u{FFFD}.test".into(), "internationalised"),
+            ("\u{05D0}a.test".into(), "bidi"),
+            ("*.-bücher.test".into(), "hyphen"),
         ];
         for (entry, want) in cases {
             match Rule::parse(&entry) {

@@ -240,9 +240,11 @@ struct InboundStream {
     /// The id we put on our current stream header (dialback keys are bound to it).
     stream_id: String,
     header_sent: bool,
-    /// The `from` of the peer's current stream header (lowercase), the domain it claims.
+    /// The `from` of the peer's current stream header (normalised, see
+    /// [`causeway_xmpp::addr::normalize_domain`]), the domain it claims.
     header_from: Option<String>,
-    /// The `to` of the peer's current stream header (lowercase), the local domain it wants.
+    /// The `to` of the peer's current stream header (normalised, and served here), the local
+    /// domain it wants.
     header_to: Option<String>,
     /// The peer certificate's worth, judged once TLS is up.
     cert: Option<CertStatus>,
@@ -486,19 +488,35 @@ impl InboundStream {
                 .fail(StreamCondition::InvalidNamespace, "expected jabber:server")
                 .await;
         }
+        // A `to` we cannot read is a domain we do not serve (RFC 6120 4.9.3.6); a `from` we
+        // cannot read is a claim that can never be validated (4.9.3.9).
+        self.header_to = None;
+        self.header_from = None;
         if let Some(to) = &h.to {
-            if !self.s2s.host.serves(&to.to_ascii_lowercase()) {
-                warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, to = %clip(to), "stream to a domain we do not serve");
-                return self
-                    .fail(
-                        StreamCondition::HostUnknown,
-                        "this domain is not served here",
-                    )
-                    .await;
+            match normalize_domain(to) {
+                Ok(local) if self.s2s.host.serves(&local) => self.header_to = Some(local),
+                _ => {
+                    warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, to = %clip(to), "stream to a domain we do not serve");
+                    return self
+                        .fail(
+                            StreamCondition::HostUnknown,
+                            "this domain is not served here",
+                        )
+                        .await;
+                }
             }
         }
-        self.header_from = h.from.as_ref().map(|d| d.to_ascii_lowercase());
-        self.header_to = h.to.as_ref().map(|d| d.to_ascii_lowercase());
+        if let Some(from) = &h.from {
+            match normalize_domain(from) {
+                Ok(remote) => self.header_from = Some(remote),
+                Err(e) => {
+                    warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %clip(from), error = %clip(&e.to_string()), "stream from a malformed domain");
+                    return self
+                        .fail(StreamCondition::InvalidFrom, "malformed from domain")
+                        .await;
+                }
+            }
+        }
         if self.conn.tls.is_some() && self.cert.is_none() {
             self.cert = Some(self.s2s.cert_status(&self.conn, true));
         }
@@ -882,25 +900,22 @@ impl InboundStream {
                 .map_err(|_| "authzid is not base64")?;
             Some(String::from_utf8(raw).map_err(|_| "authzid is not UTF-8")?)
         };
-        let from = self.header_from.as_deref().map(normalize_domain);
+        // The header's from and to were normalised when the header arrived.
+        let from = self.header_from.as_deref();
         let remote = match (authzid, from) {
             (Some(authzid), from) => {
                 let authzid =
                     normalize_domain(&authzid).map_err(|_| "claimed domain is malformed")?;
                 // XEP-0178: an authorization identity must be the stream header's `from`.
-                if from.is_some_and(|f| f.ok().as_deref() != Some(authzid.as_str())) {
+                if from.is_some_and(|f| f != authzid) {
                     return Err("authzid does not match the stream header's from");
                 }
                 authzid
             }
-            (None, Some(from)) => from.map_err(|_| "claimed domain is malformed")?,
+            (None, Some(from)) => from.to_owned(),
             (None, None) => return Err("no domain claimed"),
         };
-        let local = self
-            .header_to
-            .as_deref()
-            .and_then(|d| normalize_domain(d).ok())
-            .ok_or("stream header has no valid to")?;
+        let local = self.header_to.clone().ok_or("stream header has no to")?;
         if !self.s2s.host.serves(&local) {
             return Err("stream is to a domain not served here");
         }
@@ -925,23 +940,26 @@ impl InboundStream {
                 )
                 .await;
         };
-        let originating = to.to_ascii_lowercase();
-        let receiving = from.to_ascii_lowercase();
-        let valid = self.s2s.host.serves(&originating) && {
-            let expected = dialback::dialback_key(
-                &self.s2s.cfg().dialback_secret,
-                &receiving,
-                &originating,
-                id,
-            );
-            dialback::keys_equal(&expected, &el.text())
-        };
+        // Keys are issued over normalised domains (see `S2s::send`); a domain that does not
+        // normalise was never issued one.
+        let names = normalize_domain(to).ok().zip(normalize_domain(from).ok());
+        let valid = names.is_some_and(|(originating, receiving)| {
+            self.s2s.host.serves(&originating) && {
+                let expected = dialback::dialback_key(
+                    &self.s2s.cfg().dialback_secret,
+                    &receiving,
+                    &originating,
+                    id,
+                );
+                dialback::keys_equal(&expected, &el.text())
+            }
+        });
         if !valid {
             self.s2s
                 .counters
                 .dialback_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, receiving = %clip(&receiving), originating = %clip(&originating), "db:verify for a key we did not issue: invalid");
+            warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, receiving = %clip(from), originating = %clip(to), "db:verify for a key we did not issue: invalid");
         }
         let reply = dialback::verify_response(to, from, id, valid);
         self.send_or_close(&reply).await
@@ -1130,4 +1148,146 @@ fn dialback_error(from: &str, to: &str, condition: &str) -> Element {
                 .with_attr("type", "cancel")
                 .with_child(Element::new(condition, ns::STANZA_ERRORS)),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::testing::{listening, TestHost};
+    use crate::{OutboundStanza, Target};
+
+    const SECRET: &str = "secret-idn-0001";
+
+    /// bücher.test, as every engine here keeps it.
+    const BUECHER: &str = "xn--bcher-kva.test";
+
+    fn header(from: Option<&str>, to: &str) -> String {
+        StreamHeader {
+            from: from.map(str::to_owned),
+            to: Some(to.to_owned()),
+            version: Some("1.0".into()),
+            default_ns: ns::SERVER.into(),
+            ..Default::default()
+        }
+        .to_xml()
+    }
+
+    /// Connect to `addr`, write `send`, and read until `done` says so, the peer closes, or
+    /// five seconds pass; returns what was read.
+    async fn talk(addr: SocketAddr, send: &str, done: impl Fn(&str) -> bool) -> String {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(send.as_bytes()).await.expect("write");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            got.extend_from_slice(&buf[..n]);
+            if done(&String::from_utf8_lossy(&got)) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn closed(s: &str) -> bool {
+        s.contains("</stream:stream>")
+    }
+
+    #[tokio::test]
+    async fn stream_header_domains_go_through_the_normaliser() {
+        let (_s2s, addr) = listening(SECRET, TestHost::serving(&[BUECHER])).await;
+        for to in [
+            "bücher.test",
+            "BÜCHER.TEST.",
+            "bücher\u{3002}test",
+            "XN--BCHER-KVA.test",
+        ] {
+            let got = talk(addr, &header(Some("Remote.Test."), to), |s| {
+                s.contains("features>") || closed(s)
+            })
+            .await;
+            assert!(
+                got.contains("features>") && !got.contains("stream:error"),
+                "to={to:?}: {got}"
+            );
+        }
+        // Not served, or not a domain at all: host-unknown alike.
+        for to in ["bucher.test", "b_cher.test", "xn--zz.test", ""] {
+            let got = talk(addr, &header(Some("remote.test"), to), closed).await;
+            assert!(got.contains("<host-unknown "), "to={to:?}: {got}");
+        }
+        // A from that can never be validated.
+        for from in ["a_b.test", "xn--zz.test", "192.0.2.1", ""] {
+            let got = talk(addr, &header(Some(from), "bücher.test"), closed).await;
+            assert!(got.contains("<invalid-from "), "from={from:?}: {got}");
+        }
+    }
+
+    #[tokio::test]
+    async fn db_verify_checks_keys_over_normalised_domains() {
+        let (_s2s, addr) = listening(SECRET, TestHost::serving(&[BUECHER])).await;
+        let key = dialback::dialback_key(SECRET, "remote.test", BUECHER, "sid1");
+        for (from, to, want) in [
+            ("remote.test", BUECHER, "valid"),
+            ("REMOTE.test.", "Bücher.test", "valid"),
+            ("remote.test", "bücher\u{FF0E}test", "valid"),
+            ("remote.test", "bucher.test", "invalid"),
+            ("remote_.test", "bücher.test", "invalid"),
+            ("remote.test", "xn--zz.test", "invalid"),
+        ] {
+            let verify = dialback::verify_request(from, to, "sid1", &key).to_xml(ns::SERVER);
+            let send = format!("{}{verify}", header(Some("remote.test"), BUECHER));
+            let got = talk(addr, &send, |s| s.contains("type='")).await;
+            assert!(
+                got.contains(&format!("type='{want}'")),
+                "{from} -> {to}: want {want}: {got}"
+            );
+        }
+    }
+
+    /// Two engines, each keeping its domain in A-label form, talking through a stanza whose
+    /// domains are spelt otherwise everywhere: dialback keys, the authenticated pair and the
+    /// stanza's addresses must all meet in the one form.
+    #[tokio::test]
+    async fn an_idn_peer_spelt_any_way_authenticates_and_is_admitted() {
+        let local_host = TestHost::serving(&["local.test"]);
+        let remote_host = TestHost::serving(&[BUECHER]);
+        let (_local, local_addr) = listening("secret-local-0001", local_host.clone()).await;
+        let (remote, remote_addr) = listening("secret-remote-001", remote_host.clone()).await;
+        local_host.route(BUECHER, vec![Target::configured(remote_addr)]);
+        remote_host.route("local.test", vec![Target::configured(local_addr)]);
+
+        remote
+            .send(OutboundStanza {
+                from_domain: "BÜCHER.test.".into(),
+                to_domain: "Local.Test".into(),
+                payload: bytes::Bytes::from_static(
+                    "<message from='ana@bücher\u{3002}test/x' to='bob@LOCAL.test'><body>hi</body></message>"
+                        .as_bytes(),
+                ),
+            })
+            .await;
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let delivered = loop {
+            if let Some(d) = local_host.delivered.lock().expect("deliveries").first() {
+                break d.clone();
+            }
+            assert!(Instant::now() < deadline, "never delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(delivered.from_domain, BUECHER);
+        assert_eq!(delivered.to_domain, "local.test");
+        assert!(remote_host.bounced.lock().expect("bounces").is_empty());
+        let pairs: Vec<(String, String)> = remote
+            .sessions()
+            .into_iter()
+            .flat_map(|s| s.pairs)
+            .collect();
+        assert_eq!(pairs, vec![("local.test".to_owned(), BUECHER.to_owned())]);
+    }
 }

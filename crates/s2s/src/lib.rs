@@ -106,6 +106,13 @@ pub struct OutboundStanza {
 pub type Handled = BoxFuture<'static, ()>;
 
 /// What an application tells the s2s layer about itself.
+///
+/// Every domain the s2s layer hands a host (to [`Host::serves`], [`Host::peer_allowed`],
+/// [`Host::resolve`], in [`InboundStanza`]s) is in the form of
+/// [`causeway_xmpp::addr::normalize_domain`]: A-labels, lowercase, no trailing dot; peer
+/// input that does not normalise never reaches the host as a domain. (A stanza given to
+/// [`S2s::send`] with a domain that does not normalise comes back to [`Host::bounce`] as it
+/// was given.)
 pub trait Host: Send + Sync + 'static {
     /// Do we answer for `domain`: accept streams addressed to it, originate and vouch for
     /// dialback keys as it?

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use causeway_xmpp::addr::normalize_domain;
 use causeway_xmpp::{dialback, ns, Element, Event, StanzaCondition, StreamCondition, StreamHeader};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
@@ -72,8 +73,24 @@ impl S2s {
     /// Send a stanza to a remote domain, opening a session if needed. Never waits for the
     /// remote side: the stanza is queued on its pair's queue at once, or bounced to
     /// [`crate::Host::bounce`] (`resource-constraint`) if that queue is full.
+    ///
+    /// Both domains are normalised first ([`normalize_domain`]): sessions are keyed, and
+    /// dialback keys computed, over the one form an inbound `db:verify` is checked against.
+    /// A stanza with a domain that does not normalise is bounced with `jid-malformed`.
     pub async fn send(self: &Arc<Self>, stanza: OutboundStanza) {
-        let mut stanza = stanza;
+        let mut stanza = match normalized(stanza) {
+            Ok(stanza) => stanza,
+            Err(stanza) => {
+                warn!(module = LOG_MODULE, direction = "outgoing", local = %crate::inbound::clip(&stanza.from_domain), remote = %crate::inbound::clip(&stanza.to_domain), "stanza with a malformed domain: bounced");
+                self.counters
+                    .stanzas_bounced
+                    .fetch_add(1, Ordering::Relaxed);
+                return self
+                    .host
+                    .bounce(stanza, StanzaCondition::JidMalformed)
+                    .await;
+            }
+        };
         for _ in 0..3 {
             let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
             match handle.queue.push(stanza, Instant::now()) {
@@ -702,6 +719,21 @@ impl S2s {
     }
 }
 
+/// `stanza` with both domains normalised, or back as it was when one does not normalise.
+fn normalized(stanza: OutboundStanza) -> Result<OutboundStanza, OutboundStanza> {
+    match (
+        normalize_domain(&stanza.from_domain),
+        normalize_domain(&stanza.to_domain),
+    ) {
+        (Ok(from_domain), Ok(to_domain)) => Ok(OutboundStanza {
+            from_domain,
+            to_domain,
+            ..stanza
+        }),
+        _ => Err(stanza),
+    }
+}
+
 /// Send our header, read the peer's header and (for version 1.0) its features.
 async fn exchange_headers(
     conn: &mut XmlConn,
@@ -769,6 +801,7 @@ pub(crate) async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{config, TestHost};
     use std::time::Duration;
 
     #[test]
@@ -788,5 +821,32 @@ mod tests {
                 Some(s(16))
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_stanza_with_a_malformed_domain_is_bounced_without_a_session() {
+        let host = TestHost::serving(&["local.test"]);
+        let s2s = S2s::new(config("secret-local-0001", |_| {}), host.clone());
+        for (from, to) in [
+            ("local.test", "bad_domain.test"),
+            ("local.test", "xn--zz.test"),
+            ("local.test", ""),
+            ("local..test", "remote.test"),
+        ] {
+            s2s.send(OutboundStanza {
+                from_domain: from.into(),
+                to_domain: to.into(),
+                payload: bytes::Bytes::from_static(b"<message/>"),
+            })
+            .await;
+        }
+        let bounced = host.bounced.lock().expect("bounces");
+        assert_eq!(bounced.len(), 4);
+        assert!(bounced
+            .iter()
+            .all(|(_, c)| *c == StanzaCondition::JidMalformed));
+        // Handed back as given.
+        assert_eq!(bounced[0].0.to_domain, "bad_domain.test");
+        assert_eq!(s2s.outgoing_count(), 0);
     }
 }

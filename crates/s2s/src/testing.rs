@@ -1,6 +1,7 @@
 //! Test doubles for the engine's unit tests: a [`Host`] with fixed domains and routes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use causeway_xmpp::StanzaCondition;
@@ -10,10 +11,13 @@ use crate::{
 };
 
 /// Serves `domains`; every other domain is reached at its entry in `routes` (none: not found).
+/// Keeps what it is given to deliver and to bounce.
 #[derive(Default)]
 pub(crate) struct TestHost {
     pub(crate) domains: Vec<String>,
     pub(crate) routes: Mutex<HashMap<String, Vec<Target>>>,
+    pub(crate) delivered: Mutex<Vec<InboundStanza>>,
+    pub(crate) bounced: Mutex<Vec<(OutboundStanza, StanzaCondition)>>,
 }
 
 impl TestHost {
@@ -21,7 +25,7 @@ impl TestHost {
     pub(crate) fn serving(domains: &[&str]) -> Arc<Self> {
         Arc::new(Self {
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            routes: Mutex::new(HashMap::new()),
+            ..Self::default()
         })
     }
 
@@ -50,10 +54,15 @@ impl Host for TestHost {
             .cloned();
         Box::pin(async move { found.ok_or_else(|| format!("no route to {domain}")) })
     }
-    fn deliver(&self, _stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>> {
+    fn deliver(&self, stanza: InboundStanza) -> BoxFuture<'_, Result<(), StanzaCondition>> {
+        self.delivered.lock().expect("test deliveries").push(stanza);
         Box::pin(async { Ok(()) })
     }
-    fn bounce(&self, _stanza: OutboundStanza, _condition: StanzaCondition) -> BoxFuture<'_, ()> {
+    fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) -> BoxFuture<'_, ()> {
+        self.bounced
+            .lock()
+            .expect("test bounces")
+            .push((stanza, condition));
         Box::pin(async {})
     }
 }
@@ -73,4 +82,15 @@ pub(crate) fn s2s(adjust: impl FnOnce(&mut S2sConfig)) -> Arc<S2s> {
         config("test-secret-local", adjust),
         TestHost::serving(&["local.test"]),
     )
+}
+
+/// An engine with `secret` for `host`, accepting plain streams on a loopback port.
+pub(crate) async fn listening(secret: &str, host: Arc<TestHost>) -> (Arc<S2s>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let s2s = S2s::new(config(secret, |_| {}), host);
+    tokio::spawn(s2s.clone().serve(listener, std::future::pending()));
+    (s2s, addr)
 }

@@ -126,7 +126,9 @@ impl Drop for Slot<'_> {
 impl S2s {
     /// Verify `key`, received on our stream `stream_id` from `remote` for `local`, by opening a
     /// connection to `remote`'s servers and sending `<db:verify/>` (see the module notes for
-    /// the caps and the failure floor).
+    /// the caps and the failure floor). Both domains are normalised already (the inbound
+    /// stream ran them through [`causeway_xmpp::addr::normalize_domain`]), so the per-domain
+    /// cap counts one domain however the peer spells it.
     pub async fn verify_key(
         &self,
         local: &str,

@@ -64,17 +64,18 @@ impl User {
     }
 }
 
-/// `local@domain` with both parts, normalized; and its domain.
+/// `local@domain` with both parts, normalized (the local part by JID preparation, the domain
+/// by the one domain normaliser, [`causeway_xmpp::addr::jid_domain`], as every domain the
+/// gateway compares); and its domain.
 fn bare_address(s: &str) -> Result<(String, String), &'static str> {
-    let parsed = jid::Jid::new(s.trim()).map_err(|_| "not a valid XMPP address")?;
-    if parsed.resource().is_some() {
+    let parts = causeway_xmpp::addr::parse_jid(s.trim()).map_err(|_| "not a valid XMPP address")?;
+    if parts.resource.is_some() {
         return Err("has a resource ('/...'); a bare address is expected");
     }
-    let Some(node) = parsed.node() else {
+    let Some(local) = parts.local else {
         return Err("no local part");
     };
-    let domain = parsed.domain().as_str().to_owned();
-    Ok((format!("{}@{domain}", node.as_str()), domain))
+    Ok((format!("{local}@{}", parts.domain), parts.domain))
 }
 
 /// Where users' email addresses come from.
@@ -293,6 +294,39 @@ mod tests {
         assert!(dir.by_jid("bob@example.com").is_none());
         assert_eq!(dir.describe(), "file users.csv (2 users)");
         assert!(parse("# nobody\n\n").expect("empty is valid").is_empty());
+    }
+
+    #[test]
+    fn idn_domains_are_keyed_in_one_form() {
+        let locals = vec!["xn--bcher-kva.test".to_owned()];
+        let dir = FileDirectory::parse(
+            "ana@BÜCHER.test,Ana.Lopez@xn--bcher-kva.test.\n\
+             bo@xn--bcher-kva.test,bo.x@bücher\u{3002}test\n",
+            Path::new("users.csv"),
+            &locals,
+        )
+        .expect("valid");
+        let ana = dir.by_jid("ana@xn--bcher-kva.test").expect("ana");
+        assert_eq!(ana.jid_domain, "xn--bcher-kva.test");
+        assert_eq!(ana.email, "ana.lopez@xn--bcher-kva.test");
+        assert_eq!(
+            dir.by_email("bo.x@xn--bcher-kva.test")
+                .map(|u| u.jid.clone()),
+            Some("bo@xn--bcher-kva.test".to_owned())
+        );
+        // The same user spelt twice is a duplicate, however it is spelt.
+        let e = match FileDirectory::parse(
+            "ana@bücher.test,a@bücher.test\nAna@XN--BCHER-KVA.test,b@bücher.test\n",
+            Path::new("users.csv"),
+            &locals,
+        ) {
+            Ok(_) => panic!("a duplicate accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains("line 2: JID ana@xn--bcher-kva.test is already listed"),
+            "{e}"
+        );
     }
 
     #[test]
