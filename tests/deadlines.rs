@@ -184,3 +184,72 @@ fn a_peer_that_does_not_read_is_closed_after_60_s_of_stalled_writes() {
     );
     assert_logged(&lab, "write stalled");
 }
+
+/// Row "tunnel TLS handshake, 10 s": a connection to the tunnel port that never sends its
+/// ClientHello is closed, and a core beside it stays connected.
+#[test]
+fn a_tunnel_connection_that_never_handshakes_is_closed_after_10_s() {
+    let subnet = 244;
+    let lab = start(options(subnet));
+    let tunnel = SocketAddr::from((Lab::ip(subnet, 2), 7400));
+    let took = raw::script(async {
+        let mut tcp = raw::connect(tunnel).await;
+        raw::time_to_close(&mut tcp).await.0
+    });
+    assert_deadline(took, 10, "stalled tunnel handshake", || edge_log(&lab));
+    assert!(
+        !edge_log(&lab).contains("core disconnected"),
+        "the real core was disturbed:\n{}",
+        edge_log(&lab)
+    );
+}
+
+/// Row "time a stanza waits in its pair's queue, 30 s": alice writes to a domain whose server
+/// accepts TCP and never speaks (a tarpit). Her message bounces with `remote-server-timeout`
+/// within 30 s + 1 s of being sent, and the tarpit held the edge's connection meanwhile.
+#[test]
+fn a_stanza_for_a_tarpit_bounces_after_30_s() {
+    use crate::support::{Step, PATIENCE};
+    let subnet = 245;
+    let tarpit_addr = SocketAddr::from((Lab::ip(subnet, 41), 5269));
+    let mut opts = options(subnet);
+    opts.extra_allow = vec!["tarpit.test".into()];
+    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
+        "tarpit.test",
+        &Lab::ip(subnet, 41).to_string(),
+        5269,
+    )];
+    let tarpit = std::net::TcpListener::bind(tarpit_addr).expect("tarpit listens");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in tarpit.incoming().flatten() {
+            if let Ok(mut v) = keep.lock() {
+                v.push(conn);
+            }
+        }
+    });
+    let lab = start(opts);
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let sent = Instant::now();
+    alice
+        .send_message("nobody@tarpit.test", "into the tarpit")
+        .step(&lab, "send");
+    let bounce = alice
+        .wait_for(PATIENCE * 3, |ev| {
+            matches!(ev, causeway_testkit::ClientEvent::Message { mtype, xml, .. }
+                if mtype == "error" && xml.contains("remote-server-timeout"))
+        })
+        .step(&lab, "wait for the bounce");
+    let took = sent.elapsed();
+    assert!(
+        bounce.is_some(),
+        "no remote-server-timeout bounce:\n{}",
+        lab.diagnostics()
+    );
+    assert_deadline(took, 30, "stanza queued for a tarpit", || edge_log(&lab));
+    assert!(
+        held.lock().is_ok_and(|v| !v.is_empty()),
+        "the edge never reached the tarpit"
+    );
+}
