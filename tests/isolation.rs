@@ -278,3 +278,79 @@ fn a_core_outage_bounces_with_bounded_memory_and_loses_nothing() {
         "a message arrived twice or was both bounced and delivered"
     );
 }
+
+/// The same from core's side: the edge dies while alice sends bob 300 messages. core keeps what
+/// fits in the edge's tunnel window (64 here) for its return and answers the rest at once with
+/// `remote-server-timeout`, which internal Prosody passes to alice; her stream never blocks.
+/// When the edge is back the kept messages reach bob: each message delivered or answered.
+#[test]
+fn an_edge_outage_is_answered_to_the_inside_and_loses_nothing() {
+    const WINDOW: usize = 64;
+    const N: usize = 300;
+    let mut lab = start(options(246));
+    let bob_jid = format!("bob@{PARTNER}");
+    // core with a small window toward the edge.
+    let core_toml = lab.config_path("core");
+    let text = std::fs::read_to_string(&core_toml).expect("core config");
+    std::fs::write(
+        &core_toml,
+        text.replacen("[tunnel]\n", &format!("[tunnel]\nwindow = {WINDOW}\n"), 1),
+    )
+    .expect("write core config");
+    lab.restart_core().expect("core restarts");
+    lab.wait_tunnel_up(PATIENCE).expect("tunnel up");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+    warm_up(&lab, &mut alice, &mut bob);
+
+    let mut edge = lab.edge.take().expect("edge");
+    edge.kill();
+    let core_log = || std::fs::read_to_string(lab.dir.path().join("core.log")).unwrap_or_default();
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || core_log().contains("tunnel session ended")),
+        "core never saw the edge go:\n{}",
+        core_log()
+    );
+    alice
+        .send_burst_prefixed(&bob_jid, N, "edge-outage-")
+        .step(&lab, "burst while the edge is down");
+    let refused = errors_from(&mut alice, &bob_jid, "remote-server-timeout", PATIENCE);
+    eprintln!("edge outage: {refused} of {N} answered remote-server-timeout");
+    assert!(
+        (N - WINDOW - 5..=N - WINDOW).contains(&refused),
+        "expected about {} refusals (the window keeps {WINDOW}), got {refused}:\n{}",
+        N - WINDOW,
+        core_log()
+    );
+    assert!(
+        core_log().contains("stanzas for the internet are refused"),
+        "the refusals were not logged:\n{}",
+        core_log()
+    );
+
+    lab.edge = Some(
+        causeway_testkit::lab::spawn_daemon(
+            &lab.opts.edge_bin,
+            "edge",
+            lab.dir.path(),
+            &lab.opts.rust_log,
+        )
+        .step(&lab, "edge restarts"),
+    );
+    let kept = N - refused;
+    let got = bob
+        .collect_messages("alice@example.com", kept, PATIENCE * 2)
+        .step(&lab, "the kept messages arrive when the edge is back");
+    assert!(
+        got.iter().all(|b| b.starts_with("edge-outage-")),
+        "unexpected messages: {got:?}"
+    );
+    let more = bob
+        .collect_messages("alice@example.com", 1, Duration::from_secs(2))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(
+        more, 0,
+        "a message arrived twice or was both bounced and delivered"
+    );
+}

@@ -33,6 +33,33 @@ use tracing::{info, warn};
 
 use crate::config::{EdgeEntry, TunnelSection};
 
+/// How long a stanza for the internet waits for room in a connected edge's tunnel window
+/// before it is refused (the internal server's stream is not read meanwhile).
+pub const EDGE_WAIT: Duration = Duration::from_secs(30);
+
+/// Why [`Edges::send_bounded`] did not queue a stanza.
+#[derive(Debug)]
+pub enum Refused {
+    /// No edge is connected and the chosen edge's window is full.
+    NoEdge,
+    /// The chosen edge is connected but its window stayed full for [`EDGE_WAIT`].
+    WindowFull,
+    /// The tunnel refused it (shutting down).
+    Failed(TunnelError),
+}
+
+impl Refused {
+    /// The stanza error the sender gets.
+    pub fn condition(&self) -> causeway_xmpp::StanzaCondition {
+        use causeway_xmpp::StanzaCondition as C;
+        match self {
+            Refused::NoEdge => C::RemoteServerTimeout,
+            Refused::WindowFull => C::ResourceConstraint,
+            Refused::Failed(_) => C::ServiceUnavailable,
+        }
+    }
+}
+
 /// The edges of a `[tunnel]` section: `tunnel.edge` with `tunnel.edge_name`, or every
 /// `[[tunnel.edges]]` entry; errors name the setting.
 pub fn edges_of(t: &TunnelSection) -> anyhow::Result<Vec<EdgeEntry>> {
@@ -180,6 +207,24 @@ impl Edges {
     pub async fn send(&self, stanza: TunnelStanza) -> Result<(), TunnelError> {
         let link = self.pick(&stanza.from_domain, &stanza.to_domain);
         link.tunnel.send(stanza).await
+    }
+
+    /// Like [`send`](Self::send), but never waits long: room in a connected edge's window is
+    /// waited for up to [`EDGE_WAIT`]; with no edge connected the chosen one's window keeps what
+    /// fits (replayed when it is back) and the rest is refused at once. So an outage of every
+    /// edge costs bounded memory, and the internal servers get errors instead of streams that
+    /// block forever.
+    pub async fn send_bounded(&self, stanza: TunnelStanza) -> Result<(), Refused> {
+        let link = self.pick(&stanza.from_domain, &stanza.to_domain);
+        let connected = link.tunnel.is_connected();
+        let wait = if connected { EDGE_WAIT } else { Duration::ZERO };
+        // Sending is cancel-safe, and a timeout polls it once before looking at the clock.
+        match tokio::time::timeout(wait, link.tunnel.send(stanza)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Refused::Failed(e)),
+            Err(_) if connected => Err(Refused::WindowFull),
+            Err(_) => Err(Refused::NoEdge),
+        }
     }
 
     /// Announce new domain and chat node alias lists to every edge (each tunnel says hello

@@ -39,6 +39,8 @@ pub struct CoreHost {
     nodes: Arc<nodes::NodeTable>,
     /// The tunnels to the edges.
     tunnel: OnceLock<edges::Edges>,
+    /// When refusing stanzas for the internet was last logged.
+    unavailable_logged: std::sync::Mutex<Option<std::time::Instant>>,
     /// Email address for federation (off unless configured).
     email: email::Translation,
     /// core's own s2s service, for internal federation (stanzas between two local domains go
@@ -52,18 +54,38 @@ impl CoreHost {
         self.nodes.federates(domain)
     }
 
-    async fn to_edge(&self, from_domain: String, to_domain: String, payload: bytes::Bytes) {
+    async fn to_edge(
+        &self,
+        from_domain: String,
+        to_domain: String,
+        payload: bytes::Bytes,
+    ) -> Result<(), StanzaCondition> {
         let Some(tunnel) = self.tunnel.get() else {
-            return;
+            return Err(StanzaCondition::RemoteServerTimeout);
         };
         let stanza = TunnelStanza {
             from_domain,
             to_domain,
             payload,
         };
-        if let Err(e) = tunnel.send(stanza).await {
-            warn!(module = LOG_MODULE, error = %e, "tunnel send failed; stanza dropped");
+        tunnel.send_bounded(stanza).await.map_err(|refused| {
+            self.outside_unavailable(&refused);
+            refused.condition()
+        })
+    }
+
+    /// Log (at most once a minute) that stanzas for the internet are being refused.
+    fn outside_unavailable(&self, refused: &edges::Refused) {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.unavailable_logged.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(60)) {
+            tracing::debug!(module = LOG_MODULE, reason = ?refused, "stanza for the internet refused");
+            return;
         }
+        *last = Some(now);
+        warn!(module = LOG_MODULE, reason = ?refused, "stanzas for the internet are refused and answered with stanza errors: no edge takes them (logged once a minute)");
     }
 
     /// Like [`CoreHost::to_edge`] but in a task of its own: bounces may be raised by the task
@@ -142,8 +164,7 @@ impl Host for CoreHost {
             }
             let stanza = self.email.outbound(stanza);
             self.to_edge(stanza.from_domain, stanza.to_domain, stanza.payload)
-                .await;
-            Ok(())
+                .await
         })
     }
 
@@ -205,6 +226,7 @@ pub async fn start(
     let host = Arc::new(CoreHost {
         nodes: Arc::new(nodes::NodeTable::new(&cfg.node_config)),
         tunnel: OnceLock::new(),
+        unavailable_logged: std::sync::Mutex::new(None),
         email: cfg.email.start().await?,
         s2s: OnceLock::new(),
     });
