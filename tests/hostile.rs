@@ -506,3 +506,72 @@ fn an_internationalised_deny_rule_holds_against_every_spelling() {
     );
     legitimate_traffic_flows(&lab, "beside the denied IDN");
 }
+
+/// (i) Canonical XML out: an authenticated peer's stanza whose namespace URI carries a `}`
+/// (which would let the rest of the URI pass for an attribute name in what is forwarded) ends
+/// its stream with `<not-well-formed/>` and never reaches the inside; a stanza full of
+/// characters that need escaping arrives at alice exactly as sent.
+#[test]
+fn an_injected_namespace_is_refused_and_escaped_text_arrives_intact() {
+    let subnet = 247;
+    let lab = start(evil_options(subnet));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let evil = rt
+        .block_on(SyntheticServer::start_with_cert(
+            "evil.test",
+            SocketAddr::from((Lab::ip(subnet, 41), 5269)),
+            SocketAddr::from((Lab::ip(subnet, 2), 5269)),
+            false,
+            None,
+        ))
+        .expect("evil server");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    rt.block_on(evil.send(
+        "example.com",
+        "<message from='m@evil.test' to='alice@example.com' type='chat'><body>hello</body></message>",
+    ));
+    alice
+        .expect_message("m@evil.test", "hello", PATIENCE)
+        .step(&lab, "evil.test authenticated");
+
+    rt.block_on(evil.send(
+        "example.com",
+        "<message from='m@evil.test' to='alice@example.com' type='chat' xmlns:p='urn:x}onload=&apos;1&apos; y' p:z='1'><body>injected</body></message>",
+    ));
+    let refused = causeway_testkit::wait_until(PATIENCE, || {
+        edge_log(&lab).contains("not-well-formed") || edge_log(&lab).contains("invalid namespace")
+    });
+    assert!(
+        refused,
+        "the injection was not refused:\n{}",
+        edge_log(&lab)
+    );
+
+    // Text and attribute values that need escaping survive the edge's re-serialisation.
+    let tricky = "<b>&amp; \"quoted\" 'single' ]]> &lt;</b>";
+    let escaped = tricky
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;");
+    rt.block_on(evil.send(
+        "example.com",
+        format!(
+            "<message from='m@evil.test' to='alice@example.com' type='chat' id='a&apos;b&quot;c&lt;'><body>{escaped}</body></message>"
+        ),
+    ));
+    alice
+        .expect_message("m@evil.test", tricky, PATIENCE * 2)
+        .step(&lab, "the escaped message arrives intact");
+    let injected = alice
+        .wait_for(
+            Duration::from_secs(2),
+            |ev| matches!(ev, ClientEvent::Message { body: Some(b), .. } if b == "injected"),
+        )
+        .unwrap_or(None);
+    assert!(
+        injected.is_none(),
+        "the injected stanza reached alice: {injected:?}"
+    );
+}
