@@ -154,6 +154,8 @@ fn pair_alone(n: u64) -> Result<()> {
     edge_cfg.push_str(&format!(
         "\n[[static_routes]]\ndomain = \"{PARTNER}\"\naddresses = [\"{gen_addr}\"]\n"
     ));
+    // The pair's capacity, not the per-domain inbound rate an edge applies by default.
+    edge_cfg.push_str("\n[limits]\ninbound_bytes_per_sec_per_domain = 0\n");
     std::fs::write(dir.path().join("edge.toml"), edge_cfg)?;
     std::fs::write(
         dir.path().join("core.toml"),

@@ -136,6 +136,30 @@ impl S2s {
         .await;
     }
 
+    /// Like [`S2s::send`], but waits for room in the pair's queue instead of bouncing: for a
+    /// sender that wants backpressure (a load generator), never for the gateway's own pumps.
+    pub async fn send_waiting(self: &Arc<Self>, stanza: OutboundStanza) {
+        let mut stanza = match normalized(stanza) {
+            Ok(stanza) => stanza,
+            Err(stanza) => return self.bounce(stanza, StanzaCondition::JidMalformed).await,
+        };
+        for _ in 0..3 {
+            let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
+            match handle.queue.push_waiting(stanza).await {
+                Ok(()) => return,
+                Err(PushError::Full(back)) => {
+                    return self.bounce(back, StanzaCondition::ResourceConstraint).await;
+                }
+                Err(PushError::Closed(back)) => {
+                    self.forget_session(&back.from_domain, &back.to_domain, handle.generation);
+                    stanza = back;
+                }
+            }
+        }
+        self.bounce(stanza, StanzaCondition::RemoteServerNotFound)
+            .await;
+    }
+
     async fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) {
         self.counters
             .stanzas_bounced

@@ -37,9 +37,12 @@ pub struct QueueLimits {
 
 impl Default for QueueLimits {
     fn default() -> Self {
+        // Room for a burst such as a user's presence to a thousand contacts at one partner
+        // (ejabberd's s2s queue holds some thousands too); the age limit and the shared budget
+        // bound what a stalled partner can hold.
         Self {
-            stanzas: 1024,
-            bytes: 4 * 1024 * 1024,
+            stanzas: 10_000,
+            bytes: 16 * 1024 * 1024,
             total_bytes: 256 * 1024 * 1024,
             max_age: Duration::from_secs(30),
         }
@@ -70,6 +73,8 @@ pub(crate) struct PairQueue {
     total: Arc<AtomicUsize>,
     /// Woken on every push.
     pushed: tokio::sync::Notify,
+    /// Woken whenever stanzas leave the queue (for senders that wait for room).
+    room: tokio::sync::Notify,
 }
 
 impl PairQueue {
@@ -79,6 +84,7 @@ impl PairQueue {
             limits,
             total,
             pushed: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
         }
     }
 
@@ -121,7 +127,31 @@ impl PairQueue {
         let size = item.0.payload.len();
         inner.bytes -= size;
         self.total.fetch_sub(size, Ordering::Relaxed);
+        self.room.notify_waiters();
         Some(item)
+    }
+
+    /// Push `st`, waiting while the queue is full instead of giving it back (for a sender that
+    /// wants backpressure: a test's load generator). A closed queue still gives it back, and so
+    /// does a full one that is empty (the stanza can never fit, or other queues hold the
+    /// shared budget).
+    pub(crate) async fn push_waiting(&self, st: OutboundStanza) -> Result<(), PushError> {
+        let mut st = st;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the attempt, so room made in between is not missed.
+            room.as_mut().enable();
+            match self.push(st, Instant::now()) {
+                Err(PushError::Full(back))
+                    if !self.is_closed() && !self.lock().items.is_empty() =>
+                {
+                    st = back;
+                    room.await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Stanzas from the front, in order, up to about `max_bytes` (at least one if any is
@@ -191,6 +221,8 @@ impl PairQueue {
     pub(crate) fn close_and_drain(&self) -> Vec<OutboundStanza> {
         let mut inner = self.lock();
         inner.closed = true;
+        // Waiting senders see the queue closed.
+        self.room.notify_waiters();
         let mut out = Vec::with_capacity(inner.items.len());
         while let Some((st, _)) = self.pop_front(&mut inner) {
             out.push(st);
@@ -366,6 +398,28 @@ mod tests {
             Err(PushError::Closed(_))
         ));
         assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_goes_in_once_room_is_made() {
+        let q = Arc::new(PairQueue::new(
+            limits(1, 1 << 20, 1 << 20),
+            Arc::new(AtomicUsize::new(0)),
+        ));
+        q.push(stanza(1, 10), Instant::now()).expect("room");
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.push_waiting(stanza(2, 10)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "full: the sender waits");
+        assert_eq!(q.take_batch(usize::MAX).len(), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task")
+            .expect("pushed");
+        assert_eq!(id(&q.take_batch(usize::MAX)[0].0), "2");
     }
 
     #[tokio::test]

@@ -150,7 +150,6 @@ impl SyntheticServer {
         let secret = format!("synthetic-secret-for-{domain}");
         let mut cfg = S2sConfig::new(secret, Some(tls_server), tls_client);
         cfg.presents_client_cert = cert.is_some();
-        cfg.queue.stanzas = 4096;
         let received = Arc::new(Received::default());
         let host = Arc::new(SyntheticHost {
             domain: domain.to_owned(),
@@ -175,10 +174,11 @@ impl SyntheticServer {
         })
     }
 
-    /// Send a serialized stanza to `to_domain` as this server's domain. Awaits queue room.
+    /// Send a serialized stanza to `to_domain` as this server's domain. Awaits queue room
+    /// (backpressure, as a real server's full socket would give), never bounces for it.
     pub async fn send(&self, to_domain: &str, xml: impl Into<Bytes>) {
         self.s2s
-            .send(OutboundStanza {
+            .send_waiting(OutboundStanza {
                 from_domain: self.domain.clone(),
                 to_domain: to_domain.to_owned(),
                 payload: xml.into(),
