@@ -16,8 +16,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::chars::{invalid_uri_char, is_ncname};
 use crate::ns;
-use crate::xmltext::{invalid_uri_char, is_ncname};
 
 /// A namespace URI, shared: cloning a `Namespace` copies a pointer, not the URI.
 ///

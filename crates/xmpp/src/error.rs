@@ -249,6 +249,71 @@ fn error_element(stanza_ns: &Namespace, cond: StanzaCondition, text: Option<&str
     error
 }
 
+/// Why the input cannot be framed; every variant maps to a stream error condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The input is not well-formed XML (or not namespace-well-formed).
+    #[error("not well-formed: {0}")]
+    NotWellFormed(String),
+    /// Comments, processing instructions, DTDs or entity references XMPP forbids.
+    #[error("restricted XML: {0}")]
+    RestrictedXml(String),
+    /// An element (or the header) is larger than the configured limit.
+    #[error("element larger than {limit} bytes")]
+    TooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// Elements nest deeper than the configured limit.
+    #[error("elements nested deeper than {limit}")]
+    TooDeep {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// A start tag carries more attributes than the configured limit.
+    #[error("more than {limit} attributes on one element")]
+    TooManyAttributes {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// A start tag declares more namespaces than the configured limit.
+    #[error("more than {limit} namespace declarations on one element")]
+    TooManyNamespaces {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// The tree of an element would cost more memory than its size allows
+    /// ([`Limits::parse_cost_factor`]).
+    #[error("element would cost more than {limit} bytes of memory to parse")]
+    TooExpensive {
+        /// The budget in bytes that was exceeded.
+        limit: usize,
+    },
+    /// The stream header is not `stream` in the streams namespace.
+    #[error("invalid namespace: {0}")]
+    InvalidNamespace(String),
+    /// Well-formed XML that is not a valid XMPP stream.
+    #[error("bad format: {0}")]
+    BadFormat(String),
+}
+
+impl FrameError {
+    /// The stream error condition to send before closing.
+    pub fn condition(&self) -> StreamCondition {
+        match self {
+            FrameError::NotWellFormed(_) => StreamCondition::NotWellFormed,
+            FrameError::RestrictedXml(_) => StreamCondition::RestrictedXml,
+            FrameError::TooLarge { .. }
+            | FrameError::TooDeep { .. }
+            | FrameError::TooManyAttributes { .. }
+            | FrameError::TooManyNamespaces { .. }
+            | FrameError::TooExpensive { .. } => StreamCondition::PolicyViolation,
+            FrameError::InvalidNamespace(_) => StreamCondition::InvalidNamespace,
+            FrameError::BadFormat(_) => StreamCondition::BadFormat,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,47 +17,13 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::chars::is_space;
 use crate::element::Element;
-use crate::error::StreamCondition;
+use crate::error::FrameError;
+use crate::limits::Limits;
 use crate::parse::{parse_top_level, HeaderBindings};
 use crate::scan::{Found, ScanCfg, Scanner};
 use crate::stream::{check_declaration_pi, parse_header, StreamHeader};
-use crate::xmltext::is_space;
-
-/// Resource limits applied to untrusted input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Maximum size in bytes of one top-level element (default 262 144).
-    pub max_stanza_bytes: usize,
-    /// Maximum element nesting depth, the top-level element counting as 1 (default 64).
-    pub max_depth: usize,
-    /// Maximum size in bytes of the XML declaration and of the stream header (default 4096).
-    pub max_header_bytes: usize,
-    /// Maximum number of attributes on one start tag, namespace declarations included
-    /// (default 64; real stanzas carry fewer than 10).
-    pub max_attributes: usize,
-    /// Maximum number of namespace declarations on one start tag, the stream header's
-    /// included (default 16; real stanzas declare one or two).
-    pub max_namespace_declarations: usize,
-    /// The tree built from a top-level element may cost at most this many times the
-    /// element's size in bytes, plus 16 KiB (default 16; the realistic stanzas measured in
-    /// the tests cost 3.8 to 5.4 times their size, a small indented vCard of empty fields 14).
-    /// The cost is the builder's estimate of the heap it holds; see the `parse` module.
-    pub parse_cost_factor: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_stanza_bytes: 262_144,
-            max_depth: 64,
-            max_header_bytes: 4096,
-            max_attributes: 64,
-            max_namespace_declarations: 16,
-            parse_cost_factor: 16,
-        }
-    }
-}
 
 /// What the framer found in the stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,71 +60,6 @@ impl TopLevel {
             self.raw.clone()
         } else {
             Bytes::from(self.element.to_xml(default_ns))
-        }
-    }
-}
-
-/// Why the input cannot be framed; every variant maps to a stream error condition.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// The input is not well-formed XML (or not namespace-well-formed).
-    #[error("not well-formed: {0}")]
-    NotWellFormed(String),
-    /// Comments, processing instructions, DTDs or entity references XMPP forbids.
-    #[error("restricted XML: {0}")]
-    RestrictedXml(String),
-    /// An element (or the header) is larger than the configured limit.
-    #[error("element larger than {limit} bytes")]
-    TooLarge {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// Elements nest deeper than the configured limit.
-    #[error("elements nested deeper than {limit}")]
-    TooDeep {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// A start tag carries more attributes than the configured limit.
-    #[error("more than {limit} attributes on one element")]
-    TooManyAttributes {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// A start tag declares more namespaces than the configured limit.
-    #[error("more than {limit} namespace declarations on one element")]
-    TooManyNamespaces {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// The tree of an element would cost more memory than its size allows
-    /// ([`Limits::parse_cost_factor`]).
-    #[error("element would cost more than {limit} bytes of memory to parse")]
-    TooExpensive {
-        /// The budget in bytes that was exceeded.
-        limit: usize,
-    },
-    /// The stream header is not `stream` in the streams namespace.
-    #[error("invalid namespace: {0}")]
-    InvalidNamespace(String),
-    /// Well-formed XML that is not a valid XMPP stream.
-    #[error("bad format: {0}")]
-    BadFormat(String),
-}
-
-impl FrameError {
-    /// The stream error condition to send before closing.
-    pub fn condition(&self) -> StreamCondition {
-        match self {
-            FrameError::NotWellFormed(_) => StreamCondition::NotWellFormed,
-            FrameError::RestrictedXml(_) => StreamCondition::RestrictedXml,
-            FrameError::TooLarge { .. }
-            | FrameError::TooDeep { .. }
-            | FrameError::TooManyAttributes { .. }
-            | FrameError::TooManyNamespaces { .. }
-            | FrameError::TooExpensive { .. } => StreamCondition::PolicyViolation,
-            FrameError::InvalidNamespace(_) => StreamCondition::InvalidNamespace,
-            FrameError::BadFormat(_) => StreamCondition::BadFormat,
         }
     }
 }
@@ -407,6 +308,7 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::StreamCondition;
     use crate::ns;
 
     const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \

@@ -14,11 +14,14 @@ pub mod framer;
 pub mod ns;
 pub mod stream;
 
+mod chars;
+mod limits;
 mod parse;
 mod scan;
 mod xmltext;
 
 pub use element::{escape_attr, escape_text, Element, Namespace, Node};
-pub use error::{StanzaCondition, StanzaErrorType, StreamCondition};
-pub use framer::{Event, FrameError, Framer, Limits, TopLevel};
+pub use error::{FrameError, StanzaCondition, StanzaErrorType, StreamCondition};
+pub use framer::{Event, Framer, TopLevel};
+pub use limits::Limits;
 pub use stream::StreamHeader;

@@ -17,11 +17,13 @@ use quick_xml::events::{BytesStart, Event as XmlEvent};
 use quick_xml::Reader;
 
 use crate::element::{Element, Namespace, Node};
-use crate::framer::{FrameError, Limits};
+use crate::error::FrameError;
+use crate::limits::Limits;
 use crate::ns;
 use crate::stream::StreamHeader;
 use crate::xmltext::{
-    invalid_uri_char, is_ncname, resolve_reference, split_qname, truncate, unescape_attr_value,
+    check_declaration, declaration_prefix, resolve_reference, split_qname, truncate,
+    unescape_attr_value, utf8, xml_error,
 };
 
 /// The budget every element gets on top of its multiple of its size. A node costs a slot of
@@ -126,61 +128,6 @@ fn parse_costed(
 
 fn restricted(msg: &str) -> FrameError {
     FrameError::RestrictedXml(msg.to_owned())
-}
-
-/// Map a quick-xml error to the framer's error.
-pub(crate) fn xml_error(e: impl Into<quick_xml::Error>) -> FrameError {
-    FrameError::NotWellFormed(e.into().to_string())
-}
-
-/// Validate UTF-8 (XMPP streams are always UTF-8).
-pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, FrameError> {
-    std::str::from_utf8(bytes).map_err(|e| {
-        FrameError::NotWellFormed(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
-    })
-}
-
-/// Check a namespace declaration (`prefix` is empty for the default namespace) against the
-/// rules of Namespaces in XML 1.0. Returns false for the redundant `xmlns:xml` declaration.
-///
-/// A URI holding a character that no IRI reference may contain is refused as not
-/// namespace-well-formed (Namespaces in XML requires a URI reference; RFC 6120 4.9.3.13 counts
-/// that under `<not-well-formed/>`): besides not being a URI, a `}` in it would end the URI
-/// early in the Clark name of an attribute and let the rest pass for the attribute's name.
-pub(crate) fn check_declaration(prefix: &str, uri: &str) -> Result<bool, FrameError> {
-    let bad = |why: &str| {
-        Err(FrameError::NotWellFormed(format!(
-            "namespace declaration of {:?}: {why}",
-            truncate(prefix)
-        )))
-    };
-    match prefix {
-        "xml" if uri == ns::XML => Ok(false),
-        "xml" => bad("the xml prefix cannot be rebound"),
-        "xmlns" => bad("the xmlns prefix cannot be declared"),
-        _ if uri == ns::XML || uri == ns::XMLNS => bad("reserved namespace"),
-        _ if !prefix.is_empty() && !is_ncname(prefix) => bad("malformed prefix"),
-        _ if prefix.is_empty() && uri.is_empty() => Ok(true),
-        _ if uri.is_empty() => bad("a prefix cannot be undeclared"),
-        _ => match invalid_uri_char(uri) {
-            Some(c) => bad(&format!("the URI contains {c:?}, which no IRI may contain")),
-            None => Ok(true),
-        },
-    }
-}
-
-/// If the attribute `key` is a namespace declaration, the prefix it declares (empty for the
-/// default namespace).
-pub(crate) fn declaration_prefix(key: &str) -> Result<Option<&str>, FrameError> {
-    match key.strip_prefix("xmlns") {
-        Some("") => Ok(Some("")),
-        Some(rest) => match rest.strip_prefix(':') {
-            Some("") => Err(FrameError::NotWellFormed("empty namespace prefix".into())),
-            Some(prefix) => Ok(Some(prefix)),
-            None => Ok(None),
-        },
-        None => Ok(None),
-    }
 }
 
 /// One binding of a prefix; `from_header` when it came from the stream header.

@@ -7,8 +7,8 @@
 //! ranges), so an end tag that does not match fails at the first byte of its name that
 //! differs, rather than leaving the element open to swallow the stanzas after it.
 
-use crate::framer::FrameError;
-use crate::xmltext::{is_forbidden_control, is_name_char, is_name_start, is_space};
+use crate::chars::{is_forbidden_control, is_name_char, is_name_start, is_space};
+use crate::error::FrameError;
 
 /// What the scanner found; offsets are relative to the start of the scanned buffer and `end`
 /// is exclusive. Bytes before `start` are whitespace.

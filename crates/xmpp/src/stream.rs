@@ -6,10 +6,13 @@ use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader;
 
 use crate::element::escape_attr;
-use crate::framer::{FrameError, Limits};
+use crate::error::FrameError;
+use crate::limits::Limits;
 use crate::ns;
-use crate::parse::{check_declaration, declaration_prefix, utf8, xml_error};
-use crate::xmltext::{split_qname, truncate, unescape_attr_value};
+use crate::xmltext::{
+    check_declaration, declaration_prefix, split_qname, truncate, unescape_attr_value, utf8,
+    xml_error,
+};
 
 /// The closing tag of a stream whose header was written by [`StreamHeader::to_xml`].
 pub const STREAM_CLOSE: &str = "</stream:stream>";

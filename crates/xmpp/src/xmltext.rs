@@ -1,66 +1,10 @@
 //! XML lexical helpers shared by the scanner, the header parser and the tree builder.
 
-use crate::framer::FrameError;
+use crate::error::FrameError;
+use crate::ns;
 
-/// Bytes allowed as the first byte of an XML name (non-ASCII bytes are accepted wholesale).
-pub(crate) fn is_name_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
-}
-
-/// Bytes allowed inside an XML name.
-pub(crate) fn is_name_char(b: u8) -> bool {
-    is_name_start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'
-}
-
-/// XML whitespace (S production).
-pub(crate) fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-/// C0 control characters that may not appear in an XML 1.0 document at all.
-pub(crate) fn is_forbidden_control(b: u8) -> bool {
-    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
-}
-
-/// The Char production of XML 1.0.
-pub(crate) fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// XML 1.0 (fifth edition) NameStartChar other than `:`: the first character of an NCName.
-fn is_ncname_start_char(c: char) -> bool {
-    matches!(c,
-        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
-        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
-        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
-        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
-        | '\u{10000}'..='\u{EFFFF}')
-}
-
-/// XML 1.0 (fifth edition) NameChar other than `:`.
-fn is_ncname_char(c: char) -> bool {
-    is_ncname_start_char(c)
-        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
-}
-
-/// Whether `s` is an NCName (Namespaces in XML 1.0): a name without a colon.
-pub(crate) fn is_ncname(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(is_ncname_start_char) && chars.all(is_ncname_char)
-}
-
-/// The first character of a namespace URI that no IRI reference (RFC 3987) may contain:
-/// control characters, space, and `<>"{}|\^` and backtick. Such a URI is not a URI at all, and
-/// `}` would end the URI early in a Clark name (`{uri}local`).
-pub(crate) fn invalid_uri_char(uri: &str) -> Option<char> {
-    uri.chars().find(|&c| {
-        c.is_control()
-            || matches!(
-                c,
-                ' ' | '<' | '>' | '"' | '{' | '}' | '|' | '\\' | '^' | '`'
-            )
-    })
-}
+pub(crate) use crate::chars::truncate;
+use crate::chars::{invalid_uri_char, is_ncname, is_xml_char};
 
 /// Resolve the body of a reference (`name` in `&name;`): the five predefined entities and
 /// numeric character references. Anything else is an entity XMPP forbids.
@@ -147,16 +91,59 @@ pub(crate) fn split_qname(qname: &str) -> Result<(Option<&str>, &str), FrameErro
     }
 }
 
-/// At most 64 bytes of untrusted text for error messages.
-pub(crate) fn truncate(s: &str) -> &str {
-    if s.len() <= 64 {
-        return s;
+/// Map a quick-xml error to the framer's error.
+pub(crate) fn xml_error(e: impl Into<quick_xml::Error>) -> FrameError {
+    FrameError::NotWellFormed(e.into().to_string())
+}
+
+/// Validate UTF-8 (XMPP streams are always UTF-8).
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, FrameError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        FrameError::NotWellFormed(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })
+}
+
+/// Check a namespace declaration (`prefix` is empty for the default namespace) against the
+/// rules of Namespaces in XML 1.0. Returns false for the redundant `xmlns:xml` declaration.
+///
+/// A URI holding a character that no IRI reference may contain is refused as not
+/// namespace-well-formed (Namespaces in XML requires a URI reference; RFC 6120 4.9.3.13 counts
+/// that under `<not-well-formed/>`): besides not being a URI, a `}` in it would end the URI
+/// early in the Clark name of an attribute and let the rest pass for the attribute's name.
+pub(crate) fn check_declaration(prefix: &str, uri: &str) -> Result<bool, FrameError> {
+    let bad = |why: &str| {
+        Err(FrameError::NotWellFormed(format!(
+            "namespace declaration of {:?}: {why}",
+            truncate(prefix)
+        )))
+    };
+    match prefix {
+        "xml" if uri == ns::XML => Ok(false),
+        "xml" => bad("the xml prefix cannot be rebound"),
+        "xmlns" => bad("the xmlns prefix cannot be declared"),
+        _ if uri == ns::XML || uri == ns::XMLNS => bad("reserved namespace"),
+        _ if !prefix.is_empty() && !is_ncname(prefix) => bad("malformed prefix"),
+        _ if prefix.is_empty() && uri.is_empty() => Ok(true),
+        _ if uri.is_empty() => bad("a prefix cannot be undeclared"),
+        _ => match invalid_uri_char(uri) {
+            Some(c) => bad(&format!("the URI contains {c:?}, which no IRI may contain")),
+            None => Ok(true),
+        },
     }
-    let mut end = 64;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+}
+
+/// If the attribute `key` is a namespace declaration, the prefix it declares (empty for the
+/// default namespace).
+pub(crate) fn declaration_prefix(key: &str) -> Result<Option<&str>, FrameError> {
+    match key.strip_prefix("xmlns") {
+        Some("") => Ok(Some("")),
+        Some(rest) => match rest.strip_prefix(':') {
+            Some("") => Err(FrameError::NotWellFormed("empty namespace prefix".into())),
+            Some(prefix) => Ok(Some(prefix)),
+            None => Ok(None),
+        },
+        None => Ok(None),
     }
-    &s[..end]
 }
 
 #[cfg(test)]

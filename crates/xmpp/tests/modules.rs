@@ -1,0 +1,106 @@
+//! The XML layer's modules form no import circle: each module's non-test code names the
+//! modules it uses (`crate::module`), and following those names never leads back. Root
+//! re-exports (`crate::Element`) would hide a dependency, so non-test code may not use them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Module name -> the modules its non-test code uses.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("src")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    files.sort();
+    let modules: BTreeSet<String> = files
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|m| m != "lib")
+        .collect();
+    let mut graph = BTreeMap::new();
+    for path in &files {
+        let name = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        if name == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).expect("read");
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let mut uses = BTreeSet::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let ident: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '{')
+                .collect();
+            if ident.starts_with('{') {
+                // `crate::{a, b::C}`: every first segment inside the braces.
+                let end = rest.find('}').unwrap_or(rest.len());
+                for part in rest[1..end].split(',') {
+                    let first = part.trim().split("::").next().unwrap_or("").to_owned();
+                    assert!(
+                        modules.contains(&first),
+                        "{name}.rs uses crate::{{{first}..}}: name the module"
+                    );
+                    uses.insert(first);
+                }
+                continue;
+            }
+            assert!(
+                modules.contains(&ident),
+                "{name}.rs uses crate::{ident}, a root re-export: name the module instead"
+            );
+            if ident != name {
+                uses.insert(ident);
+            }
+        }
+        graph.insert(name, uses);
+    }
+    graph
+}
+
+/// A circle through `node`, if there is one reachable from it.
+fn circle(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    node: &str,
+    path: &mut Vec<String>,
+    done: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    if let Some(at) = path.iter().position(|n| n == node) {
+        let mut c = path[at..].to_vec();
+        c.push(node.to_owned());
+        return Some(c);
+    }
+    if done.contains(node) {
+        return None;
+    }
+    path.push(node.to_owned());
+    for next in graph.get(node).into_iter().flatten() {
+        if let Some(c) = circle(graph, next, path, done) {
+            return Some(c);
+        }
+    }
+    path.pop();
+    done.insert(node.to_owned());
+    None
+}
+
+#[test]
+fn no_module_imports_itself_through_others() {
+    let graph = graph();
+    assert!(graph.contains_key("framer") && graph.contains_key("error"));
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(c) = circle(&graph, node, &mut Vec::new(), &mut done) {
+            panic!("import circle: {}\n{graph:#?}", c.join(" -> "));
+        }
+    }
+    // The lowest layers use nothing of the crate.
+    for leaf in ["chars", "limits", "ns"] {
+        assert!(graph[leaf].is_empty(), "{leaf} uses {:?}", graph[leaf]);
+    }
+}
