@@ -788,6 +788,21 @@ mod tests {
         }
     }
 
+    /// The fuzzer's finding: a forbidden control character exactly where an unfinished item
+    /// reaches its size limit got `<not-well-formed/>` when the bytes came together and
+    /// `<policy-violation/>` when they were split there.
+    #[test]
+    fn the_size_limit_and_a_control_character_at_it_give_one_error_however_split() {
+        let mut input = b"<?xml version='1.0'?".to_vec();
+        input.resize(512, b'x');
+        input.push(0x13);
+        input.extend_from_slice(b"?>");
+        let whole = outcome(&input, &[input.len()]);
+        let split = outcome(&input, &[512, 1]);
+        assert_eq!(whole, split);
+        assert!(matches!(whole.1, Some(FrameError::TooLarge { limit: 512 })), "{whole:?}");
+    }
+
     /// Mutated streams give the same events and error however the bytes are split.
     #[test]
     fn chunking_never_changes_the_outcome() {

@@ -147,12 +147,14 @@ impl Scanner {
     pub(crate) fn scan(&mut self, buf: &[u8], cfg: &ScanCfg<'_>) -> Step {
         self.check_size(cfg)?;
         while let Some(&b) = buf.get(self.pos) {
+            // The size first, as at the start of a call: which error an input gets must not
+            // depend on where the bytes were split (found by fuzzing).
+            self.check_size(cfg)?;
             if is_forbidden_control(b) {
                 return Err(FrameError::NotWellFormed(format!(
                     "control character 0x{b:02x} is not allowed in XML"
                 )));
             }
-            self.check_size(cfg)?;
             let found = self.step(b, buf, cfg)?;
             self.pos += 1;
             if found.is_some() {
