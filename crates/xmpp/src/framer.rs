@@ -800,7 +800,10 @@ mod tests {
         let whole = outcome(&input, &[input.len()]);
         let split = outcome(&input, &[512, 1]);
         assert_eq!(whole, split);
-        assert!(matches!(whole.1, Some(FrameError::TooLarge { limit: 512 })), "{whole:?}");
+        assert!(
+            matches!(whole.1, Some(FrameError::TooLarge { limit: 512 })),
+            "{whole:?}"
+        );
     }
 
     /// Mutated streams give the same events and error however the bytes are split.
