@@ -253,3 +253,58 @@ fn a_stanza_for_a_tarpit_bounces_after_30_s() {
         "the edge never reached the tarpit"
     );
 }
+
+/// Row "idle authenticated stream": an authenticated inbound stream with no stanza for
+/// `federation.idle_timeout_secs` (5 here: the 600 s default is the same code) is closed with
+/// `<connection-timeout/>` within that plus a second of its last stanza.
+#[test]
+fn an_idle_authenticated_stream_is_closed_after_its_idle_timeout() {
+    use crate::support::{Step, PATIENCE};
+    let subnet = 248;
+    let mut opts = options(subnet);
+    opts.extra_allow = vec!["idle.test".into()];
+    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
+        "idle.test",
+        &Lab::ip(subnet, 41).to_string(),
+        5269,
+    )];
+    opts.edge_federation_extra = "idle_timeout_secs = 5".into();
+    let lab = start(opts);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let idle = rt
+        .block_on(
+            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
+                "idle.test",
+                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
+                edge(subnet),
+                false,
+                None,
+            ),
+        )
+        .expect("idle.test");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    rt.block_on(idle.send(
+        "example.com",
+        "<message from='ivy@idle.test' to='alice@example.com' type='chat'><body>then silence</body></message>",
+    ));
+    alice
+        .expect_message("ivy@idle.test", "then silence", PATIENCE)
+        .step(&lab, "idle.test authenticated and delivered");
+    let last = Instant::now();
+    let closed = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("s2s session closed")
+                && l.contains("direction=\"incoming\"")
+                && l.contains("idle.test")
+                && l.contains("connection-timeout: idle")
+        })
+    };
+    let seen = causeway_testkit::wait_until(Duration::from_secs(20), || closed(&edge_log(&lab)));
+    let took = last.elapsed();
+    assert!(
+        seen,
+        "the idle stream was never closed:\n{}",
+        edge_log(&lab)
+    );
+    assert_deadline(took, 5, "idle authenticated stream", || edge_log(&lab));
+}
