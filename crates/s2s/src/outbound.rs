@@ -78,22 +78,32 @@ impl S2s {
     /// dialback keys computed, over the one form an inbound `db:verify` is checked against.
     /// A stanza with a domain that does not normalise is bounced with `jid-malformed`.
     pub async fn send(self: &Arc<Self>, stanza: OutboundStanza) {
+        self.enqueue(stanza, false).await;
+    }
+
+    /// Like [`S2s::send`], but waits for room in the pair's queue instead of bouncing: for a
+    /// sender that wants backpressure (a load generator), never for the gateway's own pumps.
+    pub async fn send_waiting(self: &Arc<Self>, stanza: OutboundStanza) {
+        self.enqueue(stanza, true).await;
+    }
+
+    /// [`S2s::send`], waiting for queue room when `wait`.
+    async fn enqueue(self: &Arc<Self>, stanza: OutboundStanza, wait: bool) {
         let mut stanza = match normalized(stanza) {
             Ok(stanza) => stanza,
             Err(stanza) => {
                 warn!(module = LOG_MODULE, direction = "outgoing", local = %crate::inbound::clip(&stanza.from_domain), remote = %crate::inbound::clip(&stanza.to_domain), "stanza with a malformed domain: bounced");
-                self.counters
-                    .stanzas_bounced
-                    .fetch_add(1, Ordering::Relaxed);
-                return self
-                    .host
-                    .bounce(stanza, StanzaCondition::JidMalformed)
-                    .await;
+                return self.bounce(stanza, StanzaCondition::JidMalformed).await;
             }
         };
         for _ in 0..3 {
             let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
-            match handle.queue.push(stanza, Instant::now()) {
+            let pushed = if wait {
+                handle.queue.push_waiting(stanza).await
+            } else {
+                handle.queue.push(stanza, Instant::now())
+            };
+            match pushed {
                 Ok(()) => return,
                 Err(PushError::Full(back)) => {
                     debug!(module = LOG_MODULE, direction = "outgoing", local = %back.from_domain, remote = %back.to_domain, "queue full: stanza bounced");
@@ -134,30 +144,6 @@ impl S2s {
             payload: reply,
         })
         .await;
-    }
-
-    /// Like [`S2s::send`], but waits for room in the pair's queue instead of bouncing: for a
-    /// sender that wants backpressure (a load generator), never for the gateway's own pumps.
-    pub async fn send_waiting(self: &Arc<Self>, stanza: OutboundStanza) {
-        let mut stanza = match normalized(stanza) {
-            Ok(stanza) => stanza,
-            Err(stanza) => return self.bounce(stanza, StanzaCondition::JidMalformed).await,
-        };
-        for _ in 0..3 {
-            let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
-            match handle.queue.push_waiting(stanza).await {
-                Ok(()) => return,
-                Err(PushError::Full(back)) => {
-                    return self.bounce(back, StanzaCondition::ResourceConstraint).await;
-                }
-                Err(PushError::Closed(back)) => {
-                    self.forget_session(&back.from_domain, &back.to_domain, handle.generation);
-                    stanza = back;
-                }
-            }
-        }
-        self.bounce(stanza, StanzaCondition::RemoteServerNotFound)
-            .await;
     }
 
     async fn bounce(&self, stanza: OutboundStanza, condition: StanzaCondition) {
@@ -294,10 +280,9 @@ impl S2s {
     async fn bouncing_expired<F: Future>(&self, queue: &PairQueue, work: F) -> F::Output {
         tokio::pin!(work);
         loop {
-            let next = queue.next_expiry();
             tokio::select! {
                 out = &mut work => return out,
-                _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
+                _ = crate::sm::sleep_until_opt(queue.next_expiry()) => {
                     self.bounce_expired(queue).await;
                 }
             }
@@ -692,11 +677,6 @@ impl S2s {
         conn.abort();
         format!("peer dead: {why}")
     }
-}
-
-/// A sleep deadline that never comes (for a disabled `select!` branch's expression).
-fn far_future() -> Instant {
-    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// One of our pings on the wire.
