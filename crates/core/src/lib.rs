@@ -39,8 +39,8 @@ pub struct CoreHost {
     nodes: Arc<nodes::NodeTable>,
     /// The tunnels to the edges.
     tunnel: OnceLock<edges::Edges>,
-    /// When refusing stanzas for the internet was last logged.
-    unavailable_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Refusing stanzas for the internet is logged once a minute.
+    unavailable_logged: causeway_s2s::every::Every,
     /// Email address for federation (off unless configured).
     email: email::Translation,
     /// core's own s2s service, for internal federation (stanzas between two local domains go
@@ -76,15 +76,10 @@ impl CoreHost {
 
     /// Log (at most once a minute) that stanzas for the internet are being refused.
     fn outside_unavailable(&self, refused: &edges::Refused) {
-        let now = std::time::Instant::now();
-        let Ok(mut last) = self.unavailable_logged.lock() else {
-            return;
-        };
-        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(60)) {
+        if !self.unavailable_logged.due() {
             tracing::debug!(module = LOG_MODULE, reason = ?refused, "stanza for the internet refused");
             return;
         }
-        *last = Some(now);
         warn!(module = LOG_MODULE, reason = ?refused, "stanzas for the internet are refused and answered with stanza errors: no edge takes them (logged once a minute)");
     }
 
@@ -226,7 +221,7 @@ pub async fn start(
     let host = Arc::new(CoreHost {
         nodes: Arc::new(nodes::NodeTable::new(&cfg.node_config)),
         tunnel: OnceLock::new(),
-        unavailable_logged: std::sync::Mutex::new(None),
+        unavailable_logged: causeway_s2s::every::Every::new(std::time::Duration::from_secs(60)),
         email: cfg.email.start().await?,
         s2s: OnceLock::new(),
     });

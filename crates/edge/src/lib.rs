@@ -77,8 +77,8 @@ pub struct EdgeHost {
     dns_lookups: std::sync::atomic::AtomicU64,
     /// Each core's latest hello and when it arrived (its session's start), for the admin API.
     hellos: RwLock<HashMap<String, (causeway_tunnel::CoreHello, std::time::SystemTime)>>,
-    /// When refusing stanzas for the inside was last logged.
-    unavailable_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Refusing stanzas for the inside is logged once a minute.
+    unavailable_logged: causeway_s2s::every::Every,
 }
 
 /// How long an inbound stanza waits for room in a connected core's tunnel window before it is
@@ -171,15 +171,10 @@ impl EdgeHost {
 
     /// Log (at most once a minute) that stanzas to a local domain are being refused.
     fn inside_unavailable(&self, to_domain: &str, why: &str) {
-        let now = std::time::Instant::now();
-        let Ok(mut last) = self.unavailable_logged.lock() else {
-            return;
-        };
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        if !self.unavailable_logged.due() {
             tracing::debug!(module = LOG_MODULE, to = %to_domain, reason = why, "stanza for the inside refused");
             return;
         }
-        *last = Some(now);
         warn!(module = LOG_MODULE, to = %to_domain, reason = why, "stanzas for the inside are refused and answered with stanza errors (logged once a minute)");
     }
 
@@ -439,7 +434,7 @@ pub async fn start(
         rules: RwLock::new(Arc::new(rules)),
         tunnel: OnceLock::new(),
         hellos: RwLock::new(HashMap::new()),
-        unavailable_logged: std::sync::Mutex::new(None),
+        unavailable_logged: causeway_s2s::every::Every::new(Duration::from_secs(60)),
         dns_lookups: Default::default(),
     });
     let s2s = S2s::new(s2s_cfg, host.clone());
@@ -647,7 +642,7 @@ mod tests {
             tunnel: OnceLock::new(),
             dns_lookups: Default::default(),
             hellos: RwLock::new(HashMap::new()),
-            unavailable_logged: std::sync::Mutex::new(None),
+            unavailable_logged: causeway_s2s::every::Every::new(Duration::from_secs(60)),
         });
         if let Ok(mut d) = host.domains.write() {
             d.announce(&causeway_tunnel::CoreHello {

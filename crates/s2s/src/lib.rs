@@ -25,6 +25,7 @@ pub mod addrfilter;
 pub mod admission;
 pub mod connect;
 pub mod deadlines;
+pub mod every;
 pub mod inbound;
 pub mod outbound;
 pub mod queue;
