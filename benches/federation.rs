@@ -127,19 +127,7 @@ fn pair_alone(n: u64) -> Result<()> {
     let ip = |h| Lab::ip(subnet, h);
     let dir = causeway_testkit::temp_dir("causeway-bench-")?;
     let pki = dir.path().join("pki");
-    causeway_pki::lab_init(
-        &pki,
-        &["edge.example.com"],
-        "core1.example.com",
-        &[LOCAL],
-        &["core1.example.com"],
-        true,
-    )?;
-    std::fs::write(pki.join("dialback-secret"), "bench-edge-dialback-secret\n")?;
-    std::fs::write(
-        pki.join("core-dialback-secret"),
-        "bench-core-dialback-secret\n",
-    )?;
+    lab::write_pki(&pki)?;
     let edge_s2s = SocketAddr::from((ip(2), 5269));
     let core_s2s = SocketAddr::from((ip(3), 5269));
     let gen_addr = SocketAddr::from((ip(21), 5269));

@@ -147,15 +147,7 @@ fn run(n: usize) -> Result<()> {
     let ip = |h| Lab::ip(SUBNET, h);
     let dir = causeway_testkit::temp_dir("causeway-bench-hostile-")?;
     let pki = dir.path().join("pki");
-    causeway_pki::lab_init(
-        &pki,
-        &["edge.example.com"],
-        "core1.example.com",
-        &[LOCAL],
-        &["core1.example.com"],
-        true,
-    )?;
-    std::fs::write(pki.join("dialback-secret"), "bench-edge-dialback-secret\n")?;
+    lab::write_pki(&pki)?;
     let edge_s2s = SocketAddr::from((ip(2), 5269));
     let edge_cfg = lab::edge_config(
         edge_s2s,
@@ -165,10 +157,6 @@ fn run(n: usize) -> Result<()> {
         "",
     );
     std::fs::write(dir.path().join("edge.toml"), edge_cfg)?;
-    std::fs::write(
-        pki.join("core-dialback-secret"),
-        "bench-core-dialback-secret\n",
-    )?;
     // A core, so that the edge serves example.com (its node need not exist: nothing is
     // delivered).
     std::fs::write(

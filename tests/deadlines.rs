@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use causeway_testkit::lab::{Lab, PARTNER};
 
 use crate::support::raw::{self, header, read_until};
-use crate::support::{edge_log, options, start};
+use crate::support::{edge_log, options, options_with_remote, remote_addr, remote_server, start};
 
 /// The edge's s2s address in a lab on `subnet`.
 fn edge(subnet: u8) -> SocketAddr {
@@ -211,14 +211,8 @@ fn a_tunnel_connection_that_never_handshakes_is_closed_after_10_s() {
 fn a_stanza_for_a_tarpit_bounces_after_30_s() {
     use crate::support::{Step, PATIENCE};
     let subnet = 245;
-    let tarpit_addr = SocketAddr::from((Lab::ip(subnet, 41), 5269));
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["tarpit.test".into()];
-    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
-        "tarpit.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
+    let tarpit_addr = remote_addr(subnet);
+    let opts = options_with_remote(subnet, "tarpit.test");
     let tarpit = std::net::TcpListener::bind(tarpit_addr).expect("tarpit listens");
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = held.clone();
@@ -261,27 +255,11 @@ fn a_stanza_for_a_tarpit_bounces_after_30_s() {
 fn an_idle_authenticated_stream_is_closed_after_its_idle_timeout() {
     use crate::support::{Step, PATIENCE};
     let subnet = 248;
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["idle.test".into()];
-    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
-        "idle.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
+    let mut opts = options_with_remote(subnet, "idle.test");
     opts.edge_federation_extra = "idle_timeout_secs = 5".into();
     let lab = start(opts);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let idle = rt
-        .block_on(
-            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
-                "idle.test",
-                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
-                edge(subnet),
-                false,
-                None,
-            ),
-        )
-        .expect("idle.test");
+    let idle = remote_server(&rt, subnet, "idle.test", false, None);
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     rt.block_on(idle.send(
         "example.com",

@@ -3,14 +3,15 @@
 //! probes every node and sends inbound traffic only to the active ones; `core servers
 //! --refresh` and `core reload` change the node table without a restart.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use causeway_testkit::lab::{password, Lab, LabOptions, LOCAL, LOCAL_MUC, PARTNER};
 use causeway_testkit::Client;
 use serde_json::Value;
 
-use crate::support::{lab_pki, options, run, start, Ran, Step, CORE, EDGE, PATIENCE};
+use crate::support::{
+    lab_pki, options, run, signal, start, Ran, Resume, Step, CORE, EDGE, PATIENCE,
+};
 
 /// `<which> <command> --config <the lab's file> <extra>`.
 fn daemon(lab: &Lab, which: &str, command: &str, extra: &[&str]) -> Ran {
@@ -79,25 +80,6 @@ fn alias_names(cluster: &Value) -> Vec<(String, bool)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
-/// Continues a stopped process even when the test fails, so cleanup can kill it.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
 }
 
 fn discovery_options(subnet: u8) -> LabOptions {

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use causeway_s2s::XmlConn;
-use causeway_testkit::lab::{Lab, LabOptions, PARTNER};
-use causeway_testkit::synthetic::SyntheticServer;
+use causeway_testkit::lab::{Lab, PARTNER};
 use causeway_testkit::{ClientEvent, DnsRecord};
 use causeway_xmpp::{dialback, ns, Event, Limits, StreamHeader};
 
-use crate::support::{edge_log, legitimate_traffic_flows, options, start, Step, PATIENCE};
+use crate::support::{
+    edge_log, legitimate_traffic_flows, options, options_with_remote, remote_server, start, Step,
+    PATIENCE,
+};
 
 /// Open a stream from `from` to example.com at the edge; returns after the edge's features.
 async fn open(edge: SocketAddr, from: &str, tls: bool) -> XmlConn {
@@ -138,30 +140,11 @@ fn plaintext_dialback_and_forged_keys_are_refused() {
     );
 }
 
-fn evil_options(subnet: u8) -> LabOptions {
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["evil.test".into()];
-    opts.extra_dns = vec![DnsRecord::xmpp_server(
-        "evil.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
-    opts
-}
-
 /// Start a synthetic evil.test presenting `cert` and have it send one message to alice.
 /// Returns whether the message bounced (its session was refused).
 fn evil_sends(lab: &Lab, subnet: u8, cert: Option<&causeway_testkit::CertFiles>, to: &str) -> bool {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let evil = rt
-        .block_on(SyntheticServer::start_with_cert(
-            "evil.test",
-            SocketAddr::from((Lab::ip(subnet, 41), 5269)),
-            SocketAddr::from((Lab::ip(subnet, 2), 5269)),
-            false,
-            cert,
-        ))
-        .expect("evil server");
+    let evil = remote_server(&rt, subnet, "evil.test", false, cert);
     let domain = to.rsplit('@').next().unwrap_or(to).to_owned();
     rt.block_on(evil.send(
         &domain,
@@ -182,7 +165,7 @@ fn evil_sends(lab: &Lab, subnet: u8, cert: Option<&causeway_testkit::CertFiles>,
 #[test]
 fn a_certificate_that_does_not_name_the_domain_is_refused() {
     let subnet = 131;
-    let mut opts = evil_options(subnet);
+    let mut opts = options_with_remote(subnet, "evil.test");
     opts.federation_ca = true;
     opts.edge_federation_extra = "require_client_certs = true".into();
     let lab = start(opts);
@@ -205,7 +188,7 @@ fn a_certificate_that_does_not_name_the_domain_is_refused() {
 #[test]
 fn a_revoked_certificate_is_refused_when_the_crl_is_loaded() {
     let subnet = 132;
-    let mut opts = evil_options(subnet);
+    let mut opts = options_with_remote(subnet, "evil.test");
     opts.federation_ca = true;
     opts.revoked_names = vec!["evil.test".into()];
     opts.edge_federation_extra = "require_client_certs = true".into();
@@ -229,7 +212,7 @@ fn a_revoked_certificate_is_refused_when_the_crl_is_loaded() {
 #[test]
 fn a_domain_that_is_not_federated_is_refused() {
     let subnet = 133;
-    let lab = start(evil_options(subnet));
+    let lab = start(options_with_remote(subnet, "evil.test"));
     assert!(
         evil_sends(&lab, subnet, None, "boss@hr.example.com"),
         "a stream to hr.example.com was accepted:\n{}",
@@ -445,7 +428,7 @@ async fn sasl_external_as(
 #[test]
 fn a_sasl_authzid_other_than_the_stream_from_is_refused() {
     let subnet = 232;
-    let mut opts = evil_options(subnet);
+    let mut opts = options_with_remote(subnet, "evil.test");
     opts.federation_ca = true;
     let lab = start(opts);
     let ca = lab.federation_ca.clone().expect("federation CA");
@@ -514,17 +497,9 @@ fn an_internationalised_deny_rule_holds_against_every_spelling() {
 #[test]
 fn an_injected_namespace_is_refused_and_escaped_text_arrives_intact() {
     let subnet = 247;
-    let lab = start(evil_options(subnet));
+    let lab = start(options_with_remote(subnet, "evil.test"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let evil = rt
-        .block_on(SyntheticServer::start_with_cert(
-            "evil.test",
-            SocketAddr::from((Lab::ip(subnet, 41), 5269)),
-            SocketAddr::from((Lab::ip(subnet, 2), 5269)),
-            false,
-            None,
-        ))
-        .expect("evil server");
+    let evil = remote_server(&rt, subnet, "evil.test", false, None);
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     rt.block_on(evil.send(
         "example.com",

@@ -9,26 +9,10 @@ use causeway_testkit::lab::{Lab, PARTNER};
 use causeway_testkit::ClientEvent;
 
 use crate::support::raw::edge_memory;
-use crate::support::{edge_log, metric, options, scrape, start, warm_up, Step, PATIENCE};
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
-/// Continues a stopped process even when the test fails, so cleanup can kill it.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
+use crate::support::{
+    edge_log, metric, options, options_with_remote, remote_server, scrape, signal, start, warm_up,
+    Resume, Step, PATIENCE,
+};
 
 /// The 99th percentile (nearest rank) of some latencies.
 fn p99(samples: &[Duration]) -> Duration {
@@ -99,29 +83,13 @@ fn a_stopped_partner_fills_only_its_own_queue() {
     const BURST: usize = 100;
     let subnet = 241;
     let metrics = SocketAddr::from((Lab::ip(subnet, 2), 9464));
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["other.test".into()];
-    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
-        "other.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
+    let mut opts = options_with_remote(subnet, "other.test");
     opts.edge_extra = format!(
         "[limits]\noutbound_queue_stanzas = {QUEUE}\n\n[metrics]\nlisten = \"{metrics}\"\n"
     );
     let lab = start(opts);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let other = rt
-        .block_on(
-            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
-                "other.test",
-                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
-                SocketAddr::from((Lab::ip(subnet, 2), 5269)),
-                false,
-                None,
-            ),
-        )
-        .expect("other.test");
+    let other = remote_server(&rt, subnet, "other.test", false, None);
     let bob_jid = format!("bob@{PARTNER}");
     let mut alice = lab.client("alice").step(&lab, "alice connects");
     let mut bob = lab.client("bob").step(&lab, "bob connects");

@@ -8,7 +8,10 @@ use std::time::Duration;
 use causeway_testkit::lab::{Lab, PARTNER};
 
 use crate::support::raw::{self, connect_from, edge_memory, header, read_until};
-use crate::support::{edge_log, legitimate_traffic_flows, options, scrape, start, Step, PATIENCE};
+use crate::support::{
+    edge_log, legitimate_traffic_flows, options, options_with_remote, remote_server, scrape, start,
+    Step, PATIENCE,
+};
 
 /// The element that grew the edge by 3.7 GB before: a 131 kB namespace declared on the root
 /// and as many tiny children as fit under the stanza limit (each child used to get its own
@@ -214,26 +217,10 @@ fn a_core_cannot_announce_a_partner_domain() {
 #[test]
 fn a_stanza_to_a_domain_not_served_ends_the_stream_with_host_unknown() {
     let subnet = 230;
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["evil.test".into()];
-    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
-        "evil.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
+    let opts = options_with_remote(subnet, "evil.test");
     let lab = start(opts);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let evil = rt
-        .block_on(
-            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
-                "evil.test",
-                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
-                SocketAddr::from((Lab::ip(subnet, 2), 5269)),
-                false,
-                None,
-            ),
-        )
-        .expect("evil server");
+    let evil = remote_server(&rt, subnet, "evil.test", false, None);
     // First a stanza example.com accepts, so the stream is authenticated...
     rt.block_on(evil.send(
         "example.com",
@@ -283,13 +270,7 @@ fn a_flooding_partner_is_throttled_while_another_is_unaffected() {
     const BODY: usize = 2000;
     let subnet = 236;
     let metrics = SocketAddr::from((Lab::ip(subnet, 2), 9464));
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["flood.test".into()];
-    opts.extra_dns = vec![causeway_testkit::DnsRecord::xmpp_server(
-        "flood.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
+    let mut opts = options_with_remote(subnet, "flood.test");
     // The edge pings its peers often: flood.test's answers wait behind its flood.
     opts.edge_federation_extra = "ping_interval_secs = 2\nping_timeout_secs = 3\n".into();
     opts.edge_extra = format!(
@@ -297,17 +278,7 @@ fn a_flooding_partner_is_throttled_while_another_is_unaffected() {
     );
     let lab = start(opts);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let flood = rt
-        .block_on(
-            causeway_testkit::synthetic::SyntheticServer::start_with_cert(
-                "flood.test",
-                SocketAddr::from((Lab::ip(subnet, 41), 5269)),
-                SocketAddr::from((Lab::ip(subnet, 2), 5269)),
-                true,
-                None,
-            ),
-        )
-        .expect("flood.test");
+    let flood = remote_server(&rt, subnet, "flood.test", true, None);
     // Like Prosody by default, the flooder does not ping us: its pings would wait behind its
     // own flood (and its writes may block that long).
     let mut quiet = (*flood.s2s.cfg()).clone();

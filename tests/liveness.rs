@@ -5,26 +5,7 @@ use std::time::{Duration, Instant};
 
 use causeway_testkit::lab::PARTNER;
 
-use crate::support::{edge_log, options, start, Step, PATIENCE};
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
-/// Continues a stopped process even when the test fails, so cleanup can kill it.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
+use crate::support::{edge_log, options, signal, start, Resume, Step, PATIENCE};
 
 #[test]
 fn a_stopped_peer_is_found_dead_within_30_seconds_and_federation_resumes() {

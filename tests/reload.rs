@@ -5,16 +5,7 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, PARTNER, PARTNER2};
 
-use crate::support::{edge_log, options, start, Step, PATIENCE};
-
-fn sighup_edge(lab: &Lab) {
-    let pid = lab.edge.as_ref().expect("edge running").pid();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success(), "kill -HUP {pid} failed");
-}
+use crate::support::{edge_log, options, sighup_edge, start, Step, PATIENCE};
 
 /// Wait until the edge log has one more line containing `needle` than it had (`before`).
 fn wait_log_count(lab: &Lab, needle: &str, before: usize) -> bool {

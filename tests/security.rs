@@ -7,28 +7,17 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, PARTNER};
 use causeway_testkit::synthetic::SyntheticServer;
-use causeway_testkit::DnsRecord;
 
-use crate::support::{options, start, Step, PATIENCE};
+use crate::support::{options, options_with_remote, remote_server, start, Step, PATIENCE};
 
 /// A federated server of our own making: it authenticates honestly as evil.test (it answers
 /// dialback for it), then writes whatever stanzas the test gives it.
 fn evil_server(subnet: u8, rt: &tokio::runtime::Runtime) -> SyntheticServer {
-    let listen = SocketAddr::from((Lab::ip(subnet, 41), 5269));
-    let edge = SocketAddr::from((Lab::ip(subnet, 2), 5269));
-    rt.block_on(SyntheticServer::start("evil.test", listen, edge, false))
-        .expect("evil server")
+    remote_server(rt, subnet, "evil.test", false, None)
 }
 
 fn evil_lab(subnet: u8) -> Lab {
-    let mut opts = options(subnet);
-    opts.extra_allow = vec!["evil.test".into()];
-    opts.extra_dns = vec![DnsRecord::xmpp_server(
-        "evil.test",
-        &Lab::ip(subnet, 41).to_string(),
-        5269,
-    )];
-    start(opts)
+    start(options_with_remote(subnet, "evil.test"))
 }
 
 /// A peer authenticated as evil.test sends one honest stanza and one claiming to come from

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use causeway_testkit::lab::{Lab, PARTNER};
 
-use crate::support::{edge_log, options, run, start, warm_up, Step, EDGE, PATIENCE};
+use crate::support::{edge_log, options, run, sighup_edge, start, warm_up, Step, EDGE, PATIENCE};
 
 /// The tunnel's TCP connection is cut again and again while 1,000 messages flow each way:
 /// every message arrives once, in order.
@@ -137,12 +137,7 @@ fn reload_with_crls(lab: &Lab, crls: Option<&str>) {
     };
     std::fs::write(&path, text).expect("write config");
     let before = edge_log(lab).matches("configuration reloaded").count();
-    let pid = lab.edge.as_ref().expect("edge").pid();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(hup, "kill -HUP {pid}");
+    sighup_edge(lab);
     assert!(
         causeway_testkit::wait_until(PATIENCE, || {
             edge_log(lab).matches("configuration reloaded").count() > before

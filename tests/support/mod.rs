@@ -99,22 +99,7 @@ pub fn run(bin: &str, args: &[&str]) -> Ran {
 
 /// A lab PKI and both dialback secrets in `dir/pki`, for config-file tests.
 pub fn lab_pki(dir: &std::path::Path) {
-    let pki = dir.join("pki");
-    causeway_pki::lab_init(
-        &pki,
-        &["edge.example.com"],
-        "core1.example.com",
-        &["example.com", "conference.example.com"],
-        &["core1.example.com"],
-        true,
-    )
-    .expect("lab pki");
-    std::fs::write(pki.join("dialback-secret"), "example-edge-secret-000\n").expect("secret");
-    std::fs::write(
-        pki.join("core-dialback-secret"),
-        "example-core-secret-000\n",
-    )
-    .expect("secret");
+    causeway_testkit::lab::write_pki(&dir.join("pki")).expect("lab pki");
 }
 
 /// First contact (dialback both ways) out of the way: one message alice -> bob and back.
@@ -168,4 +153,69 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Send `sig` (e.g. `-STOP`) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Continues a stopped process even when the test fails, so cleanup can kill it.
+pub struct Resume(pub u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Reload the lab's edge as systemd's ExecReload would (SIGHUP).
+pub fn sighup_edge(lab: &Lab) {
+    signal(lab.edge.as_ref().expect("edge running").pid(), "-HUP");
+}
+
+/// Where a test's own remote server listens: `127.N.0.41:5269`.
+pub fn remote_addr(subnet: u8) -> SocketAddr {
+    SocketAddr::from((Lab::ip(subnet, 41), 5269))
+}
+
+/// The lab's options plus one more remote domain, `domain`, served at [`remote_addr`]: on
+/// the edge's allow list and in the internet view's DNS.
+pub fn options_with_remote(subnet: u8, domain: &str) -> LabOptions {
+    let mut opts = options(subnet);
+    opts.extra_allow.push(domain.into());
+    opts.extra_dns
+        .push(causeway_testkit::DnsRecord::xmpp_server(
+            domain,
+            &Lab::ip(subnet, 41).to_string(),
+            5269,
+        ));
+    opts
+}
+
+/// A synthetic server for `domain` at [`remote_addr`], sending to the lab's edge; `keep`
+/// keeps what it receives, `cert` is what it presents (a self-signed one if none).
+pub fn remote_server(
+    rt: &tokio::runtime::Runtime,
+    subnet: u8,
+    domain: &str,
+    keep: bool,
+    cert: Option<&causeway_testkit::CertFiles>,
+) -> causeway_testkit::synthetic::SyntheticServer {
+    rt.block_on(
+        causeway_testkit::synthetic::SyntheticServer::start_with_cert(
+            domain,
+            remote_addr(subnet),
+            SocketAddr::from((Lab::ip(subnet, 2), 5269)),
+            keep,
+            cert,
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{domain}: {e:#}"))
 }

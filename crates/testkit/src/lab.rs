@@ -552,8 +552,9 @@ pub fn password(user: &str) -> String {
     format!("{user}{PASSWORD_SUFFIX}")
 }
 
-/// Lab PKI plus the two dialback secrets.
-fn write_pki(pki: &Path) -> Result<()> {
+/// The lab PKI (`causeway_pki::lab_init` for example.com and its MUC) plus both dialback
+/// secrets, in `pki`: what labs, config tests and benchmarks start from.
+pub fn write_pki(pki: &Path) -> Result<()> {
     causeway_pki::lab_init(
         pki,
         &["edge.example.com"],
