@@ -126,16 +126,11 @@ pub(crate) async fn supervise(host: Arc<EdgeHost>, s2s: Arc<S2s>, grace: Duratio
             let (host, s2s) = (host.clone(), s2s.clone());
             tokio::spawn(async move {
                 for st in stanzas {
-                    let (from, to, payload) = (
-                        st.from_domain.clone(),
-                        st.to_domain.clone(),
-                        st.payload.clone(),
-                    );
+                    let payload = st.payload.clone();
                     if let Err(condition) =
                         host.to_core(st.from_domain, st.to_domain, st.payload).await
                     {
-                        s2s.answer_undeliverable(to, from, &payload, condition)
-                            .await;
+                        s2s.answer_undeliverable(&payload, condition).await;
                     }
                 }
                 info!(module = LOG_MODULE, "failover re-send done");

@@ -974,11 +974,7 @@ impl InboundStream {
         };
         let handled = match stanza {
             Some(st) => {
-                let (from, to, payload) = (
-                    st.from_domain.clone(),
-                    st.to_domain.clone(),
-                    st.payload.clone(),
-                );
+                let payload = st.payload.clone();
                 let outcome = if self.sm.is_some() {
                     self.s2s.host.deliver_tracked(st).await
                 } else {
@@ -988,9 +984,7 @@ impl InboundStream {
                     Ok(handled) => handled,
                     Err(condition) => {
                         // Answered (with an error) counts as handled.
-                        self.s2s
-                            .answer_undeliverable(to, from, &payload, condition)
-                            .await;
+                        self.s2s.answer_undeliverable(&payload, condition).await;
                         None
                     }
                 }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use causeway_xmpp::addr::normalize_domain;
+use causeway_xmpp::addr::{jid_domain, normalize_domain};
 use causeway_xmpp::{dialback, ns, Element, Event, StanzaCondition, StreamCondition, StreamHeader};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
@@ -123,25 +123,33 @@ impl S2s {
             .await;
     }
 
-    /// Answer the sender (on `remote`) of an inbound stanza the host could not take with a
-    /// stanza error, sent as `local` (none for an error: errors are never answered).
+    /// Answer the sender of an inbound stanza (`payload`) the host could not take with a
+    /// stanza error, sent as the domain it was addressed to (none for an error: errors are
+    /// never answered). The domains come from the stanza's own addresses, so the caller keeps
+    /// only the payload (a reference count) on its way to the host.
     pub async fn answer_undeliverable(
         self: &Arc<Self>,
-        local: String,
-        remote: String,
         payload: &[u8],
         condition: StanzaCondition,
     ) {
         self.counters
             .stanzas_bounced
             .fetch_add(1, Ordering::Relaxed);
-        let Some(reply) = crate::error_reply(payload, condition) else {
+        let Some(original) = crate::parse_stanza(payload) else {
+            return;
+        };
+        let domain = |attr| original.attr(attr).and_then(|j| jid_domain(j).ok());
+        let (Some(local), Some(remote)) = (domain("to"), domain("from")) else {
+            return;
+        };
+        let Some(reply) = causeway_xmpp::error::stanza_error_reply(&original, condition, None)
+        else {
             return;
         };
         self.send(OutboundStanza {
             from_domain: local,
             to_domain: remote,
-            payload: reply,
+            payload: bytes::Bytes::from(reply.to_xml(ns::SERVER)),
         })
         .await;
     }
