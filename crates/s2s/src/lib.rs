@@ -68,18 +68,7 @@ impl Direction {
     }
 }
 
-/// How TLS is used on s2s connections (Expressway's security modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// No dialback and no stanza over an unencrypted stream; peers that cannot do TLS are
-    /// refused with `<policy-violation/>`.
-    #[default]
-    Required,
-    /// Offer and use TLS; continue without it when the peer cannot.
-    Optional,
-    /// Never negotiate TLS.
-    Disabled,
-}
+pub use causeway_xmpp::negotiation::{CertStatus, TlsMode};
 
 /// A stanza that arrived on an authenticated inbound stream and passed the address checks.
 #[derive(Debug, Clone)]
@@ -613,17 +602,6 @@ impl S2s {
         let n: u128 = rand::rng().random();
         format!("{n:032x}")
     }
-}
-
-/// What a peer's certificate is worth.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertStatus {
-    /// No TLS, or no certificate presented.
-    Absent,
-    /// Chains to a trusted CA, in validity, not revoked, acceptable usage.
-    Valid,
-    /// Presented but not trusted; the string says why.
-    Invalid(String),
 }
 
 impl S2s {

@@ -21,17 +21,7 @@ use tracing::warn;
 use crate::outbound::next_element;
 use crate::{S2s, S2sConfig, LOG_MODULE};
 
-/// The authoritative server's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The key is genuine: `remote` really sent it.
-    Valid,
-    /// The key is not genuine.
-    Invalid,
-    /// No answer could be had (connection, TLS, timeout, dialback error, too many
-    /// verifications at once).
-    Failed(String),
-}
+pub use causeway_xmpp::negotiation::Verdict;
 
 /// The earliest a failed verification reports, counted from its start: the per-address connect
 /// timeout, the time an address that drops our SYNs takes to fail.

@@ -314,6 +314,133 @@ impl FrameError {
     }
 }
 
+/// Why negotiation ends a stream with a stream error: every fault the negotiation state machines
+/// ([`crate::negotiation`]) can close a stream for, and, in [`Fault::condition`], the one place
+/// that decides which RFC 6120 condition answers it. The display text goes into the error's
+/// `<text/>` and the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    /// The input could not be framed.
+    #[error("{0}")]
+    Frame(FrameError),
+    /// No stream header arrived within its deadline (after accept or a restart).
+    #[error("no stream header in time")]
+    NoHeaderInTime,
+    /// No domain pair was authenticated within the authentication deadline.
+    #[error("not authenticated in time")]
+    NotAuthenticatedInTime,
+    /// An authenticated stream carried no stanza for the idle timeout.
+    #[error("idle")]
+    Idle,
+    /// The stream header's default namespace is not jabber:server.
+    #[error("expected jabber:server")]
+    WrongNamespace,
+    /// The stream header's `to` is not a domain served here (or not a domain).
+    #[error("this domain is not served here")]
+    UnservedStreamTo,
+    /// The stream header's `from` is not a domain.
+    #[error("malformed from domain")]
+    MalformedStreamFrom,
+    /// A valid certificate is required and the peer has none.
+    #[error("a valid certificate is required")]
+    CertificateRequired,
+    /// `<starttls/>` on a stream already encrypted.
+    #[error("TLS is already active")]
+    TlsAlreadyActive,
+    /// Dialback on an unencrypted stream while TLS is required.
+    #[error("TLS is required before authentication")]
+    TlsRequiredForAuth,
+    /// `<db:result/>` without `from` or `to`.
+    #[error("db:result without from/to")]
+    DialbackWithoutAddresses,
+    /// `<db:result/>` whose `from` or `to` is not a domain.
+    #[error("db:result with a bad domain")]
+    DialbackBadDomain,
+    /// The federation policy refuses the domain.
+    #[error("federation with {0} is not allowed")]
+    PolicyRefused(String),
+    /// More dialback requests under way at once than a stream may have.
+    #[error("too many dialback requests at once")]
+    TooManyDialbackRequests,
+    /// The key was genuine but the (required) certificate does not name the domain.
+    #[error("the certificate does not name this domain")]
+    CertificateDoesNotName,
+    /// Too many dialback keys on this stream were refused.
+    #[error("too many dialback keys refused on this stream")]
+    TooManyKeysRefused,
+    /// `<db:verify/>` without `from`, `to` or `id`.
+    #[error("db:verify without from/to/id")]
+    VerifyWithoutAddresses,
+    /// A stanza without `from` or `to`.
+    #[error("stanza without from or to")]
+    StanzaWithoutAddresses,
+    /// A stanza whose `from` is not a JID.
+    #[error("malformed from address")]
+    MalformedStanzaFrom,
+    /// An authenticated peer addressed a domain not served here.
+    #[error("{0} is not served here")]
+    UnservedStanzaTo(String),
+    /// A stanza from a domain this stream did not authenticate.
+    #[error("{0} is not authenticated on this stream")]
+    Unauthenticated(String),
+    /// A top-level element nobody asked for.
+    #[error("unexpected <{name}/> in {ns}")]
+    Unexpected {
+        /// Its name (clipped).
+        name: String,
+        /// Its namespace (clipped).
+        ns: String,
+    },
+    /// A reload made TLS required on an unencrypted stream.
+    #[error("TLS is now required")]
+    TlsNowRequired,
+    /// A reload made a valid certificate required, and the peer has none.
+    #[error("a valid certificate is now required")]
+    CertificateNowRequired,
+    /// A reload left no authenticated pair on the stream.
+    #[error("federation with this domain is no longer allowed")]
+    NoLongerAllowed,
+}
+
+impl Fault {
+    /// The stream error condition that answers the fault.
+    pub fn condition(&self) -> StreamCondition {
+        use StreamCondition as C;
+        match self {
+            Fault::Frame(e) => e.condition(),
+            Fault::NoHeaderInTime | Fault::NotAuthenticatedInTime | Fault::Idle => {
+                C::ConnectionTimeout
+            }
+            Fault::WrongNamespace => C::InvalidNamespace,
+            Fault::UnservedStreamTo | Fault::UnservedStanzaTo(_) => C::HostUnknown,
+            Fault::MalformedStreamFrom | Fault::MalformedStanzaFrom | Fault::Unauthenticated(_) => {
+                C::InvalidFrom
+            }
+            Fault::CertificateRequired
+            | Fault::CertificateDoesNotName
+            | Fault::TooManyKeysRefused
+            | Fault::CertificateNowRequired => C::NotAuthorized,
+            Fault::TlsAlreadyActive
+            | Fault::TlsRequiredForAuth
+            | Fault::PolicyRefused(_)
+            | Fault::TooManyDialbackRequests
+            | Fault::TlsNowRequired
+            | Fault::NoLongerAllowed => C::PolicyViolation,
+            Fault::DialbackWithoutAddresses
+            | Fault::DialbackBadDomain
+            | Fault::VerifyWithoutAddresses
+            | Fault::StanzaWithoutAddresses => C::ImproperAddressing,
+            Fault::Unexpected { .. } => C::UnsupportedStanzaType,
+        }
+    }
+
+    /// True for the deadlines of negotiation (header, authentication), which the edge counts
+    /// as deadline closes; not for idleness.
+    pub fn is_negotiation_deadline(&self) -> bool {
+        matches!(self, Fault::NoHeaderInTime | Fault::NotAuthenticatedInTime)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

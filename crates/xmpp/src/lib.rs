@@ -11,6 +11,7 @@ pub mod dialback;
 pub mod element;
 pub mod error;
 pub mod framer;
+pub mod negotiation;
 pub mod ns;
 pub mod stream;
 
@@ -21,7 +22,7 @@ mod scan;
 mod xmltext;
 
 pub use element::{escape_attr, escape_text, Element, Namespace, Node};
-pub use error::{FrameError, StanzaCondition, StanzaErrorType, StreamCondition};
+pub use error::{Fault, FrameError, StanzaCondition, StanzaErrorType, StreamCondition};
 pub use framer::{Event, Framer, TopLevel};
 pub use limits::Limits;
 pub use stream::StreamHeader;

@@ -1,0 +1,979 @@
+//! The receiving side of an s2s connection as a pure state machine: stream headers and
+//! features, STARTTLS, SASL EXTERNAL (XEP-0178), dialback as receiving server (XEP-0220 2.2)
+//! and as authoritative server (`<db:verify/>`), stream management's `<enable/>` (XEP-0198),
+//! the anti-spoofing rule for stanzas, and the header, authentication and idle deadlines.
+//!
+//! # Call order
+//!
+//! 1. [`Inbound::new`] when a connection is accepted (with the certificate's worth when TLS came
+//!    first, XEP-0368).
+//! 2. For each thing that happens, one call: [`Inbound::header`], [`Inbound::element`],
+//!    [`Inbound::peer_closed`], [`Inbound::frame_error`], [`Inbound::tls_established`] /
+//!    [`Inbound::tls_failed`] (after [`Action::StartTls`]), [`Inbound::verdict`] (after
+//!    [`Action::Verify`]), [`Inbound::reconfigured`], and [`Inbound::timeout`] once
+//!    [`Inbound::poll_timeout`] has passed.
+//! 3. After each call, drain [`Inbound::poll_action`] and carry the actions out in order; then
+//!    sleep until [`Inbound::poll_timeout`] (or the next event).
+//! 4. Stop after [`Action::Close`]: every later call is ignored.
+//!
+//! What the machine needs to know of the world it asks through [`Env`]: which domains are
+//! served, what the federation policy allows, what the peer's certificate names, and whether
+//! a remote domain may have another stream.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+use crate::addr::{jid_domain, normalize_domain};
+use crate::error::Fault;
+use crate::framer::TopLevel;
+use crate::negotiation::{clip, CertStatus, Deadlines, TlsMode, Verdict};
+use crate::{dialback, ns, Element, FrameError, StreamHeader};
+
+/// A stream that failed this many dialback verifications is closed: one failure must not
+/// kill the other domain pairs sharing the stream, but a peer may not probe forever.
+pub const MAX_FAILED_VERDICTS: u32 = 3;
+
+/// Dialback verifications one stream may have under way at once (each opens a connection).
+pub const MAX_PENDING_VERIFICATIONS: usize = 16;
+
+/// What the configuration says; replaced on reload ([`Inbound::reconfigured`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How TLS is used.
+    pub tls: TlsMode,
+    /// A server certificate is configured: STARTTLS can be offered.
+    pub tls_available: bool,
+    /// Offer and accept SASL EXTERNAL.
+    pub sasl_external: bool,
+    /// Accept XEP-0198 `<enable/>` (and offer it after SASL).
+    pub stream_management: bool,
+    /// Only peers with a valid certificate naming their domain.
+    pub require_peer_certs: bool,
+    /// The secret our dialback keys are made with (XEP-0185).
+    pub dialback_secret: String,
+    /// The deadlines.
+    pub deadlines: Deadlines,
+}
+
+/// The world as the machine sees it, asked at the moment of each decision.
+pub trait Env {
+    /// `domain` (normalised) is served here.
+    fn serves(&self, domain: &str) -> bool;
+    /// The federation policy allows incoming streams from `remote` (normalised).
+    fn peer_allowed(&self, remote: &str) -> bool;
+    /// The peer's certificate names `domain` (RFC 6125); false without one.
+    fn cert_covers(&self, domain: &str) -> bool;
+    /// Count this stream against `remote`'s limit of authenticated streams (at most once per
+    /// remote and stream); false when the limit is reached.
+    fn count_stream(&mut self, remote: &str) -> bool;
+    /// A fresh, unguessable stream id.
+    fn new_stream_id(&mut self) -> String;
+}
+
+/// How a pair was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Dialback (XEP-0220).
+    Dialback,
+    /// SASL EXTERNAL with the certificate (XEP-0178).
+    SaslExternal,
+}
+
+impl Method {
+    /// As logged and shown in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Dialback => "dialback",
+            Method::SaslExternal => "SASL EXTERNAL",
+        }
+    }
+}
+
+/// Why a stanza was refused without ending the stream, or the refusal that ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its `to` is malformed, or not served here.
+    Unroutable,
+    /// Its `from` domain is not authenticated on this stream.
+    Spoofed,
+}
+
+/// Why the stream ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// We end it with a stream error (already in the bytes to send).
+    Fault(Fault),
+    /// The peer closed its stream (our `</stream:stream>` is in the bytes to send).
+    PeerClosed,
+    /// The peer sent a stream error: its condition and text (clipped).
+    PeerError(String),
+    /// STARTTLS was asked for but cannot be offered (`<failure/>` is in the bytes to send).
+    TlsUnavailable,
+    /// The TLS handshake failed or took too long.
+    TlsFailed(String),
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Fault(fault) => write!(f, "{}: {fault}", fault.condition().as_str()),
+            Close::PeerClosed => f.write_str("closed by peer"),
+            Close::PeerError(e) => write!(f, "stream error from peer: {e}"),
+            Close::TlsUnavailable => f.write_str("STARTTLS requested but TLS is not configured"),
+            Close::TlsFailed(e) => write!(f, "TLS handshake failed: {e}"),
+        }
+    }
+}
+
+/// What the driver must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Write these bytes.
+    Send(String),
+    /// Run the server side of a TLS handshake (the `<proceed/>` before it is written first),
+    /// finished by [`Inbound::poll_timeout`]; then call [`Inbound::tls_established`] or
+    /// [`Inbound::tls_failed`]. The parser starts a new stream after it.
+    StartTls,
+    /// SASL succeeded: the bytes after those sent so far start a new stream (reset the parser).
+    RestartStream,
+    /// Ask `remote`'s authoritative server whether `key` is genuine; report with
+    /// [`Inbound::verdict`].
+    Verify {
+        /// The originating domain.
+        remote: String,
+        /// Our domain the key is for.
+        local: String,
+        /// The stream id the key is bound to.
+        stream_id: String,
+        /// The key.
+        key: String,
+    },
+    /// The pair is authenticated on this stream: full-size stanzas from now on, the source's
+    /// unauthenticated slot is free.
+    Authenticated {
+        /// The remote domain.
+        remote: String,
+        /// Our domain.
+        local: String,
+        /// How.
+        method: Method,
+    },
+    /// A stanza passed the address checks: deliver it.
+    Deliver {
+        /// The authenticated domain of its `from`.
+        from_domain: String,
+        /// The domain of its `to`, served here.
+        to_domain: String,
+        /// The stanza.
+        stanza: TopLevel,
+    },
+    /// A stanza was refused (it counts as handled for stream management).
+    Refused {
+        /// Its sender's domain (or `from` as given).
+        from: String,
+        /// Its `to` as given (clipped).
+        to: String,
+        /// Which rule refused it.
+        refusal: Refusal,
+        /// For the log.
+        why: &'static str,
+    },
+    /// The peer enabled stream management: count stanzas from here on.
+    EnableSm,
+    /// The peer asked for an acknowledgement (`<r/>`) with stream management on.
+    AckRequested,
+    /// A reload dropped pairs from this stream; these remain.
+    PairsDropped(Vec<(String, String)>),
+    /// Something worth a warning that does not change the stream's course by itself.
+    Warn(Warning),
+    /// Write what was sent, then close the connection; `Close` says why.
+    Close(Close),
+}
+
+/// Warnings for the log, each with what an administrator needs to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// The stream header's `to` is not served here.
+    UnservedStreamTo {
+        /// As given (clipped).
+        to: String,
+    },
+    /// The stream header's `from` does not normalise.
+    MalformedStreamFrom {
+        /// As given (clipped).
+        from: String,
+        /// Why not.
+        error: String,
+    },
+    /// A valid certificate is required and this one is not.
+    CertificateRefused {
+        /// The domain the header claims.
+        remote: String,
+        /// What the certificate is worth.
+        cert: Option<CertStatus>,
+    },
+    /// Dialback on plaintext while TLS is required.
+    DialbackWithoutTls {
+        /// The claimed domain (clipped).
+        remote: String,
+    },
+    /// The federation policy refused the domain.
+    PolicyRefused {
+        /// The remote domain.
+        remote: String,
+        /// Our domain.
+        local: String,
+    },
+    /// The key was genuine but the certificate does not name the domain.
+    CertificateDoesNotName {
+        /// The remote domain.
+        remote: String,
+    },
+    /// The authoritative server said the key is not genuine.
+    KeyInvalid {
+        /// The remote domain.
+        remote: String,
+        /// Our domain.
+        local: String,
+    },
+    /// No answer about a key could be had.
+    VerificationFailed {
+        /// The remote domain.
+        remote: String,
+        /// Our domain.
+        local: String,
+        /// Why.
+        reason: String,
+    },
+    /// SASL EXTERNAL was refused.
+    SaslRefused {
+        /// The domain the header claims.
+        remote: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A `<db:verify/>` for a key we did not issue.
+    VerifyInvalid {
+        /// The receiving server (clipped).
+        receiving: String,
+        /// The domain it claims we are (clipped).
+        originating: String,
+    },
+}
+
+/// Where the stream is in its life. Each variant carries only its own state.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the peer's stream header (after accept and each restart) until `by`.
+    AwaitingHeader {
+        by: Instant,
+    },
+    /// Headers exchanged: negotiation elements and stanzas are read.
+    Open(OpenStream),
+    /// `<proceed/>` sent; the handshake is the driver's, until `by`.
+    Securing {
+        by: Instant,
+    },
+    Closed,
+}
+
+/// The state of an open stream (one header exchange).
+#[derive(Debug)]
+struct OpenStream {
+    /// The id on our header (dialback keys are bound to it).
+    stream_id: String,
+    /// The header's `from`, normalised: the domain it claims.
+    from: Option<String>,
+    /// The header's `to`, normalised and served here.
+    to: Option<String>,
+}
+
+/// One inbound connection's negotiation. See the module notes for the call order.
+#[derive(Debug)]
+pub struct Inbound {
+    settings: Settings,
+    phase: Phase,
+    /// TLS is up; the certificate's worth.
+    tls: Option<CertStatus>,
+    /// SASL EXTERNAL succeeded on this connection.
+    sasl_done: bool,
+    /// Authenticated (remote, local) pairs.
+    authed: HashSet<(String, String)>,
+    /// Pairs whose dialback verification is under way.
+    pending: HashSet<(String, String)>,
+    /// Verifications that did not say valid.
+    failed_verdicts: u32,
+    /// The first pair must be authenticated by then.
+    auth_by: Instant,
+    /// Once authenticated: no stanza by then closes the stream.
+    idle_by: Instant,
+    /// The peer enabled stream management.
+    sm: bool,
+    /// The id on the header of a stream error sent before any header of ours.
+    error_id: String,
+    actions: VecDeque<Action>,
+}
+
+impl Inbound {
+    /// A connection accepted at `now`; `tls` is the certificate's worth when TLS came first;
+    /// `error_id` goes on our header if a stream error has to precede the peer's.
+    pub fn new(settings: Settings, now: Instant, tls: Option<CertStatus>, error_id: String) -> Self {
+        let d = settings.deadlines;
+        Self {
+            phase: Phase::AwaitingHeader {
+                by: now + d.stream_header,
+            },
+            tls,
+            sasl_done: false,
+            authed: HashSet::new(),
+            pending: HashSet::new(),
+            failed_verdicts: 0,
+            auth_by: now + d.authentication,
+            idle_by: now + d.idle,
+            sm: false,
+            error_id,
+            actions: VecDeque::new(),
+            settings,
+        }
+    }
+
+    /// The next action to carry out, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Inbound::timeout`] must be called next (None once closed).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let phase = match &self.phase {
+            Phase::AwaitingHeader { by } | Phase::Securing { by } => Some(*by),
+            Phase::Open(_) => None,
+            Phase::Closed => return None,
+        };
+        let auth = if self.authed.is_empty() {
+            self.auth_by
+        } else {
+            self.idle_by
+        };
+        Some(phase.map_or(auth, |p| p.min(auth)))
+    }
+
+    /// The deadline at `now` has passed (or not: then nothing happens).
+    pub fn timeout(&mut self, now: Instant) {
+        let fault = match &self.phase {
+            Phase::Closed => return,
+            Phase::AwaitingHeader { by } | Phase::Securing { by } if now >= *by => {
+                if self.authed.is_empty() && self.auth_by <= *by {
+                    Fault::NotAuthenticatedInTime
+                } else {
+                    Fault::NoHeaderInTime
+                }
+            }
+            _ if self.authed.is_empty() && now >= self.auth_by => Fault::NotAuthenticatedInTime,
+            _ if !self.authed.is_empty() && now >= self.idle_by => Fault::Idle,
+            _ => return,
+        };
+        if matches!(self.phase, Phase::Securing { .. }) && fault == Fault::NoHeaderInTime {
+            // The handshake itself ran out of time: nothing can be written in the clear.
+            return self.close(Close::TlsFailed("handshake timed out".into()));
+        }
+        self.fail(fault);
+    }
+
+    /// The authenticated (remote, local) pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = &(String, String)> {
+        self.authed.iter()
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// The peer's stream header: answer with ours and (for version 1.0) the features.
+    pub fn header(&mut self, h: &StreamHeader, env: &mut dyn Env) {
+        if !matches!(self.phase, Phase::AwaitingHeader { .. }) {
+            if !self.is_closed() {
+                self.fail(Fault::Frame(FrameError::BadFormat(
+                    "unexpected stream header".into(),
+                )));
+            }
+            return;
+        }
+        let stream_id = env.new_stream_id();
+        let reply = StreamHeader {
+            from: h.to.clone(),
+            to: h.from.clone(),
+            id: Some(stream_id.clone()),
+            version: h.version.as_ref().map(|_| "1.0".to_owned()),
+            default_ns: ns::SERVER.into(),
+            ..Default::default()
+        };
+        self.send(reply.to_xml());
+        self.phase = Phase::Open(OpenStream {
+            stream_id,
+            from: None,
+            to: None,
+        });
+        if h.default_ns != ns::SERVER {
+            return self.fail(Fault::WrongNamespace);
+        }
+        // A `to` we cannot read is a domain we do not serve (RFC 6120 4.9.3.6); a `from` we
+        // cannot read is a claim that can never be validated (4.9.3.9).
+        let mut to = None;
+        if let Some(given) = &h.to {
+            match normalize_domain(given) {
+                Ok(local) if env.serves(&local) => to = Some(local),
+                _ => {
+                    self.warn(Warning::UnservedStreamTo {
+                        to: clip(given).into_owned(),
+                    });
+                    return self.fail(Fault::UnservedStreamTo);
+                }
+            }
+        }
+        let mut from = None;
+        if let Some(given) = &h.from {
+            match normalize_domain(given) {
+                Ok(remote) => from = Some(remote),
+                Err(e) => {
+                    self.warn(Warning::MalformedStreamFrom {
+                        from: clip(given).into_owned(),
+                        error: clip(&e.to_string()).into_owned(),
+                    });
+                    return self.fail(Fault::MalformedStreamFrom);
+                }
+            }
+        }
+        if let Phase::Open(open) = &mut self.phase {
+            open.from = from.clone();
+            open.to = to;
+        }
+        if self.settings.require_peer_certs && self.tls.is_some() && !self.cert_valid() {
+            self.warn(Warning::CertificateRefused {
+                remote: clip(from.as_deref().unwrap_or("")).into_owned(),
+                cert: self.tls.clone(),
+            });
+            return self.fail(Fault::CertificateRequired);
+        }
+        if h.version.as_deref() == Some("1.0") {
+            let features = self.features();
+            self.send(features);
+        }
+    }
+
+    /// A top-level element of the stream (`now`: when it arrived).
+    pub fn element(&mut self, now: Instant, tl: TopLevel, env: &mut dyn Env) {
+        if !matches!(self.phase, Phase::Open(_)) {
+            if !self.is_closed() {
+                self.fail(Fault::Frame(FrameError::BadFormat(
+                    "element before the stream header".into(),
+                )));
+            }
+            return;
+        }
+        let el = &tl.element;
+        if el.is("starttls", ns::TLS) {
+            return self.starttls(now);
+        }
+        if el.is("auth", ns::SASL) {
+            return self.sasl(now, el, env);
+        }
+        if el.ns == ns::DIALBACK {
+            return match (el.name.as_str(), el.attr("type")) {
+                ("result", None) => self.dialback_request(el, env),
+                ("verify", None) => self.verify_request(el, env),
+                _ => {}
+            };
+        }
+        if el.ns == ns::SM {
+            return self.sm_element(el);
+        }
+        if is_stanza(el) {
+            self.stanza(tl, env);
+            self.idle_by = now + self.settings.deadlines.idle;
+            return;
+        }
+        if el.is("error", ns::STREAM) {
+            let (cond, text) = crate::error::parse_stream_error(el);
+            let text = text.unwrap_or_default();
+            return self.close(Close::PeerError(format!(
+                "{} {}",
+                cond.as_str(),
+                clip(&text)
+            )));
+        }
+        self.fail(Fault::Unexpected {
+            name: clip(&el.name).into_owned(),
+            ns: clip(&el.ns).into_owned(),
+        });
+    }
+
+    /// The peer's `</stream:stream>`: answer with ours and close.
+    pub fn peer_closed(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.send(crate::stream::STREAM_CLOSE.to_owned());
+        self.close(Close::PeerClosed);
+    }
+
+    /// The input could not be framed.
+    pub fn frame_error(&mut self, e: FrameError) {
+        if !self.is_closed() {
+            self.fail(Fault::Frame(e));
+        }
+    }
+
+    /// The TLS handshake after [`Action::StartTls`] completed at `now`; `cert` is the peer
+    /// certificate's worth.
+    pub fn tls_established(&mut self, now: Instant, cert: CertStatus) {
+        if !matches!(self.phase, Phase::Securing { .. }) {
+            return;
+        }
+        self.tls = Some(cert);
+        self.phase = Phase::AwaitingHeader {
+            by: now + self.settings.deadlines.stream_header,
+        };
+    }
+
+    /// The TLS handshake after [`Action::StartTls`] failed.
+    pub fn tls_failed(&mut self, error: String) {
+        if !self.is_closed() {
+            self.close(Close::TlsFailed(error));
+        }
+    }
+
+    /// A dialback verification started by [`Action::Verify`] ended.
+    pub fn verdict(&mut self, remote: String, local: String, verdict: Verdict, env: &mut dyn Env) {
+        let pair = (remote, local);
+        self.pending.remove(&pair);
+        if self.is_closed() {
+            return;
+        }
+        let (remote, local) = pair;
+        match verdict {
+            Verdict::Valid if self.settings.require_peer_certs && !env.cert_covers(&remote) => {
+                self.warn(Warning::CertificateDoesNotName {
+                    remote: remote.clone(),
+                });
+                self.send_el(&dialback::result_response(&local, &remote, false));
+                self.fail(Fault::CertificateDoesNotName);
+            }
+            Verdict::Valid => {
+                if !self.authenticate(remote.clone(), local.clone(), Method::Dialback, env) {
+                    return self.send_el(&dialback_error(&local, &remote, "resource-constraint"));
+                }
+                self.send_el(&dialback::result_response(&local, &remote, true));
+            }
+            Verdict::Invalid => {
+                self.warn(Warning::KeyInvalid {
+                    remote: remote.clone(),
+                    local: local.clone(),
+                });
+                self.verdict_failed(dialback::result_response(&local, &remote, false));
+            }
+            Verdict::Failed(reason) => {
+                self.warn(Warning::VerificationFailed {
+                    remote: remote.clone(),
+                    local: local.clone(),
+                    reason,
+                });
+                self.verdict_failed(dialback_error(&local, &remote, "remote-connection-failed"));
+            }
+        }
+    }
+
+    /// The configuration changed: keep the pairs it still allows, close if none is left (or
+    /// TLS or a certificate is now required and missing). `cert`: the certificate judged
+    /// again under the new trust (None without TLS).
+    pub fn reconfigured(&mut self, settings: Settings, cert: Option<CertStatus>, env: &dyn Env) {
+        self.settings = settings;
+        if self.is_closed() {
+            return;
+        }
+        if cert.is_some() {
+            self.tls = cert;
+        }
+        let header_sent = matches!(self.phase, Phase::Open(_));
+        if self.settings.tls == TlsMode::Required && self.tls.is_none() && header_sent {
+            return self.fail(Fault::TlsNowRequired);
+        }
+        if self.settings.require_peer_certs && self.tls.is_some() && !self.cert_valid() {
+            return self.fail(Fault::CertificateNowRequired);
+        }
+        let before = self.authed.len();
+        let require = self.settings.require_peer_certs;
+        self.authed.retain(|(remote, local)| {
+            env.peer_allowed(remote) && env.serves(local) && (!require || env.cert_covers(remote))
+        });
+        if self.authed.len() == before {
+            return;
+        }
+        let mut kept: Vec<(String, String)> = self.authed.iter().cloned().collect();
+        kept.sort();
+        self.actions.push_back(Action::PairsDropped(kept));
+        if self.authed.is_empty() {
+            self.fail(Fault::NoLongerAllowed);
+        }
+    }
+
+    fn starttls(&mut self, now: Instant) {
+        let available = self.settings.tls_available
+            && matches!(self.settings.tls, TlsMode::Required | TlsMode::Optional);
+        if !available {
+            self.send(format!("<failure xmlns='{}'/></stream:stream>", ns::TLS));
+            return self.close(Close::TlsUnavailable);
+        }
+        if self.tls.is_some() {
+            return self.fail(Fault::TlsAlreadyActive);
+        }
+        self.send(format!("<proceed xmlns='{}'/>", ns::TLS));
+        self.actions.push_back(Action::StartTls);
+        self.phase = Phase::Securing {
+            by: now + self.settings.deadlines.tls_handshake,
+        };
+    }
+
+    /// `<db:result from=remote to=local>key</db:result>`: have it verified.
+    fn dialback_request(&mut self, el: &Element, env: &mut dyn Env) {
+        if self.settings.tls == TlsMode::Required && self.tls.is_none() {
+            self.warn(Warning::DialbackWithoutTls {
+                remote: clip(el.attr("from").unwrap_or("")).into_owned(),
+            });
+            return self.fail(Fault::TlsRequiredForAuth);
+        }
+        if self.settings.require_peer_certs && !self.cert_valid() {
+            return self.fail(Fault::CertificateRequired);
+        }
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return self.fail(Fault::DialbackWithoutAddresses);
+        };
+        let (Ok(remote), Ok(local)) = (normalize_domain(from), normalize_domain(to)) else {
+            return self.fail(Fault::DialbackBadDomain);
+        };
+        if !env.serves(&local) {
+            return self.send_el(&dialback_error(&local, &remote, "item-not-found"));
+        }
+        if !env.peer_allowed(&remote) {
+            self.warn(Warning::PolicyRefused {
+                remote: remote.clone(),
+                local,
+            });
+            return self.fail(Fault::PolicyRefused(remote));
+        }
+        let pair = (remote, local);
+        if self.authed.contains(&pair) || self.pending.contains(&pair) {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_VERIFICATIONS {
+            return self.fail(Fault::TooManyDialbackRequests);
+        }
+        let Phase::Open(open) = &self.phase else {
+            return;
+        };
+        let stream_id = open.stream_id.clone();
+        self.pending.insert(pair.clone());
+        let (remote, local) = pair;
+        self.actions.push_back(Action::Verify {
+            remote,
+            local,
+            stream_id,
+            key: el.text(),
+        });
+    }
+
+    /// Answer a verification that did not say valid. The stream goes on (other pairs may
+    /// share it, XEP-0220 2.4) until it has failed [`MAX_FAILED_VERDICTS`].
+    fn verdict_failed(&mut self, reply: Element) {
+        self.send_el(&reply);
+        self.failed_verdicts += 1;
+        if self.failed_verdicts >= MAX_FAILED_VERDICTS {
+            self.fail(Fault::TooManyKeysRefused);
+        }
+    }
+
+    /// `<db:verify from=receiving to=originating id>key</db:verify>`: we are the authoritative
+    /// server for `to`; answer at once, whatever this stream's own state.
+    fn verify_request(&mut self, el: &Element, env: &mut dyn Env) {
+        let (Some(from), Some(to), Some(id)) = (el.attr("from"), el.attr("to"), el.attr("id"))
+        else {
+            return self.fail(Fault::VerifyWithoutAddresses);
+        };
+        // Keys are issued over normalised domains; a domain that does not normalise was
+        // never issued one.
+        let names = normalize_domain(to).ok().zip(normalize_domain(from).ok());
+        let valid = names.is_some_and(|(originating, receiving)| {
+            env.serves(&originating) && {
+                let expected = dialback::dialback_key(
+                    &self.settings.dialback_secret,
+                    &receiving,
+                    &originating,
+                    id,
+                );
+                dialback::keys_equal(&expected, &el.text())
+            }
+        });
+        if !valid {
+            self.warn(Warning::VerifyInvalid {
+                receiving: clip(from).into_owned(),
+                originating: clip(to).into_owned(),
+            });
+        }
+        self.send_el(&dialback::verify_response(to, from, id, valid));
+    }
+
+    /// SASL EXTERNAL (XEP-0178): the certificate, valid and naming the domain, authenticates
+    /// the stream for (claimed domain, header `to`). On failure the peer may use dialback.
+    fn sasl(&mut self, now: Instant, el: &Element, env: &mut dyn Env) {
+        match self.judge_sasl(el, env) {
+            Ok((remote, local)) => {
+                if !self.authenticate(remote, local, Method::SaslExternal, env) {
+                    return self.send_el(
+                        &Element::new("failure", ns::SASL)
+                            .with_child(Element::new("temporary-auth-failure", ns::SASL)),
+                    );
+                }
+                self.send(format!("<success xmlns='{}'/>", ns::SASL));
+                self.actions.push_back(Action::RestartStream);
+                self.sasl_done = true;
+                self.phase = Phase::AwaitingHeader {
+                    by: now + self.settings.deadlines.stream_header,
+                };
+            }
+            Err(reason) => {
+                let remote = match &self.phase {
+                    Phase::Open(open) => open.from.clone().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                self.warn(Warning::SaslRefused {
+                    remote: clip(&remote).into_owned(),
+                    reason,
+                });
+                self.send_el(
+                    &Element::new("failure", ns::SASL)
+                        .with_child(Element::new("not-authorized", ns::SASL)),
+                );
+            }
+        }
+    }
+
+    /// The (remote, local) pair a SASL EXTERNAL request may authenticate, or why not.
+    fn judge_sasl(&self, el: &Element, env: &dyn Env) -> Result<(String, String), &'static str> {
+        if el.attr("mechanism") != Some("EXTERNAL") {
+            return Err("mechanism is not EXTERNAL");
+        }
+        if self.sasl_done || !self.cert_valid() {
+            return Err("no valid certificate on this stream");
+        }
+        let Phase::Open(open) = &self.phase else {
+            return Err("no stream");
+        };
+        let text = el.text();
+        let text = text.trim();
+        let authzid = if text.is_empty() || text == "=" {
+            None
+        } else {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| "authzid is not base64")?;
+            Some(String::from_utf8(raw).map_err(|_| "authzid is not UTF-8")?)
+        };
+        let remote = match (authzid, open.from.as_deref()) {
+            (Some(authzid), from) => {
+                let authzid =
+                    normalize_domain(&authzid).map_err(|_| "claimed domain is malformed")?;
+                // XEP-0178: an authorization identity must be the stream header's `from`.
+                if from.is_some_and(|f| f != authzid) {
+                    return Err("authzid does not match the stream header's from");
+                }
+                authzid
+            }
+            (None, Some(from)) => from.to_owned(),
+            (None, None) => return Err("no domain claimed"),
+        };
+        let local = open.to.clone().ok_or("stream header has no to")?;
+        if !env.serves(&local) {
+            return Err("stream is to a domain not served here");
+        }
+        if !env.cert_covers(&remote) {
+            return Err("certificate does not name the claimed domain");
+        }
+        if !env.peer_allowed(&remote) {
+            return Err("domain refused by the federation policy");
+        }
+        Ok((remote, local))
+    }
+
+    /// `<enable/>` and `<r/>` (an `<a/>` needs nothing: we send no stanzas here).
+    fn sm_element(&mut self, el: &Element) {
+        match el.name.as_str() {
+            "enable" => {
+                // XEP-0198 5: never before authentication.
+                let allowed = self.settings.stream_management && !self.authed.is_empty();
+                if !allowed || self.sm {
+                    return self.send_el(
+                        &Element::new("failed", ns::SM)
+                            .with_child(Element::new("unexpected-request", ns::STANZA_ERRORS)),
+                    );
+                }
+                self.sm = true;
+                self.actions.push_back(Action::EnableSm);
+                self.send_el(&Element::new("enabled", ns::SM));
+            }
+            "r" if self.sm => self.actions.push_back(Action::AckRequested),
+            _ => {}
+        }
+    }
+
+    /// A stanza: delivered when its (from, to) domain pair is authenticated here.
+    fn stanza(&mut self, tl: TopLevel, env: &dyn Env) {
+        let el = &tl.element;
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return self.fail(Fault::StanzaWithoutAddresses);
+        };
+        let Ok(from_domain) = jid_domain(from) else {
+            return self.fail(Fault::MalformedStanzaFrom);
+        };
+        let Ok(to_domain) = jid_domain(to) else {
+            return self.refused(from_domain, to, Refusal::Unroutable, "malformed to address");
+        };
+        let pair = (from_domain, to_domain);
+        if !self.authed.contains(&pair) {
+            let to = clip(to).into_owned();
+            let (from_domain, to_domain) = pair;
+            if self.authed.iter().any(|(r, _)| *r == from_domain) && !env.serves(&to_domain) {
+                // An authenticated peer addressing a domain we do not serve: we cannot answer
+                // as that domain with a stanza error, so the stream ends with <host-unknown/>
+                // (RFC 6120 4.9.3.6, as Prosody does): the peer learns at once instead of
+                // losing stanzas silently.
+                self.refused(from_domain, &to, Refusal::Unroutable, "to a domain not served here");
+                return self.fail(Fault::UnservedStanzaTo(to_domain));
+            }
+            let from = clip(from).into_owned();
+            self.refused(from, &to, Refusal::Spoofed, "not authenticated");
+            return self.fail(Fault::Unauthenticated(from_domain));
+        }
+        let (from_domain, to_domain) = pair;
+        self.actions.push_back(Action::Deliver {
+            from_domain,
+            to_domain,
+            stanza: tl,
+        });
+    }
+
+    fn refused(&mut self, from: String, to: &str, refusal: Refusal, why: &'static str) {
+        self.actions.push_back(Action::Refused {
+            from,
+            to: clip(to).into_owned(),
+            refusal,
+            why,
+        });
+    }
+
+    /// Record `pair` as authenticated unless its domain has too many streams.
+    fn authenticate(&mut self, remote: String, local: String, method: Method, env: &mut dyn Env) -> bool {
+        if !env.count_stream(&remote) {
+            return false;
+        }
+        self.authed.insert((remote.clone(), local.clone()));
+        self.actions.push_back(Action::Authenticated {
+            remote,
+            local,
+            method,
+        });
+        true
+    }
+
+    fn features(&self) -> String {
+        let s = &self.settings;
+        let mut f = Element::new("features", ns::STREAM);
+        if self.tls.is_none() && s.tls_available && s.tls != TlsMode::Disabled {
+            let mut starttls = Element::new("starttls", ns::TLS);
+            if s.tls == TlsMode::Required {
+                starttls = starttls.with_child(Element::new("required", ns::TLS));
+            }
+            f = f.with_child(starttls);
+        }
+        if self.tls.is_some() && s.sasl_external && !self.sasl_done && self.cert_valid() {
+            f = f.with_child(
+                Element::new("mechanisms", ns::SASL)
+                    .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
+            );
+        }
+        // Offered after authentication by SASL (the restarted stream's features); a peer
+        // authenticated by dialback may still enable it.
+        if s.stream_management && self.sasl_done {
+            f = f.with_child(Element::new("sm", ns::SM));
+        }
+        if self.tls.is_some() || s.tls != TlsMode::Required {
+            f = f.with_child(
+                Element::new("dialback", ns::DIALBACK_FEATURE)
+                    .with_child(Element::new("errors", ns::DIALBACK_FEATURE)),
+            );
+        }
+        f.to_xml(ns::SERVER)
+    }
+
+    fn cert_valid(&self) -> bool {
+        self.tls == Some(CertStatus::Valid)
+    }
+
+    fn send(&mut self, bytes: String) {
+        self.actions.push_back(Action::Send(bytes));
+    }
+
+    fn send_el(&mut self, el: &Element) {
+        self.send(el.to_xml(ns::SERVER));
+    }
+
+    fn warn(&mut self, w: Warning) {
+        self.actions.push_back(Action::Warn(w));
+    }
+
+    /// Send a stream error (after a header of ours if the peer has none from us on this
+    /// stream) and close.
+    fn fail(&mut self, fault: Fault) {
+        let mut out = String::new();
+        if !matches!(self.phase, Phase::Open(_)) {
+            let h = StreamHeader {
+                id: Some(self.error_id.clone()),
+                version: Some("1.0".into()),
+                default_ns: ns::SERVER.into(),
+                ..Default::default()
+            };
+            out.push_str(&h.to_xml());
+        }
+        out.push_str(&crate::error::stream_error(
+            fault.condition(),
+            Some(&fault.to_string()),
+        ));
+        out.push_str(crate::stream::STREAM_CLOSE);
+        self.send(out);
+        self.close(Close::Fault(fault));
+    }
+
+    fn close(&mut self, why: Close) {
+        self.phase = Phase::Closed;
+        self.pending.clear();
+        self.actions.push_back(Action::Close(why));
+    }
+}
+
+fn is_stanza(el: &Element) -> bool {
+    (el.ns == ns::SERVER || el.ns == ns::CLIENT)
+        && matches!(el.name.as_str(), "message" | "presence" | "iq")
+}
+
+/// `<db:result type='error'>` with an XEP-0220 error condition.
+fn dialback_error(from: &str, to: &str, condition: &str) -> Element {
+    Element::new("result", ns::DIALBACK)
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("type", "error")
+        .with_child(
+            Element::new("error", ns::SERVER)
+                .with_attr("type", "cancel")
+                .with_child(Element::new(condition, ns::STANZA_ERRORS)),
+        )
+}
