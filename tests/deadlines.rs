@@ -150,25 +150,41 @@ fn a_peer_that_does_not_read_is_closed_after_60_s_of_stalled_writes() {
             })
             .collect::<String>()
             .into_bytes();
-        // Write until a write blocks for 2 s: the edge has stopped reading.
-        let blocked = loop {
+        // One writer that never abandons a write half-way (a cut element would nest the next
+        // one inside it and grow past the element cap): it goes on from where it stopped.
+        let (_rd, mut wr) = tcp.into_split();
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let progress = written.clone();
+        let mut writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            match tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&request)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("closed before the stall: {e}"),
-                Err(_) => break Instant::now() - Duration::from_secs(2),
+            let mut at = 0;
+            loop {
+                match wr.write(&request[at..]).await {
+                    Ok(n @ 1..) => {
+                        at = (at + n) % request.len();
+                        progress.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => return,
+                }
             }
+        });
+        // Wait until nothing was written for 2 s: the edge has stopped reading.
+        let mut last = usize::MAX;
+        let blocked = loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = written.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(!writer.is_finished(), "closed before the stall");
+            if now == last {
+                break Instant::now() - Duration::from_secs(2);
+            }
+            last = now;
         };
         // Now wait, still not reading, for the edge to drop us: a write fails with a reset.
-        let closed = loop {
-            use tokio::io::AsyncWriteExt;
-            match tokio::time::timeout(Duration::from_secs(90), tcp.write_all(&request)).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => break blocked.elapsed(),
-                Err(_) => panic!("still open 90 s after the stall"),
-            }
-        };
-        closed
+        tokio::time::timeout(Duration::from_secs(90), &mut writer)
+            .await
+            .expect("still open 90 s after the stall")
+            .expect("writer");
+        blocked.elapsed()
     });
     // The edge's write blocked a little before ours did: the close comes at most 60 s (+1)
     // after our write blocked.

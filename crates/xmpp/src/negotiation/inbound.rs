@@ -24,10 +24,13 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::addr::{jid_domain, normalize_domain};
+use crate::element::Element;
 use crate::error::Fault;
+use crate::error::FrameError;
 use crate::framer::TopLevel;
 use crate::negotiation::{clip, CertStatus, Deadlines, TlsMode, Verdict};
-use crate::{dialback, ns, Element, FrameError, StreamHeader};
+use crate::stream::StreamHeader;
+use crate::{dialback, ns};
 
 /// A stream that failed this many dialback verifications is closed: one failure must not
 /// kill the other domain pairs sharing the stream, but a peer may not probe forever.
@@ -317,7 +320,12 @@ pub struct Inbound {
 impl Inbound {
     /// A connection accepted at `now`; `tls` is the certificate's worth when TLS came first;
     /// `error_id` goes on our header if a stream error has to precede the peer's.
-    pub fn new(settings: Settings, now: Instant, tls: Option<CertStatus>, error_id: String) -> Self {
+    pub fn new(
+        settings: Settings,
+        now: Instant,
+        tls: Option<CertStatus>,
+        error_id: String,
+    ) -> Self {
         let d = settings.deadlines;
         Self {
             phase: Phase::AwaitingHeader {
@@ -382,6 +390,14 @@ impl Inbound {
     /// The authenticated (remote, local) pairs.
     pub fn pairs(&self) -> impl Iterator<Item = &(String, String)> {
         self.authed.iter()
+    }
+
+    /// The domain the current stream header claims (normalised), once it arrived.
+    pub fn claimed(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Open(open) => open.from.as_deref(),
+            _ => None,
+        }
     }
 
     /// True once closed.
@@ -847,7 +863,12 @@ impl Inbound {
                 // as that domain with a stanza error, so the stream ends with <host-unknown/>
                 // (RFC 6120 4.9.3.6, as Prosody does): the peer learns at once instead of
                 // losing stanzas silently.
-                self.refused(from_domain, &to, Refusal::Unroutable, "to a domain not served here");
+                self.refused(
+                    from_domain,
+                    &to,
+                    Refusal::Unroutable,
+                    "to a domain not served here",
+                );
                 return self.fail(Fault::UnservedStanzaTo(to_domain));
             }
             let from = clip(from).into_owned();
@@ -872,7 +893,13 @@ impl Inbound {
     }
 
     /// Record `pair` as authenticated unless its domain has too many streams.
-    fn authenticate(&mut self, remote: String, local: String, method: Method, env: &mut dyn Env) -> bool {
+    fn authenticate(
+        &mut self,
+        remote: String,
+        local: String,
+        method: Method,
+        env: &mut dyn Env,
+    ) -> bool {
         if !env.count_stream(&remote) {
             return false;
         }
@@ -976,4 +1003,1006 @@ fn dialback_error(from: &str, to: &str, condition: &str) -> Element {
                 .with_attr("type", "cancel")
                 .with_child(Element::new(condition, ns::STANZA_ERRORS)),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every path of the machine, without a socket or a sleep: time is explicit instants.
+
+    use std::time::Duration;
+
+    use base64::Engine;
+
+    use super::*;
+    use crate::framer::{Event, Framer};
+    use crate::limits::Limits;
+    use crate::StreamCondition;
+
+    const SECRET: &str = "s3cret-for-tests";
+    const REMOTE: &str = "remote.test";
+    const LOCAL: &str = "local.test";
+
+    /// The world: what is served, refused, named by the certificate, and whether the remote
+    /// domain has room for another stream.
+    struct World {
+        served: Vec<&'static str>,
+        refused: Vec<&'static str>,
+        covers: Vec<&'static str>,
+        full: bool,
+        ids: u32,
+    }
+
+    impl Env for World {
+        fn serves(&self, domain: &str) -> bool {
+            self.served.contains(&domain)
+        }
+        fn peer_allowed(&self, remote: &str) -> bool {
+            !self.refused.contains(&remote)
+        }
+        fn cert_covers(&self, domain: &str) -> bool {
+            self.covers.contains(&domain)
+        }
+        fn count_stream(&mut self, _remote: &str) -> bool {
+            !self.full
+        }
+        fn new_stream_id(&mut self) -> String {
+            self.ids += 1;
+            format!("id{}", self.ids)
+        }
+    }
+
+    fn settings(tls: TlsMode) -> Settings {
+        Settings {
+            tls,
+            tls_available: true,
+            sasl_external: true,
+            stream_management: true,
+            require_peer_certs: false,
+            dialback_secret: SECRET.into(),
+            deadlines: Deadlines {
+                stream_header: Duration::from_secs(10),
+                tls_handshake: Duration::from_secs(10),
+                authentication: Duration::from_secs(30),
+                idle: Duration::from_secs(600),
+            },
+        }
+    }
+
+    /// A machine and its world, started at `t0`.
+    struct Peer {
+        m: Inbound,
+        world: World,
+        t0: Instant,
+    }
+
+    impl Peer {
+        fn new(settings: Settings, tls: Option<CertStatus>) -> Self {
+            let t0 = Instant::now();
+            Self {
+                m: Inbound::new(settings, t0, tls, "err-id".into()),
+                world: World {
+                    served: vec![LOCAL],
+                    refused: vec![],
+                    covers: vec![REMOTE],
+                    full: false,
+                    ids: 0,
+                },
+                t0,
+            }
+        }
+
+        fn at(&self, secs: u64) -> Instant {
+            self.t0 + Duration::from_secs(secs)
+        }
+
+        fn drain(&mut self) -> Vec<Action> {
+            std::iter::from_fn(|| self.m.poll_action()).collect()
+        }
+
+        fn header_full(&mut self, from: Option<&str>, to: Option<&str>, ns: &str) -> Vec<Action> {
+            let h = StreamHeader {
+                from: from.map(str::to_owned),
+                to: to.map(str::to_owned),
+                version: Some("1.0".into()),
+                default_ns: ns.into(),
+                ..Default::default()
+            };
+            self.m.header(&h, &mut self.world);
+            self.drain()
+        }
+
+        fn header(&mut self) -> Vec<Action> {
+            self.header_full(Some(REMOTE), Some(LOCAL), ns::SERVER)
+        }
+
+        fn el(&mut self, secs: u64, xml: &str) -> Vec<Action> {
+            let at = self.at(secs);
+            self.m.element(at, top(xml), &mut self.world);
+            self.drain()
+        }
+
+        /// STARTTLS through to the restarted stream's features; returns those actions.
+        fn starttls(&mut self, cert: CertStatus) -> Vec<Action> {
+            let a = self.el(1, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+            assert!(sent(&a).contains("<proceed "), "{a:?}");
+            assert!(matches!(a.last(), Some(Action::StartTls)), "{a:?}");
+            self.m.tls_established(self.at(2), cert);
+            assert!(self.drain().is_empty());
+            self.header()
+        }
+
+        /// Dialback for (REMOTE, LOCAL) with a valid verdict.
+        fn dialback(&mut self) -> Vec<Action> {
+            let a = self.el(3, &db_result(REMOTE, LOCAL));
+            assert!(matches!(a.as_slice(), [Action::Verify { .. }]), "{a:?}");
+            self.m
+                .verdict(REMOTE.into(), LOCAL.into(), Verdict::Valid, &mut self.world);
+            self.drain()
+        }
+    }
+
+    /// `xml` as a top-level element of a jabber:server stream.
+    fn top(xml: &str) -> TopLevel {
+        let mut f = Framer::new(Limits::default());
+        f.push(
+            b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' version='1.0'>",
+        );
+        f.push(xml.as_bytes());
+        loop {
+            match f.next_event() {
+                Ok(Some(Event::Element(tl))) => return tl,
+                Ok(Some(_)) => continue,
+                other => panic!("{xml}: {other:?}"),
+            }
+        }
+    }
+
+    fn db_result(from: &str, to: &str) -> String {
+        format!("<db:result from='{from}' to='{to}'>key</db:result>")
+    }
+
+    fn message(from: &str, to: &str) -> String {
+        format!("<message from='{from}' to='{to}'><body>hi</body></message>")
+    }
+
+    fn sent(actions: &[Action]) -> String {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(actions: &[Action]) -> Option<&Close> {
+        actions.iter().find_map(|a| match a {
+            Action::Close(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The stream ended with `fault`, and the stream error on the wire says its condition.
+    #[track_caller]
+    fn assert_fault(actions: &[Action], fault: Fault, cond: StreamCondition) {
+        assert_eq!(closed(actions), Some(&Close::Fault(fault)), "{actions:?}");
+        let wire = sent(actions);
+        assert!(
+            wire.contains(&format!(
+                "<{} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+                cond.as_str()
+            )),
+            "{wire}"
+        );
+        assert!(wire.ends_with("</stream:stream>"), "{wire}");
+    }
+
+    fn warnings(actions: &[Action]) -> Vec<&Warning> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Warn(w) => Some(w),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn authed(p: &Peer) -> Vec<(String, String)> {
+        p.m.pairs().cloned().collect()
+    }
+
+    // --- Happy paths ---
+
+    #[test]
+    fn dialback_after_starttls_authenticates_and_delivers() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        let a = p.header();
+        let wire = sent(&a);
+        assert!(
+            wire.starts_with("<?xml") || wire.starts_with("<stream:stream"),
+            "{wire}"
+        );
+        assert!(
+            wire.contains("id='id1'") && wire.contains("from='local.test'"),
+            "{wire}"
+        );
+        assert!(
+            wire.contains("<starttls ") && wire.contains("<required"),
+            "{wire}"
+        );
+        assert!(
+            !wire.contains("urn:xmpp:features:dialback"),
+            "no dialback before TLS when required: {wire}"
+        );
+        let a = p.starttls(CertStatus::Absent);
+        let wire = sent(&a);
+        assert!(
+            wire.contains("id='id2'"),
+            "a new stream id after TLS: {wire}"
+        );
+        assert!(
+            wire.contains("urn:xmpp:features:dialback") && !wire.contains("starttls"),
+            "{wire}"
+        );
+        assert!(
+            !wire.contains("EXTERNAL"),
+            "no SASL without a valid certificate: {wire}"
+        );
+        let a = p.el(3, &db_result("Remote.Test.", LOCAL));
+        match a.as_slice() {
+            [Action::Verify {
+                remote,
+                local,
+                stream_id,
+                key,
+            }] => {
+                assert_eq!((remote.as_str(), local.as_str()), (REMOTE, LOCAL));
+                assert_eq!((stream_id.as_str(), key.as_str()), ("id2", "key"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same request again while it is being verified starts nothing.
+        assert!(p.el(3, &db_result(REMOTE, LOCAL)).is_empty());
+        p.m.verdict(REMOTE.into(), LOCAL.into(), Verdict::Valid, &mut p.world);
+        let a = p.drain();
+        assert!(
+            matches!(
+                &a[0],
+                Action::Authenticated {
+                    method: Method::Dialback,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        assert!(sent(&a).contains("type='valid'"), "{a:?}");
+        let a = p.el(4, &message("ana@remote.test/x", "bob@local.test"));
+        match a.as_slice() {
+            [Action::Deliver {
+                from_domain,
+                to_domain,
+                stanza,
+            }] => {
+                assert_eq!((from_domain.as_str(), to_domain.as_str()), (REMOTE, LOCAL));
+                assert_eq!(stanza.element.name, "message");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(authed(&p), vec![(REMOTE.into(), LOCAL.into())]);
+    }
+
+    #[test]
+    fn sasl_external_over_direct_tls_restarts_and_offers_stream_management() {
+        let mut p = Peer::new(settings(TlsMode::Required), Some(CertStatus::Valid));
+        let wire = sent(&p.header());
+        assert!(wire.contains("<mechanism>EXTERNAL</mechanism>"), "{wire}");
+        assert!(!wire.contains("starttls"), "TLS is up already: {wire}");
+        assert!(
+            !wire.contains("urn:xmpp:sm:3"),
+            "no SM before authentication: {wire}"
+        );
+        let authzid = base64::engine::general_purpose::STANDARD.encode(REMOTE);
+        let a = p.el(
+            1,
+            &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>"),
+        );
+        assert!(
+            matches!(
+                &a[0],
+                Action::Authenticated {
+                    method: Method::SaslExternal,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        assert!(sent(&a).contains("<success "), "{a:?}");
+        assert!(matches!(a.last(), Some(Action::RestartStream)), "{a:?}");
+        let wire = sent(&p.header());
+        assert!(wire.contains("<sm xmlns='urn:xmpp:sm:3'/>"), "{wire}");
+        assert!(!wire.contains("EXTERNAL"), "SASL is done: {wire}");
+        let a = p.el(2, "<enable xmlns='urn:xmpp:sm:3'/>");
+        assert!(
+            matches!(a[0], Action::EnableSm) && sent(&a).contains("<enabled "),
+            "{a:?}"
+        );
+        let a = p.el(2, "<r xmlns='urn:xmpp:sm:3'/>");
+        assert!(matches!(a.as_slice(), [Action::AckRequested]), "{a:?}");
+        let a = p.el(3, &message("ana@remote.test", "bob@local.test"));
+        assert!(matches!(a.as_slice(), [Action::Deliver { .. }]), "{a:?}");
+    }
+
+    #[test]
+    fn sasl_external_with_an_empty_authzid_takes_the_header_from() {
+        let mut p = Peer::new(settings(TlsMode::Required), Some(CertStatus::Valid));
+        p.header();
+        let a = p.el(
+            1,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+        );
+        assert!(sent(&a).contains("<success "), "{a:?}");
+        assert_eq!(authed(&p), vec![(REMOTE.into(), LOCAL.into())]);
+    }
+
+    #[test]
+    fn optional_mode_allows_dialback_without_tls() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        let wire = sent(&p.header());
+        assert!(
+            wire.contains("<starttls ") && !wire.contains("<required"),
+            "{wire}"
+        );
+        assert!(wire.contains("urn:xmpp:features:dialback"), "{wire}");
+        let a = p.dialback();
+        assert!(sent(&a).contains("type='valid'"), "{a:?}");
+    }
+
+    #[test]
+    fn disabled_mode_offers_no_tls_and_refuses_starttls() {
+        let mut p = Peer::new(settings(TlsMode::Disabled), None);
+        let wire = sent(&p.header());
+        assert!(!wire.contains("starttls"), "{wire}");
+        let a = p.el(1, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert!(
+            sent(&a).contains("<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+            "{a:?}"
+        );
+        assert_eq!(closed(&a), Some(&Close::TlsUnavailable));
+    }
+
+    #[test]
+    fn a_version_less_peer_gets_no_features() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        let h = StreamHeader {
+            from: Some(REMOTE.into()),
+            to: Some(LOCAL.into()),
+            default_ns: ns::SERVER.into(),
+            ..Default::default()
+        };
+        p.m.header(&h, &mut p.world);
+        let wire = sent(&p.drain());
+        assert!(!wire.contains("features"), "{wire}");
+        assert!(
+            !wire.contains("version='1.0'>"),
+            "no version on ours: {wire}"
+        );
+    }
+
+    #[test]
+    fn db_verify_is_answered_for_keys_we_issued_only() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        p.header();
+        let key = dialback::dialback_key(SECRET, REMOTE, LOCAL, "sid");
+        let ask = |key: &str, to: &str| {
+            format!("<db:verify from='{REMOTE}' to='{to}' id='sid'>{key}</db:verify>")
+        };
+        let a = p.el(1, &ask(&key, LOCAL));
+        assert!(
+            sent(&a).contains("type='valid'") && warnings(&a).is_empty(),
+            "{a:?}"
+        );
+        let a = p.el(1, &ask("forged", LOCAL));
+        assert!(sent(&a).contains("type='invalid'"), "{a:?}");
+        assert!(
+            matches!(warnings(&a)[..], [Warning::VerifyInvalid { .. }]),
+            "{a:?}"
+        );
+        let a = p.el(1, &ask(&key, "other.test"));
+        assert!(sent(&a).contains("type='invalid'"), "not our domain: {a:?}");
+        assert!(closed(&a).is_none());
+    }
+
+    // --- Refusals ---
+
+    #[test]
+    fn dialback_in_plaintext_is_refused_when_tls_is_required() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        p.header();
+        let a = p.el(1, &db_result(REMOTE, LOCAL));
+        assert!(matches!(
+            warnings(&a)[..],
+            [Warning::DialbackWithoutTls { .. }]
+        ));
+        assert_fault(
+            &a,
+            Fault::TlsRequiredForAuth,
+            StreamCondition::PolicyViolation,
+        );
+    }
+
+    #[test]
+    fn a_forged_key_is_refused_and_the_third_closes_the_stream() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        for (i, remote) in ["a.test", "b.test", "c.test"].into_iter().enumerate() {
+            p.el(1, &db_result(remote, LOCAL));
+            let verdict = if i == 1 {
+                Verdict::Failed("unreachable".into())
+            } else {
+                Verdict::Invalid
+            };
+            p.m.verdict(remote.into(), LOCAL.into(), verdict, &mut p.world);
+            let a = p.drain();
+            let wire = sent(&a);
+            if i == 1 {
+                assert!(
+                    wire.contains("type='error'") && wire.contains("remote-connection-failed"),
+                    "{wire}"
+                );
+                assert!(matches!(
+                    warnings(&a)[..],
+                    [Warning::VerificationFailed { .. }]
+                ));
+            } else {
+                assert!(wire.contains("type='invalid'"), "{wire}");
+                assert!(matches!(warnings(&a)[..], [Warning::KeyInvalid { .. }]));
+            }
+            if i < 2 {
+                assert!(closed(&a).is_none(), "{a:?}");
+            } else {
+                assert_fault(
+                    &a,
+                    Fault::TooManyKeysRefused,
+                    StreamCondition::NotAuthorized,
+                );
+            }
+        }
+        assert!(authed(&p).is_empty());
+    }
+
+    #[test]
+    fn a_genuine_key_with_a_certificate_not_naming_the_domain_is_refused() {
+        let mut s = settings(TlsMode::Required);
+        s.require_peer_certs = true;
+        let mut p = Peer::new(s, Some(CertStatus::Valid));
+        p.world.covers = vec!["other.test"];
+        p.header();
+        let a = p.dialback();
+        assert!(sent(&a).contains("type='invalid'"), "{a:?}");
+        assert!(matches!(
+            warnings(&a)[..],
+            [Warning::CertificateDoesNotName { .. }]
+        ));
+        assert_fault(
+            &a,
+            Fault::CertificateDoesNotName,
+            StreamCondition::NotAuthorized,
+        );
+    }
+
+    #[test]
+    fn sasl_external_refusals_leave_the_stream_open_for_dialback() {
+        let auth = |authzid: &str| {
+            format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>")
+        };
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let cases: Vec<(String, Option<CertStatus>, Vec<&'static str>, &str)> = vec![
+            (
+                b64("other.test"),
+                Some(CertStatus::Valid),
+                vec![REMOTE],
+                "authzid does not match",
+            ),
+            (
+                b64(REMOTE),
+                Some(CertStatus::Valid),
+                vec!["other.test"],
+                "certificate does not name",
+            ),
+            (
+                b64(REMOTE),
+                Some(CertStatus::Invalid("expired".into())),
+                vec![REMOTE],
+                "no valid certificate",
+            ),
+            (
+                "!!".into(),
+                Some(CertStatus::Valid),
+                vec![REMOTE],
+                "not base64",
+            ),
+            (
+                b64("a_b.test"),
+                Some(CertStatus::Valid),
+                vec![REMOTE],
+                "malformed",
+            ),
+        ];
+        for (authzid, cert, covers, why) in cases {
+            let mut p = Peer::new(settings(TlsMode::Required), cert);
+            p.world.covers = covers;
+            p.header();
+            let a = p.el(1, &auth(&authzid));
+            assert!(sent(&a).contains("<not-authorized/>"), "{why}: {a:?}");
+            match warnings(&a)[..] {
+                [Warning::SaslRefused { reason, .. }] => assert!(reason.contains(why), "{reason}"),
+                _ => panic!("{why}: {a:?}"),
+            }
+            assert!(closed(&a).is_none() && authed(&p).is_empty(), "{why}");
+        }
+        // Another mechanism, and a domain whose stream limit is reached.
+        let mut p = Peer::new(settings(TlsMode::Required), Some(CertStatus::Valid));
+        p.header();
+        let a = p.el(
+            1,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>x</auth>",
+        );
+        assert!(sent(&a).contains("<not-authorized/>"), "{a:?}");
+        p.world.full = true;
+        let a = p.el(1, &auth("="));
+        assert!(sent(&a).contains("<temporary-auth-failure/>"), "{a:?}");
+        assert!(authed(&p).is_empty());
+    }
+
+    #[test]
+    fn a_stanza_from_a_domain_not_authenticated_here_ends_the_stream() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        let a = p.el(4, &message("mallory@evil.test", "bob@local.test"));
+        assert!(
+            matches!(
+                &a[0],
+                Action::Refused {
+                    refusal: Refusal::Spoofed,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        assert_fault(
+            &a,
+            Fault::Unauthenticated("evil.test".into()),
+            StreamCondition::InvalidFrom,
+        );
+    }
+
+    #[test]
+    fn stanzas_to_domains_not_served_here() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        // A `to` that is not a JID: refused, the stream goes on.
+        let a = p.el(4, &message("ana@remote.test", "bob@bad_domain..test"));
+        assert!(
+            matches!(
+                a.as_slice(),
+                [Action::Refused {
+                    refusal: Refusal::Unroutable,
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        // A domain not served: host-unknown, as Prosody does.
+        let a = p.el(4, &message("ana@remote.test", "bob@elsewhere.test"));
+        assert_fault(
+            &a,
+            Fault::UnservedStanzaTo("elsewhere.test".into()),
+            StreamCondition::HostUnknown,
+        );
+    }
+
+    #[test]
+    fn stream_management_is_refused_before_authentication_and_twice() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        let a = p.el(1, "<enable xmlns='urn:xmpp:sm:3'/>");
+        assert!(
+            sent(&a).contains("<failed ") && sent(&a).contains("unexpected-request"),
+            "{a:?}"
+        );
+        assert!(
+            p.el(1, "<r xmlns='urn:xmpp:sm:3'/>").is_empty(),
+            "no ack without SM"
+        );
+        p.dialback();
+        assert!(matches!(
+            p.el(2, "<enable xmlns='urn:xmpp:sm:3'/>")[0],
+            Action::EnableSm
+        ));
+        assert!(sent(&p.el(2, "<enable xmlns='urn:xmpp:sm:3'/>")).contains("<failed "));
+        // Disabled by configuration.
+        let mut s = settings(TlsMode::Optional);
+        s.stream_management = false;
+        let mut p = Peer::new(s, None);
+        p.header();
+        p.dialback();
+        assert!(sent(&p.el(2, "<enable xmlns='urn:xmpp:sm:3'/>")).contains("<failed "));
+    }
+
+    #[test]
+    fn dialback_requests_that_cannot_be_verified() {
+        // Not served: an XEP-0220 error, the stream goes on.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        let a = p.el(1, &db_result(REMOTE, "other.test"));
+        assert!(
+            sent(&a).contains("<item-not-found ") && closed(&a).is_none(),
+            "{a:?}"
+        );
+        // Refused by policy.
+        p.world.refused = vec![REMOTE];
+        let a = p.el(1, &db_result(REMOTE, LOCAL));
+        assert!(matches!(warnings(&a)[..], [Warning::PolicyRefused { .. }]));
+        assert_fault(
+            &a,
+            Fault::PolicyRefused(REMOTE.into()),
+            StreamCondition::PolicyViolation,
+        );
+        // Addresses missing or malformed.
+        for (xml, fault) in [
+            (
+                "<db:result to='local.test'>k</db:result>",
+                Fault::DialbackWithoutAddresses,
+            ),
+            (
+                "<db:result from='a..b' to='local.test'>k</db:result>",
+                Fault::DialbackBadDomain,
+            ),
+        ] {
+            let mut p = Peer::new(settings(TlsMode::Optional), None);
+            p.header();
+            assert_fault(&p.el(1, xml), fault, StreamCondition::ImproperAddressing);
+        }
+        // A full stream limit: an error for this pair, the stream goes on.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.world.full = true;
+        p.header();
+        let a = p.dialback();
+        assert!(
+            sent(&a).contains("resource-constraint") && closed(&a).is_none(),
+            "{a:?}"
+        );
+        assert!(authed(&p).is_empty());
+    }
+
+    #[test]
+    fn at_most_sixteen_verifications_at_once() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        for i in 0..MAX_PENDING_VERIFICATIONS {
+            let a = p.el(1, &db_result(&format!("r{i}.test"), LOCAL));
+            assert!(matches!(a.as_slice(), [Action::Verify { .. }]));
+        }
+        let a = p.el(1, &db_result("one-more.test", LOCAL));
+        assert_fault(
+            &a,
+            Fault::TooManyDialbackRequests,
+            StreamCondition::PolicyViolation,
+        );
+    }
+
+    // --- Every other stream error ---
+
+    #[test]
+    fn stream_header_faults() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        let a = p.header_full(Some(REMOTE), Some(LOCAL), ns::CLIENT);
+        assert!(sent(&a).starts_with("<stream:stream") || sent(&a).starts_with("<?xml"));
+        assert_fault(&a, Fault::WrongNamespace, StreamCondition::InvalidNamespace);
+
+        for to in [Some("elsewhere.test"), Some("not a domain")] {
+            let mut p = Peer::new(settings(TlsMode::Optional), None);
+            let a = p.header_full(Some(REMOTE), to, ns::SERVER);
+            assert!(matches!(
+                warnings(&a)[..],
+                [Warning::UnservedStreamTo { .. }]
+            ));
+            assert_fault(&a, Fault::UnservedStreamTo, StreamCondition::HostUnknown);
+        }
+
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        let a = p.header_full(Some("192.0.2.1"), Some(LOCAL), ns::SERVER);
+        assert_fault(&a, Fault::MalformedStreamFrom, StreamCondition::InvalidFrom);
+
+        let mut s = settings(TlsMode::Required);
+        s.require_peer_certs = true;
+        let mut p = Peer::new(s, Some(CertStatus::Invalid("self-signed".into())));
+        let a = p.header();
+        assert!(matches!(
+            warnings(&a)[..],
+            [Warning::CertificateRefused { .. }]
+        ));
+        assert_fault(
+            &a,
+            Fault::CertificateRequired,
+            StreamCondition::NotAuthorized,
+        );
+
+        // A second header without a restart.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        let a = p.header();
+        assert!(
+            matches!(closed(&a), Some(Close::Fault(Fault::Frame(_)))),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn element_faults() {
+        let cases: [(&str, Fault, StreamCondition); 5] = [
+            (
+                "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+                Fault::TlsAlreadyActive,
+                StreamCondition::PolicyViolation,
+            ),
+            (
+                "<db:verify from='remote.test' to='local.test'>k</db:verify>",
+                Fault::VerifyWithoutAddresses,
+                StreamCondition::ImproperAddressing,
+            ),
+            (
+                "<message to='bob@local.test'/>",
+                Fault::StanzaWithoutAddresses,
+                StreamCondition::ImproperAddressing,
+            ),
+            (
+                "<message from='@remote.test' to='bob@local.test'/>",
+                Fault::MalformedStanzaFrom,
+                StreamCondition::InvalidFrom,
+            ),
+            (
+                "<foo xmlns='urn:example'/>",
+                Fault::Unexpected {
+                    name: "foo".into(),
+                    ns: "urn:example".into(),
+                },
+                StreamCondition::UnsupportedStanzaType,
+            ),
+        ];
+        for (xml, fault, cond) in cases {
+            let mut p = Peer::new(settings(TlsMode::Optional), Some(CertStatus::Absent));
+            p.header();
+            assert_fault(&p.el(1, xml), fault, cond);
+        }
+        // Unframeable input: its own condition, after our header if we sent none.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.m.frame_error(FrameError::RestrictedXml("comment".into()));
+        let a = p.drain();
+        assert!(sent(&a).contains("id='err-id'"), "{a:?}");
+        assert_fault(
+            &a,
+            Fault::Frame(FrameError::RestrictedXml("comment".into())),
+            StreamCondition::RestrictedXml,
+        );
+    }
+
+    #[test]
+    fn the_peer_ending_its_stream() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.m.peer_closed();
+        let a = p.drain();
+        assert_eq!(sent(&a), "</stream:stream>");
+        assert_eq!(closed(&a), Some(&Close::PeerClosed));
+        // Closed: nothing more happens.
+        p.m.timeout(p.at(3600));
+        assert!(p.drain().is_empty() && p.m.poll_timeout().is_none());
+
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        let a = p.el(
+            1,
+            "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(sent(&a), "");
+        assert_eq!(closed(&a), Some(&Close::PeerError("conflict ".into())));
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_closes_without_a_word() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        p.header();
+        p.el(1, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        p.m.tls_failed("bad record mac".into());
+        let a = p.drain();
+        assert_eq!(sent(&a), "");
+        assert_eq!(closed(&a), Some(&Close::TlsFailed("bad record mac".into())));
+    }
+
+    #[test]
+    fn reconfiguration_keeps_what_it_still_allows() {
+        // Two pairs; the policy then refuses one: it is dropped, the stream goes on.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        p.el(3, &db_result("second.test", LOCAL));
+        p.m.verdict(
+            "second.test".into(),
+            LOCAL.into(),
+            Verdict::Valid,
+            &mut p.world,
+        );
+        p.drain();
+        p.world.refused = vec!["second.test"];
+        p.m.reconfigured(settings(TlsMode::Optional), None, &p.world);
+        let a = p.drain();
+        assert!(
+            matches!(&a[..], [Action::PairsDropped(kept)] if kept == &vec![(REMOTE.to_owned(), LOCAL.to_owned())]),
+            "{a:?}"
+        );
+        // Then the last one: closed.
+        p.world.refused = vec![REMOTE];
+        p.m.reconfigured(settings(TlsMode::Optional), None, &p.world);
+        assert_fault(
+            &p.drain(),
+            Fault::NoLongerAllowed,
+            StreamCondition::PolicyViolation,
+        );
+
+        // TLS now required on a plaintext stream.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.m.reconfigured(settings(TlsMode::Required), None, &p.world);
+        assert_fault(
+            &p.drain(),
+            Fault::TlsNowRequired,
+            StreamCondition::PolicyViolation,
+        );
+
+        // A certificate now required and the peer's not valid under the new trust.
+        let mut p = Peer::new(settings(TlsMode::Required), Some(CertStatus::Valid));
+        p.header();
+        let mut s = settings(TlsMode::Required);
+        s.require_peer_certs = true;
+        p.m.reconfigured(s, Some(CertStatus::Invalid("revoked".into())), &p.world);
+        assert_fault(
+            &p.drain(),
+            Fault::CertificateNowRequired,
+            StreamCondition::NotAuthorized,
+        );
+
+        // Nothing changed: nothing happens.
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        p.m.reconfigured(settings(TlsMode::Optional), None, &p.world);
+        assert!(p.drain().is_empty());
+    }
+
+    // --- Deadlines ---
+
+    #[test]
+    fn no_header_within_its_deadline() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        assert_eq!(p.m.poll_timeout(), Some(p.at(10)));
+        p.m.timeout(p.at(9));
+        assert!(p.drain().is_empty(), "not yet");
+        p.m.timeout(p.at(10));
+        let a = p.drain();
+        assert!(sent(&a).contains("id='err-id'"), "our header first: {a:?}");
+        assert_fault(
+            &a,
+            Fault::NoHeaderInTime,
+            StreamCondition::ConnectionTimeout,
+        );
+        assert!(Fault::NoHeaderInTime.is_negotiation_deadline());
+    }
+
+    #[test]
+    fn not_authenticated_within_its_deadline() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        p.header();
+        assert_eq!(
+            p.m.poll_timeout(),
+            Some(p.at(30)),
+            "authentication runs from accept"
+        );
+        // Traffic that authenticates nothing does not move it.
+        p.el(
+            20,
+            "<db:verify from='x.test' to='local.test' id='i'>k</db:verify>",
+        );
+        assert_eq!(p.m.poll_timeout(), Some(p.at(30)));
+        p.m.timeout(p.at(30));
+        assert_fault(
+            &p.drain(),
+            Fault::NotAuthenticatedInTime,
+            StreamCondition::ConnectionTimeout,
+        );
+    }
+
+    #[test]
+    fn a_header_deadline_after_each_restart() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        p.header();
+        p.el(1, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        p.m.tls_established(p.at(5), CertStatus::Absent);
+        assert_eq!(p.m.poll_timeout(), Some(p.at(15)));
+        p.m.timeout(p.at(15));
+        assert_fault(
+            &p.drain(),
+            Fault::NoHeaderInTime,
+            StreamCondition::ConnectionTimeout,
+        );
+    }
+
+    #[test]
+    fn whichever_of_header_and_authentication_comes_first() {
+        let mut s = settings(TlsMode::Required);
+        s.deadlines.authentication = Duration::from_secs(10);
+        let mut p = Peer::new(s, None);
+        assert_eq!(p.m.poll_timeout(), Some(p.at(10)));
+        p.m.timeout(p.at(10));
+        // At the same instant, authentication is what expired.
+        assert!(matches!(
+            closed(&p.drain()),
+            Some(Close::Fault(Fault::NotAuthenticatedInTime))
+        ));
+    }
+
+    #[test]
+    fn a_tls_handshake_within_its_deadline() {
+        let mut p = Peer::new(settings(TlsMode::Required), None);
+        p.header();
+        p.el(2, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert_eq!(p.m.poll_timeout(), Some(p.at(12)));
+        p.m.timeout(p.at(12));
+        let a = p.drain();
+        assert_eq!(sent(&a), "", "nothing in the clear mid-handshake");
+        assert_eq!(
+            closed(&a),
+            Some(&Close::TlsFailed("handshake timed out".into()))
+        );
+    }
+
+    #[test]
+    fn an_authenticated_stream_idles_out() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        assert_eq!(
+            p.m.poll_timeout(),
+            Some(p.at(600)),
+            "idle runs from accept at first"
+        );
+        p.el(100, &message("ana@remote.test", "bob@local.test"));
+        assert_eq!(
+            p.m.poll_timeout(),
+            Some(p.at(700)),
+            "each stanza restarts it"
+        );
+        p.m.timeout(p.at(650));
+        assert!(p.drain().is_empty());
+        p.m.timeout(p.at(700));
+        let a = p.drain();
+        assert_fault(&a, Fault::Idle, StreamCondition::ConnectionTimeout);
+        assert!(!Fault::Idle.is_negotiation_deadline());
+    }
+
+    #[test]
+    fn events_after_the_close_are_ignored() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.m.frame_error(FrameError::NotWellFormed("x".into()));
+        p.drain();
+        p.el(1, &message("a@remote.test", "b@local.test"));
+        p.m.verdict(REMOTE.into(), LOCAL.into(), Verdict::Valid, &mut p.world);
+        p.m.tls_established(p.at(1), CertStatus::Valid);
+        p.m.peer_closed();
+        p.m.reconfigured(settings(TlsMode::Required), None, &p.world);
+        assert!(p.drain().is_empty() && p.m.is_closed() && authed(&p).is_empty());
+    }
 }
