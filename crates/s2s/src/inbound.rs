@@ -8,8 +8,6 @@
 //! limiting and the logs administrators read.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,13 +15,14 @@ use causeway_xmpp::negotiation::inbound::{
     Action, Env, Inbound, Method, Settings, Warning, MAX_PENDING_VERIFICATIONS,
 };
 use causeway_xmpp::{negotiation, ns, Event, TopLevel};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Refusal, Source};
+use crate::accept::Admitted;
+use crate::admission::Refusal;
 use crate::sm::{self, InboundSm};
 use crate::throttle::Charged;
 use crate::transport::tls_summary;
@@ -35,82 +34,12 @@ use crate::{
 pub(crate) use causeway_xmpp::negotiation::clip;
 
 impl S2s {
-    /// Accept inbound s2s connections (STARTTLS) on `listener` until `shutdown` resolves.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        self.accept_loop(listener, false, shutdown).await;
-    }
-
-    /// Accept direct-TLS (XEP-0368) s2s connections on `listener` until `shutdown` resolves:
-    /// TLS first (ALPN `xmpp-server`), then the stream. Needs `tls_server`.
-    pub async fn serve_direct_tls(
+    pub(crate) async fn handle_inbound(
         self: Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        self.accept_loop(listener, true, shutdown).await;
-    }
-
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: TcpListener,
+        tcp: TcpStream,
         direct_tls: bool,
-        shutdown: impl Future<Output = ()>,
+        admitted: Admitted,
     ) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let (tcp, addr) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            warn!(module = LOG_MODULE, error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Some(admitted) = self.admit(addr) else {
-                        continue;
-                    };
-                    let s2s = self.clone();
-                    tokio::spawn(async move { s2s.handle_inbound(tcp, direct_tls, admitted).await });
-                }
-            }
-        }
-    }
-
-    /// A slot for a connection from `addr` (global, and unauthenticated per source), or None:
-    /// refused (the socket is dropped unread), counted, and logged at most once a minute per
-    /// source.
-    fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Admitted> {
-        let Ok(slot) = self.inbound_slots.clone().try_acquire_owned() else {
-            self.counters.refuse_connection(Refusal::MaxInbound);
-            warn!(module = LOG_MODULE, peer = %addr, limit = self.cfg().max_inbound, "too many inbound connections; refused");
-            return None;
-        };
-        let admitted = match self.admission.lock() {
-            Ok(mut a) => a.admit(addr.ip(), std::time::Instant::now()),
-            Err(_) => return None,
-        };
-        match admitted {
-            Ok(source) => Some(Admitted {
-                _slot: slot,
-                source: Some(SourceSlot {
-                    s2s: self.clone(),
-                    source,
-                }),
-            }),
-            Err(refused) => {
-                self.counters.refuse_connection(refused.why);
-                if refused.report {
-                    warn!(module = LOG_MODULE, peer = %addr, source = %Source::of(addr.ip()), limit = refused.why.as_str(), "inbound connection refused by a per-source limit (further refusals of this source are counted, and logged once a minute)");
-                }
-                None
-            }
-        }
-    }
-
-    async fn handle_inbound(self: Arc<Self>, tcp: TcpStream, direct_tls: bool, admitted: Admitted) {
         let cfg = self.cfg();
         let accepted = Instant::now();
         let mut conn = match XmlConn::new(tcp, cfg.limits) {
@@ -190,27 +119,6 @@ fn settings(cfg: &S2sConfig) -> Settings {
             authentication: cfg.deadlines.authentication,
             idle: cfg.idle_timeout,
         },
-    }
-}
-
-/// What an admitted connection holds until it closes: a global slot, and an unauthenticated
-/// slot of its source until it authenticates. Both are given back when dropped, on every path.
-struct Admitted {
-    _slot: OwnedSemaphorePermit,
-    source: Option<SourceSlot>,
-}
-
-/// An unauthenticated slot of a source, given back when dropped.
-struct SourceSlot {
-    s2s: Arc<S2s>,
-    source: Source,
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        if let Ok(mut a) = self.s2s.admission.lock() {
-            a.release(self.source);
-        }
     }
 }
 
@@ -743,6 +651,7 @@ mod tests {
     use crate::testing::{listening, TestHost};
     use crate::{OutboundStanza, Target};
     use causeway_xmpp::{dialback, StreamHeader};
+    use std::net::SocketAddr;
 
     const SECRET: &str = "secret-idn-0001";
 

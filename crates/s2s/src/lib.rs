@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use causeway_xmpp::{Limits, StanzaCondition};
 
+mod accept;
 pub mod addrfilter;
 pub mod admission;
 pub mod connect;
