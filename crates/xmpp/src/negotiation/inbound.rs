@@ -562,8 +562,8 @@ impl Inbound {
     /// A dialback verification started by [`Action::Verify`] ended.
     pub fn verdict(&mut self, remote: String, local: String, verdict: Verdict, env: &mut dyn Env) {
         let pair = (remote, local);
-        self.pending.remove(&pair);
-        if self.is_closed() {
+        // Only a verification this stream asked for may authenticate anything.
+        if !self.pending.remove(&pair) || self.is_closed() {
             return;
         }
         let (remote, local) = pair;
@@ -1675,6 +1675,14 @@ mod tests {
             "{a:?}"
         );
         assert!(authed(&p).is_empty());
+    }
+
+    #[test]
+    fn a_verdict_nobody_asked_for_authenticates_nothing() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.m.verdict(REMOTE.into(), LOCAL.into(), Verdict::Valid, &mut p.world);
+        assert!(p.drain().is_empty() && authed(&p).is_empty());
     }
 
     #[test]
