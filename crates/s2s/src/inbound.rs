@@ -303,10 +303,13 @@ impl InboundStream {
         }
     }
 
-    /// [`InboundStream::carry_out`], racing the machine's deadline: when it passes first,
-    /// the machine decides (and its closing words are written).
+    /// [`InboundStream::carry_out`], racing the machine's deadline while the stream is not
+    /// authenticated: when it passes first, the machine decides (and its closing words are
+    /// written). Once authenticated nothing is cut short (a delivery waiting for room must
+    /// not be dropped half-way); idleness is checked between inputs.
     async fn carry_out_in_time(&mut self) -> Result<(), String> {
-        let deadline = self.deadline();
+        let unauthenticated = self.machine.pairs().next().is_none();
+        let deadline = self.deadline().filter(|_| unauthenticated);
         let done = tokio::select! {
             done = self.carry_out() => Some(done),
             _ = sm::sleep_until_opt(deadline) => None,
