@@ -317,7 +317,12 @@ pub struct Inbound {
 impl Inbound {
     /// A connection accepted at `now`; `tls` is the certificate's worth when TLS came first;
     /// `error_id` goes on our header if a stream error has to precede the peer's.
-    pub fn new(settings: Settings, now: Instant, tls: Option<CertStatus>, error_id: String) -> Self {
+    pub fn new(
+        settings: Settings,
+        now: Instant,
+        tls: Option<CertStatus>,
+        error_id: String,
+    ) -> Self {
         let d = settings.deadlines;
         Self {
             phase: Phase::AwaitingHeader {
@@ -847,7 +852,12 @@ impl Inbound {
                 // as that domain with a stanza error, so the stream ends with <host-unknown/>
                 // (RFC 6120 4.9.3.6, as Prosody does): the peer learns at once instead of
                 // losing stanzas silently.
-                self.refused(from_domain, &to, Refusal::Unroutable, "to a domain not served here");
+                self.refused(
+                    from_domain,
+                    &to,
+                    Refusal::Unroutable,
+                    "to a domain not served here",
+                );
                 return self.fail(Fault::UnservedStanzaTo(to_domain));
             }
             let from = clip(from).into_owned();
@@ -872,7 +882,13 @@ impl Inbound {
     }
 
     /// Record `pair` as authenticated unless its domain has too many streams.
-    fn authenticate(&mut self, remote: String, local: String, method: Method, env: &mut dyn Env) -> bool {
+    fn authenticate(
+        &mut self,
+        remote: String,
+        local: String,
+        method: Method,
+        env: &mut dyn Env,
+    ) -> bool {
         if !env.count_stream(&remote) {
             return false;
         }
