@@ -5,6 +5,9 @@
 //! cannot hold up sends to any other. The task resolves and connects, negotiates STARTTLS,
 //! authenticates with dialback (XEP-0220, keys per XEP-0185) or SASL EXTERNAL, then writes
 //! queued stanzas in batches; when a stream ends with stanzas still queued it opens another.
+//! The negotiation's decisions and deadlines are [`causeway_xmpp::negotiation::outbound`]'s;
+//! [`S2s::negotiate`] only connects, reads, writes and sleeps for it (and serves the dialback
+//! verification connections of [`crate::verify`] the same way).
 //! A stanza that cannot be delivered is bounced to the [`crate::Host`]: `resource-constraint`
 //! when the queue is full, `remote-server-timeout` when it waited longer than the queue's age
 //! limit, `remote-server-not-found` (or the failure's own condition) when no session opens.
@@ -14,7 +17,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
-use causeway_xmpp::{dialback, ns, Element, Event, StanzaCondition, StreamCondition, StreamHeader};
+use causeway_xmpp::negotiation::inbound::Method;
+use causeway_xmpp::negotiation::outbound::{self as machine, Action, Failure, Outbound, Purpose};
+use causeway_xmpp::negotiation::Verdict;
+use causeway_xmpp::{ns, Element, Event, OutboundFault, StanzaCondition, StreamCondition};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
@@ -49,11 +55,71 @@ pub(crate) struct OpenError {
 }
 
 impl OpenError {
-    fn not_found(reason: impl Into<String>) -> Self {
+    fn new(fault: OutboundFault, reason: String) -> Self {
         Self {
-            condition: StanzaCondition::RemoteServerNotFound,
-            reason: reason.into(),
+            condition: fault.stanza_condition(),
+            reason,
         }
+    }
+
+    fn not_found(reason: impl Into<String>) -> Self {
+        Self::new(OutboundFault::Unreachable, reason.into())
+    }
+}
+
+/// How an outgoing negotiation ended well.
+pub(crate) enum Negotiated {
+    /// A session, authenticated: stanzas may flow.
+    Authenticated(Box<XmlConn>, Method),
+    /// A verification connection's answer.
+    Verified(Verdict),
+}
+
+/// The machine's settings from ours.
+fn machine_settings(cfg: &crate::S2sConfig) -> machine::Settings {
+    machine::Settings {
+        tls: cfg.tls_mode,
+        sasl_external: cfg.sasl_external,
+        presents_client_cert: cfg.presents_client_cert,
+        require_peer_certs: cfg.require_peer_certs,
+        dialback_secret: cfg.dialback_secret.clone(),
+        deadlines: causeway_xmpp::negotiation::Deadlines {
+            stream_header: cfg.deadlines.stream_header,
+            tls_handshake: cfg.deadlines.tls_handshake,
+            authentication: cfg.deadlines.authentication,
+            idle: cfg.idle_timeout,
+        },
+    }
+}
+
+/// What the peer's certificate names, for the machine.
+struct PeerCert<'a>(&'a XmlConn);
+
+impl machine::Env for PeerCert<'_> {
+    fn cert_covers(&self, domain: &str) -> bool {
+        S2s::cert_covers(self.0, domain)
+    }
+}
+
+/// `work`'s output, or None when `deadline` passes first.
+async fn within<F: Future>(deadline: Option<std::time::Instant>, work: F) -> Option<F::Output> {
+    tokio::select! {
+        out = work => Some(out),
+        _ = crate::sm::sleep_until_opt(deadline.map(Instant::from_std)) => None,
+    }
+}
+
+/// Write what the machine asks, within its deadline (last words, once it is done, within
+/// [`crate::deadlines::FINAL_WRITE`]); a failure goes back to it.
+async fn write_for(machine: &mut Outbound, conn: &mut XmlConn, bytes: &[u8]) {
+    let deadline = match machine.poll_timeout() {
+        Some(t) => t,
+        None => std::time::Instant::now() + crate::deadlines::FINAL_WRITE,
+    };
+    match within(Some(deadline), conn.send(bytes)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => machine.connection_failed(e.to_string()),
+        None => machine.timeout(std::time::Instant::now()),
     }
 }
 
@@ -220,25 +286,13 @@ impl S2s {
         // (a peer that authenticates and then drops us must not be redialled in a tight loop).
         let mut short_lived = 0u32;
         loop {
+            // The negotiation is bounded by its own deadlines (see `negotiate`).
             let opened = self
-                .bouncing_expired(
-                    &queue,
-                    tokio::time::timeout(
-                        self.cfg().deadlines.authentication,
-                        self.establish(&from, &to),
-                    ),
-                )
+                .bouncing_expired(&queue, self.establish(&from, &to))
                 .await;
             let (conn, entry) = match opened {
-                Ok(Ok(ok)) => ok,
-                Ok(Err(e)) => return self.fail_queue(&from, &to, &queue, generation, e).await,
-                Err(_) => {
-                    let e = OpenError {
-                        condition: StanzaCondition::RemoteServerTimeout,
-                        reason: "s2s negotiation timed out".into(),
-                    };
-                    return self.fail_queue(&from, &to, &queue, generation, e).await;
-                }
+                Ok(ok) => ok,
+                Err(e) => return self.fail_queue(&from, &to, &queue, generation, e).await,
             };
             let opened_at = Instant::now();
             let end = self
@@ -313,105 +367,125 @@ impl S2s {
         to: &str,
     ) -> Result<(XmlConn, Arc<SessionEntry>), OpenError> {
         if !self.host.peer_allowed(to, Direction::Outbound) {
-            return Err(OpenError {
-                condition: StanzaCondition::ServiceUnavailable,
-                reason: format!("{to} is not allowed by the federation policy"),
-            });
+            return Err(OpenError::new(
+                OutboundFault::PolicyRefused,
+                format!("{to} is not allowed by the federation policy"),
+            ));
         }
-        let (mut conn, header, features) = self.open_stream(from, to).await?;
+        let (conn, method) = match self.negotiate(from, to, Purpose::Session).await? {
+            Negotiated::Authenticated(conn, method) => (*conn, method),
+            Negotiated::Verified(_) => {
+                return Err(OpenError::not_found("a session ended in a verdict"))
+            }
+        };
         let entry = self.register(Direction::Outbound, conn.peer);
-        let tls = conn.tls.clone();
-        entry.update(|i| i.tls = tls);
-        match self
-            .authenticate_any(&mut conn, &header, features.as_ref(), from, to)
-            .await
-        {
-            Ok(method) => {
-                entry.update(|i| {
-                    i.auth = method;
-                    i.pairs.push((to.to_owned(), from.to_owned()));
-                });
-                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(&conn), auth = method, "s2s session authenticated");
-                Ok((conn, entry))
-            }
-            Err(e) => {
-                self.unregister(&entry);
-                Err(e)
+        let method = method.as_str();
+        entry.update(|i| {
+            i.tls = conn.tls.clone();
+            i.auth = method;
+            i.pairs.push((to.to_owned(), from.to_owned()));
+        });
+        info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(&conn), auth = method, "s2s session authenticated");
+        Ok((conn, entry))
+    }
+
+    /// Drive an outgoing negotiation ([`Outbound`]) as `from` with `to` for `purpose` (a
+    /// wiring function): connect (direct TLS first unless TLS is disabled), feed the machine
+    /// what the connection says and carry out what it asks, each wait bounded by its
+    /// deadline. Used for sessions and verification connections.
+    pub(crate) async fn negotiate(
+        &self,
+        from: &str,
+        to: &str,
+        purpose: Purpose,
+    ) -> Result<Negotiated, OpenError> {
+        let cfg = self.cfg();
+        let mut machine = Outbound::new(
+            machine_settings(&cfg),
+            from,
+            to,
+            purpose,
+            std::time::Instant::now(),
+        );
+        let mut direct = cfg.tls_mode != TlsMode::Disabled;
+        'connect: loop {
+            let Some(opened) = within(machine.poll_timeout(), self.connect(to, direct)).await
+            else {
+                machine.timeout(std::time::Instant::now());
+                return self.drain_ended(&mut machine);
+            };
+            direct = false;
+            let mut conn = opened?;
+            let cert = conn.tls.is_some().then(|| self.cert_status(&conn, false));
+            machine.started(conn.peer, cert);
+            loop {
+                while let Some(action) = machine.poll_action() {
+                    match action {
+                        Action::Send(bytes) => {
+                            write_for(&mut machine, &mut conn, bytes.as_bytes()).await
+                        }
+                        Action::StartTls => self.start_tls(&mut machine, &mut conn, to).await,
+                        Action::RestartStream => conn.restart(),
+                        Action::Reconnect(reason) => {
+                            debug!(module = LOG_MODULE, remote = %to, reason = %reason, "direct TLS failed; trying STARTTLS");
+                            continue 'connect;
+                        }
+                        Action::Note(note) => {
+                            debug!(module = LOG_MODULE, remote = %to, note = ?note, "s2s negotiation");
+                        }
+                        Action::Close => conn.shutdown().await,
+                        Action::Authenticated { method } => {
+                            return Ok(Negotiated::Authenticated(Box::new(conn), method))
+                        }
+                        Action::Verified(verdict) => return Ok(Negotiated::Verified(verdict)),
+                        Action::Failed(failure) => return Err(self.failed(failure)),
+                    }
+                }
+                let event = within(machine.poll_timeout(), conn.next_event()).await;
+                let now = std::time::Instant::now();
+                let cert = PeerCert(&conn);
+                match event {
+                    None => machine.timeout(now),
+                    Some(Ok(Event::StreamOpen(h))) => machine.header(&h, &cert),
+                    Some(Ok(Event::Element(tl))) => machine.element(now, &tl.element, &cert),
+                    Some(Ok(Event::StreamClose)) => machine.peer_closed(),
+                    Some(Err(crate::ConnError::Frame(e))) => machine.frame_error(&e),
+                    Some(Err(e)) => machine.connection_failed(e.to_string()),
+                }
             }
         }
     }
 
-    /// Check the peer's certificate, then authenticate as `from`: SASL EXTERNAL where the peer
-    /// offers it and we present a certificate, dialback otherwise (also after a SASL failure,
-    /// on the same stream). Returns the method used.
-    async fn authenticate_any(
-        &self,
-        conn: &mut XmlConn,
-        header: &StreamHeader,
-        features: Option<&Element>,
-        from: &str,
-        to: &str,
-    ) -> Result<&'static str, OpenError> {
-        if self.cfg().require_peer_certs {
-            let status = self.cert_status(conn, false);
-            if status != crate::CertStatus::Valid || !S2s::cert_covers(conn, to) {
-                close_with(
-                    conn,
-                    StreamCondition::PolicyViolation,
-                    "certificate not trusted",
-                )
-                .await;
-                return Err(OpenError::not_found(format!(
-                    "{to} ({}) presented no valid certificate for its domain: {status:?}",
-                    conn.peer
-                )));
+    /// The end of a negotiation that was given up before it had a connection.
+    fn drain_ended(&self, machine: &mut Outbound) -> Result<Negotiated, OpenError> {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::Verified(verdict) => return Ok(Negotiated::Verified(verdict)),
+                Action::Failed(failure) => return Err(self.failed(failure)),
+                _ => {}
             }
         }
-        let offers_external = features
-            .and_then(|f| f.child("mechanisms", ns::SASL))
-            .is_some_and(|m| m.elements().any(|e| e.text() == "EXTERNAL"));
-        let try_external =
-            offers_external && self.cfg().sasl_external && self.cfg().presents_client_cert;
-        if try_external && self.sasl_external(conn, from, to).await? {
-            return Ok("SASL EXTERNAL");
-        }
-        self.authenticate(conn, header, from, to).await?;
-        Ok("dialback")
+        Err(OpenError::not_found(
+            "s2s negotiation ended without a result",
+        ))
     }
 
-    /// SASL EXTERNAL as initiator; Ok(false) when the peer refused (dialback may follow).
-    async fn sasl_external(
-        &self,
-        conn: &mut XmlConn,
-        from: &str,
-        to: &str,
-    ) -> Result<bool, OpenError> {
-        use base64::Engine;
-        let authzid = base64::engine::general_purpose::STANDARD.encode(from);
-        let auth = Element::new("auth", ns::SASL)
-            .with_attr("mechanism", "EXTERNAL")
-            .with_text(&authzid);
-        conn.send(auth.to_xml(ns::SERVER).as_bytes()).await?;
-        let answer = next_element(conn).await?;
-        if answer.is("success", ns::SASL) {
-            conn.restart();
-            exchange_headers(conn, from, to).await?;
-            return Ok(true);
+    fn failed(&self, failure: Failure) -> OpenError {
+        if failure.fault == OutboundFault::DialbackInvalid {
+            self.counters
+                .dialback_failures
+                .fetch_add(1, Ordering::Relaxed);
         }
-        debug!(module = LOG_MODULE, remote = %to, answer = %answer.name, "SASL EXTERNAL refused; falling back to dialback");
-        Ok(false)
+        OpenError::new(failure.fault, failure.reason)
     }
 
-    /// Connect to `to`'s servers and negotiate STARTTLS; returns the stream after the last
-    /// restart with the peer's header and features. Used for sessions and verify connections.
-    pub(crate) async fn open_stream(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<(XmlConn, StreamHeader, Option<Element>), OpenError> {
-        if self.cfg().tls_mode != TlsMode::Disabled {
-            match self.open_direct_tls(from, to).await {
-                Ok(Some(opened)) => return Ok(opened),
+    /// A connection to `to`'s servers: XEP-0368 direct TLS to its `_xmpps-server` endpoints
+    /// first when `direct` (and it has any), plain TCP to its `_xmpp-server` ones otherwise or
+    /// when that fails.
+    async fn connect(&self, to: &str, direct: bool) -> Result<XmlConn, OpenError> {
+        if direct {
+            match self.connect_direct_tls(to).await {
+                Ok(Some(conn)) => return Ok(conn),
                 Ok(None) => {}
                 Err(e) => {
                     debug!(module = LOG_MODULE, remote = %to, reason = %e.reason, "direct TLS failed; trying STARTTLS");
@@ -423,54 +497,11 @@ impl S2s {
             .connect_targets(to, &targets)
             .await
             .map_err(OpenError::not_found)?;
-        let mut conn = XmlConn::new(tcp, self.cfg().limits)?;
-        let (header, features) = exchange_headers(&mut conn, from, to).await?;
-        let offers_tls = features
-            .as_ref()
-            .is_some_and(|f| f.child("starttls", ns::TLS).is_some());
-        match (offers_tls, self.cfg().tls_mode) {
-            (_, TlsMode::Disabled) | (false, TlsMode::Optional) => {
-                return Ok((conn, header, features))
-            }
-            (false, TlsMode::Required) => {
-                close_with(
-                    &mut conn,
-                    StreamCondition::PolicyViolation,
-                    "TLS is required",
-                )
-                .await;
-                return Err(OpenError::not_found(format!(
-                    "{to} ({}) does not offer STARTTLS and TLS is required",
-                    conn.peer
-                )));
-            }
-            (true, _) => {}
-        }
-        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            .await?;
-        match next_element(&mut conn).await? {
-            el if el.is("proceed", ns::TLS) => {}
-            el => {
-                return Err(OpenError::not_found(format!(
-                    "STARTTLS refused by {to}: <{}/>",
-                    el.name
-                )))
-            }
-        }
-        if let Err(e) = conn.connect_tls(self.cfg().tls_client.clone(), to).await {
-            self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
-        }
-        let (header, features) = exchange_headers(&mut conn, from, to).await?;
-        Ok((conn, header, features))
+        Ok(XmlConn::new(tcp, self.cfg().limits)?)
     }
 
     /// XEP-0368: TLS from the first byte to `to`'s `_xmpps-server` endpoints, if it has any.
-    async fn open_direct_tls(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<Option<(XmlConn, StreamHeader, Option<Element>)>, OpenError> {
+    async fn connect_direct_tls(&self, to: &str) -> Result<Option<XmlConn>, OpenError> {
         let targets = self.host.resolve_direct_tls(to).await;
         if targets.is_empty() {
             return Ok(None);
@@ -487,50 +518,23 @@ impl S2s {
             return Err(e.into());
         }
         conn.mark_direct_tls();
-        let (header, features) = exchange_headers(&mut conn, from, to).await?;
-        Ok(Some((conn, header, features)))
+        Ok(Some(conn))
     }
 
-    /// Dialback as originating server: send our key, await the verdict.
-    async fn authenticate(
-        &self,
-        conn: &mut XmlConn,
-        header: &StreamHeader,
-        from: &str,
-        to: &str,
-    ) -> Result<(), OpenError> {
-        let id = header
-            .id
-            .as_deref()
-            .ok_or_else(|| OpenError::not_found(format!("{to} sent no stream id")))?;
-        let key = dialback::dialback_key(&self.cfg().dialback_secret, to, from, id);
-        let request = dialback::result_request(from, to, &key).to_xml(ns::SERVER);
-        conn.send(request.as_bytes()).await?;
-        loop {
-            let el = next_element(conn).await?;
-            if !el.is("result", ns::DIALBACK) {
-                debug!(module = LOG_MODULE, remote = %to, element = %el.name, "ignored while awaiting dialback result");
-                continue;
+    /// The client side of STARTTLS, within the machine's deadline; the outcome goes back to
+    /// the machine.
+    async fn start_tls(&self, machine: &mut Outbound, conn: &mut XmlConn, to: &str) {
+        let handshake = conn.connect_tls(self.cfg().tls_client.clone(), to);
+        match within(machine.poll_timeout(), handshake).await {
+            Some(Ok(())) => machine.tls_established(self.cert_status(conn, false)),
+            Some(Err(e)) => {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                machine.tls_failed(e.to_string());
             }
-            return match el.attr("type") {
-                Some("valid") => Ok(()),
-                Some("invalid") => {
-                    self.counters
-                        .dialback_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    Err(OpenError::not_found(format!(
-                        "{to} refused our dialback key for {from}"
-                    )))
-                }
-                other => Err(OpenError::not_found(format!(
-                    "dialback error from {to}: type={other:?} {}",
-                    el.elements()
-                        .flat_map(|e| e.elements())
-                        .map(|e| e.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ))),
-            };
+            None => {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                machine.timeout(std::time::Instant::now());
+            }
         }
     }
 
@@ -746,64 +750,8 @@ fn normalized(stanza: OutboundStanza) -> Result<OutboundStanza, OutboundStanza> 
     }
 }
 
-/// Send our header, read the peer's header and (for version 1.0) its features.
-async fn exchange_headers(
-    conn: &mut XmlConn,
-    from: &str,
-    to: &str,
-) -> Result<(StreamHeader, Option<Element>), OpenError> {
-    let ours = StreamHeader {
-        to: Some(to.to_owned()),
-        from: Some(from.to_owned()),
-        version: Some("1.0".into()),
-        default_ns: ns::SERVER.into(),
-        ..Default::default()
-    };
-    conn.send(ours.to_xml().as_bytes()).await?;
-    let theirs = match conn.next_event().await? {
-        Event::StreamOpen(h) => h,
-        _ => return Err(OpenError::not_found("expected a stream header")),
-    };
-    if theirs.version.as_deref() != Some("1.0") {
-        return Ok((theirs, None));
-    }
-    let features = next_element(conn).await?;
-    if !features.is("features", ns::STREAM) {
-        if features.is("error", ns::STREAM) {
-            let (cond, text) = causeway_xmpp::error::parse_stream_error(&features);
-            return Err(OpenError::not_found(format!(
-                "stream error from {to}: {} {}",
-                cond.as_str(),
-                text.unwrap_or_default()
-            )));
-        }
-        return Err(OpenError::not_found(format!(
-            "expected stream features from {to}, got <{}/>",
-            features.name
-        )));
-    }
-    Ok((theirs, Some(features)))
-}
-
-/// The next top-level element; a stream error or close is an error.
-pub(crate) async fn next_element(conn: &mut XmlConn) -> Result<Element, OpenError> {
-    match conn.next_event().await? {
-        Event::Element(tl) if tl.element.is("error", ns::STREAM) => {
-            let (cond, text) = causeway_xmpp::error::parse_stream_error(&tl.element);
-            Err(OpenError::not_found(format!(
-                "stream error: {} {}",
-                cond.as_str(),
-                text.unwrap_or_default()
-            )))
-        }
-        Event::Element(tl) => Ok(tl.element),
-        Event::StreamClose => Err(OpenError::not_found("stream closed by peer")),
-        Event::StreamOpen(_) => Err(OpenError::not_found("unexpected stream header")),
-    }
-}
-
 /// Send a stream error and close (the header was already exchanged).
-pub(crate) async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: &str) {
+async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: &str) {
     let mut out = causeway_xmpp::error::stream_error(cond, Some(text));
     out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
     let _ = conn.send(out.as_bytes()).await;
