@@ -314,7 +314,7 @@ impl FrameError {
     }
 }
 
-/// Why an outgoing s2s negotiation ([`crate::negotiation::outbound`]) failed, and, in
+/// Why an outgoing s2s negotiation (the `negotiation::outbound` machine) failed, and, in
 /// [`OutboundFault::stream_condition`] and [`OutboundFault::stanza_condition`], the one place
 /// that decides what answers it: the stream error we send before closing (if any) and the
 /// stanza error the stanzas queued for the pair are bounced with. The display text goes into
