@@ -402,7 +402,7 @@ impl OutboundFault {
 }
 
 /// Why negotiation ends a stream with a stream error: every fault the negotiation state machines
-/// ([`crate::negotiation`]) can close a stream for, and, in [`Fault::condition`], the one place
+/// (the `negotiation` module) can close a stream for, and, in [`Fault::condition`], the one place
 /// that decides which RFC 6120 condition answers it. The display text goes into the error's
 /// `<text/>` and the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
