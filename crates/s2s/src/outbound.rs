@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
 use causeway_xmpp::negotiation::inbound::Method;
-use causeway_xmpp::negotiation::outbound::{self as machine, Action, Failure, Outbound, Purpose};
+use causeway_xmpp::negotiation::outbound::{
+    self as machine, Action, Failure, Note, Outbound, Purpose,
+};
 use causeway_xmpp::negotiation::Verdict;
 use causeway_xmpp::{ns, Element, Event, OutboundFault, StanzaCondition, StreamCondition};
 use tokio::time::{sleep_until, Instant};
@@ -430,9 +432,7 @@ impl S2s {
                             debug!(module = LOG_MODULE, remote = %to, reason = %reason, "direct TLS failed; trying STARTTLS");
                             continue 'connect;
                         }
-                        Action::Note(note) => {
-                            debug!(module = LOG_MODULE, remote = %to, note = ?note, "s2s negotiation");
-                        }
+                        Action::Note(note) => log_note(to, note),
                         Action::Close => conn.shutdown().await,
                         Action::Authenticated { method } => {
                             return Ok(Negotiated::Authenticated(Box::new(conn), method))
@@ -747,6 +747,18 @@ fn normalized(stanza: OutboundStanza) -> Result<OutboundStanza, OutboundStanza> 
             ..stanza
         }),
         _ => Err(stanza),
+    }
+}
+
+/// The machine's notes, as the debug lines they always were.
+fn log_note(to: &str, note: Note) {
+    match note {
+        Note::SaslRefused { answer } => {
+            debug!(module = LOG_MODULE, remote = %to, answer = %answer, "SASL EXTERNAL refused; falling back to dialback");
+        }
+        Note::Ignored { element } => {
+            debug!(module = LOG_MODULE, remote = %to, element = %element, "ignored while awaiting dialback result");
+        }
     }
 }
 
