@@ -23,7 +23,7 @@ use causeway_xmpp::negotiation::outbound::{
 };
 use causeway_xmpp::negotiation::Verdict;
 use causeway_xmpp::{ns, Element, Event, OutboundFault, StanzaCondition, StreamCondition};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::queue::{PairQueue, PushError};
@@ -69,10 +69,17 @@ impl OpenError {
     }
 }
 
+/// An authenticated session's connection and machine.
+pub(crate) struct Opened {
+    conn: XmlConn,
+    machine: Outbound,
+    method: Method,
+}
+
 /// How an outgoing negotiation ended well.
 pub(crate) enum Negotiated {
     /// A session, authenticated: stanzas may flow.
-    Authenticated(Box<XmlConn>, Method),
+    Authenticated(Box<Opened>),
     /// A verification connection's answer.
     Verified(Verdict),
 }
@@ -91,15 +98,38 @@ fn machine_settings(cfg: &crate::S2sConfig) -> machine::Settings {
             authentication: cfg.deadlines.authentication,
             idle: cfg.idle_timeout,
         },
+        keepalive: cfg.keepalive,
+        ping_interval: cfg.ping_interval,
+        ping_timeout: cfg.ping_timeout,
     }
 }
 
-/// What the peer's certificate names, for the machine.
-struct PeerCert<'a>(&'a XmlConn);
+/// The world as the machine asks about it: the connection's certificate (none before
+/// connecting) and whether we hold back the peer's own streams.
+struct World<'a> {
+    s2s: &'a S2s,
+    conn: Option<&'a XmlConn>,
+    to: &'a str,
+}
 
-impl machine::Env for PeerCert<'_> {
+impl machine::Env for World<'_> {
     fn cert_covers(&self, domain: &str) -> bool {
-        S2s::cert_covers(self.0, domain)
+        self.conn.is_some_and(|c| S2s::cert_covers(c, domain))
+    }
+    fn inbound_held_back(&self) -> bool {
+        self.s2s.inbound_held_back(self.to)
+    }
+}
+
+/// Feed the machine what the connection said.
+fn feed(machine: &mut Outbound, event: Result<Event, crate::ConnError>, world: &World<'_>) {
+    let now = std::time::Instant::now();
+    match event {
+        Ok(Event::StreamOpen(h)) => machine.header(now, &h, world),
+        Ok(Event::Element(tl)) => machine.element(now, &tl.element, world),
+        Ok(Event::StreamClose) => machine.peer_closed(),
+        Err(crate::ConnError::Frame(e)) => machine.frame_error(&e),
+        Err(e) => machine.connection_failed(e.to_string()),
     }
 }
 
@@ -108,20 +138,6 @@ async fn within<F: Future>(deadline: Option<std::time::Instant>, work: F) -> Opt
     tokio::select! {
         out = work => Some(out),
         _ = crate::sm::sleep_until_opt(deadline.map(Instant::from_std)) => None,
-    }
-}
-
-/// Write what the machine asks, within its deadline (last words, once it is done, within
-/// [`crate::deadlines::FINAL_WRITE`]); a failure goes back to it.
-async fn write_for(machine: &mut Outbound, conn: &mut XmlConn, bytes: &[u8]) {
-    let deadline = match machine.poll_timeout() {
-        Some(t) => t,
-        None => std::time::Instant::now() + crate::deadlines::FINAL_WRITE,
-    };
-    match within(Some(deadline), conn.send(bytes)).await {
-        Some(Ok(())) => {}
-        Some(Err(e)) => machine.connection_failed(e.to_string()),
-        None => machine.timeout(std::time::Instant::now()),
     }
 }
 
@@ -292,13 +308,14 @@ impl S2s {
             let opened = self
                 .bouncing_expired(&queue, self.establish(&from, &to))
                 .await;
-            let (conn, entry) = match opened {
+            let (opened, entry) = match opened {
                 Ok(ok) => ok,
                 Err(e) => return self.fail_queue(&from, &to, &queue, generation, e).await,
             };
             let opened_at = Instant::now();
+            let Opened { conn, machine, .. } = *opened;
             let end = self
-                .stream_stanzas(conn, &entry, &queue, (&from, &to))
+                .stream_stanzas(conn, machine, &entry, &queue, (&from, &to))
                 .await;
             self.unregister(&entry);
             info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %end, "s2s session closed");
@@ -367,28 +384,29 @@ impl S2s {
         &self,
         from: &str,
         to: &str,
-    ) -> Result<(XmlConn, Arc<SessionEntry>), OpenError> {
+    ) -> Result<(Box<Opened>, Arc<SessionEntry>), OpenError> {
         if !self.host.peer_allowed(to, Direction::Outbound) {
             return Err(OpenError::new(
                 OutboundFault::PolicyRefused,
                 format!("{to} is not allowed by the federation policy"),
             ));
         }
-        let (conn, method) = match self.negotiate(from, to, Purpose::Session).await? {
-            Negotiated::Authenticated(conn, method) => (*conn, method),
+        let opened = match self.negotiate(from, to, Purpose::Session).await? {
+            Negotiated::Authenticated(opened) => opened,
             Negotiated::Verified(_) => {
                 return Err(OpenError::not_found("a session ended in a verdict"))
             }
         };
+        let conn = &opened.conn;
         let entry = self.register(Direction::Outbound, conn.peer);
-        let method = method.as_str();
+        let method = opened.method.as_str();
         entry.update(|i| {
             i.tls = conn.tls.clone();
             i.auth = method;
             i.pairs.push((to.to_owned(), from.to_owned()));
         });
-        info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(&conn), auth = method, "s2s session authenticated");
-        Ok((conn, entry))
+        info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(conn), auth = method, "s2s session authenticated");
+        Ok((opened, entry))
     }
 
     /// Drive an outgoing negotiation ([`Outbound`]) as `from` with `to` for `purpose` (a
@@ -413,7 +431,12 @@ impl S2s {
         'connect: loop {
             let Some(opened) = within(machine.poll_timeout(), self.connect(to, direct)).await
             else {
-                machine.timeout(std::time::Instant::now());
+                let world = World {
+                    s2s: self,
+                    conn: None,
+                    to,
+                };
+                machine.timeout(std::time::Instant::now(), &world);
                 return self.drain_ended(&mut machine);
             };
             direct = false;
@@ -424,7 +447,8 @@ impl S2s {
                 while let Some(action) = machine.poll_action() {
                     match action {
                         Action::Send(bytes) => {
-                            write_for(&mut machine, &mut conn, bytes.as_bytes()).await
+                            self.write_for(&mut machine, &mut conn, bytes.as_bytes(), to)
+                                .await
                         }
                         Action::StartTls => self.start_tls(&mut machine, &mut conn, to).await,
                         Action::RestartStream => conn.restart(),
@@ -435,22 +459,28 @@ impl S2s {
                         Action::Note(note) => log_note(to, note),
                         Action::Close => conn.shutdown().await,
                         Action::Authenticated { method } => {
-                            return Ok(Negotiated::Authenticated(Box::new(conn), method))
+                            let opened = Opened {
+                                conn,
+                                machine,
+                                method,
+                            };
+                            return Ok(Negotiated::Authenticated(Box::new(opened)));
                         }
                         Action::Verified(verdict) => return Ok(Negotiated::Verified(verdict)),
                         Action::Failed(failure) => return Err(self.failed(failure)),
+                        // Only once authenticated, when `stream_stanzas` has the machine.
+                        Action::Ping | Action::Ended(_) | Action::PeerDead(_) => {}
                     }
                 }
                 let event = within(machine.poll_timeout(), conn.next_event()).await;
-                let now = std::time::Instant::now();
-                let cert = PeerCert(&conn);
+                let world = World {
+                    s2s: self,
+                    conn: Some(&conn),
+                    to,
+                };
                 match event {
-                    None => machine.timeout(now),
-                    Some(Ok(Event::StreamOpen(h))) => machine.header(&h, &cert),
-                    Some(Ok(Event::Element(tl))) => machine.element(now, &tl.element, &cert),
-                    Some(Ok(Event::StreamClose)) => machine.peer_closed(),
-                    Some(Err(crate::ConnError::Frame(e))) => machine.frame_error(&e),
-                    Some(Err(e)) => machine.connection_failed(e.to_string()),
+                    None => machine.timeout(std::time::Instant::now(), &world),
+                    Some(event) => feed(&mut machine, event, &world),
                 }
             }
         }
@@ -533,28 +563,99 @@ impl S2s {
             }
             None => {
                 self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
-                machine.timeout(std::time::Instant::now());
+                let world = World {
+                    s2s: self,
+                    conn: None,
+                    to,
+                };
+                machine.timeout(std::time::Instant::now(), &world);
             }
         }
     }
 
-    /// Write queued stanzas until the stream ends or the session idles out.
+    /// Write what the negotiating machine asks, within its deadline (last words, once it is
+    /// done, within [`crate::deadlines::FINAL_WRITE`]); a failure goes back to it.
+    async fn write_for(&self, machine: &mut Outbound, conn: &mut XmlConn, bytes: &[u8], to: &str) {
+        let deadline = match machine.poll_timeout() {
+            Some(t) => t,
+            None => std::time::Instant::now() + crate::deadlines::FINAL_WRITE,
+        };
+        match within(Some(deadline), conn.send(bytes)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => machine.connection_failed(e.to_string()),
+            None => {
+                let world = World {
+                    s2s: self,
+                    conn: None,
+                    to,
+                };
+                machine.timeout(std::time::Instant::now(), &world);
+            }
+        }
+    }
+
+    /// Write queued stanzas until the stream ends (a wiring function): the machine keeps the
+    /// session's timers (keepalive, idle, pings) and reads what the peer says; this writes the
+    /// batches, pings and whitespace it asks for, and watches reconfiguration and the closer.
     /// Returns why it ended.
     async fn stream_stanzas(
         &self,
         mut conn: XmlConn,
+        mut machine: Outbound,
         entry: &SessionEntry,
         queue: &PairQueue,
         (from, to): (&str, &str),
     ) -> String {
-        let cfg = self.cfg();
         let mut generation = self.generation.subscribe();
-        let mut idle_deadline = Instant::now() + cfg.idle_timeout;
-        let mut keepalive_deadline = Instant::now() + cfg.keepalive;
-        let mut ping_at = Instant::now() + cfg.ping_interval;
         let mut pong: Option<Pong> = None;
         let mut bytes: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    Action::Send(data) if machine.is_done() => {
+                        // Last words (our closing tag).
+                        let _ = conn.send(data.as_bytes()).await;
+                    }
+                    Action::Send(data) => {
+                        let written = self
+                            .bouncing_expired(
+                                queue,
+                                self.write_or_dead(&mut conn, data.as_bytes(), to),
+                            )
+                            .await;
+                        if let Err(e) = written {
+                            return e;
+                        }
+                    }
+                    Action::Ping => {
+                        let (ping, waiter) = self.new_ping(from, to);
+                        let written = self
+                            .bouncing_expired(
+                                queue,
+                                self.write_or_dead(&mut conn, ping.payload.as_bytes(), to),
+                            )
+                            .await;
+                        if let Err(e) = written {
+                            return e;
+                        }
+                        pong = Some(Pong {
+                            id: ping.id,
+                            answered: waiter,
+                        });
+                    }
+                    Action::Close => conn.shutdown().await,
+                    Action::Ended(why) => return why,
+                    Action::PeerDead(why) => {
+                        if let Some(p) = pong.take() {
+                            if let Ok(mut m) = self.pings.lock() {
+                                m.remove(&p.id);
+                            }
+                        }
+                        return self.peer_dead(&mut conn, to, why).await;
+                    }
+                    _ => {}
+                }
+            }
             let batch = queue.take_batch(BATCH_BYTES);
             if !batch.is_empty() {
                 bytes.clear();
@@ -573,26 +674,11 @@ impl S2s {
                 entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
                 self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
                 entry.touch();
-                idle_deadline = Instant::now() + cfg.idle_timeout;
-                keepalive_deadline = Instant::now() + cfg.keepalive;
+                machine.written(std::time::Instant::now());
                 continue;
             }
-            let pong_deadline = pong.as_ref().map_or(ping_at, |p| p.deadline);
             tokio::select! {
-                ev = conn.next_event() => match ev {
-                    Ok(Event::Element(tl)) if tl.element.is("error", ns::STREAM) => {
-                        let (cond, text) = causeway_xmpp::error::parse_stream_error(&tl.element);
-                        return format!("stream error from peer: {} {}", cond.as_str(), text.unwrap_or_default());
-                    }
-                    Ok(Event::Element(_)) => continue,
-                    Ok(Event::StreamClose) => {
-                        let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
-                        conn.shutdown().await;
-                        return "closed by peer".into();
-                    }
-                    Ok(Event::StreamOpen(_)) => return "unexpected stream restart".into(),
-                    Err(e) => return e.to_string(),
-                },
+                ev = conn.next_event() => feed(&mut machine, ev, &World { s2s: self, conn: Some(&conn), to }),
                 _ = queue.pushed() => continue,
                 Ok(()) = generation.changed() => {
                     if let Some(why) = self.still_allowed(&conn, to) {
@@ -601,53 +687,16 @@ impl S2s {
                         return format!("closed by reconfiguration: {why}");
                     }
                 },
-                _ = sleep_until(ping_at), if pong.is_none() => {
-                    let (ping, waiter) = self.new_ping(from, to);
-                    let written = self
-                        .bouncing_expired(queue, self.write_or_dead(&mut conn, ping.payload.as_bytes(), to))
-                        .await;
-                    if let Err(e) = written {
-                        return e;
-                    }
-                    pong = Some(Pong { id: ping.id, answered: waiter, deadline: Instant::now() + cfg.ping_timeout });
-                    ping_at = Instant::now() + cfg.ping_interval;
-                },
                 _ = entry.closer.notified() => {
                     conn.abort();
                     return "closed: its server was found unresponsive or removed".into();
                 },
                 _ = wait_pong(&mut pong) => {
                     pong = None;
+                    machine.pong(std::time::Instant::now());
                 },
-                _ = sleep_until(pong_deadline), if pong.is_some() => {
-                    if self.inbound_held_back(to) {
-                        // We are not reading its streams (inbound rate limit): the answer may
-                        // wait behind what we hold back. Not a sign of death; wait on.
-                        if let Some(p) = pong.as_mut() {
-                            p.deadline = Instant::now() + cfg.ping_timeout;
-                        }
-                        continue;
-                    }
-                    if let Some(p) = pong.take() {
-                        if let Ok(mut m) = self.pings.lock() {
-                            m.remove(&p.id);
-                        }
-                    }
-                    return self.peer_dead(&mut conn, to, "no answer to a ping").await;
-                },
-                _ = sleep_until(keepalive_deadline) => {
-                    let written = self
-                        .bouncing_expired(queue, self.write_or_dead(&mut conn, b" ", to))
-                        .await;
-                    if let Err(e) = written {
-                        return e;
-                    }
-                    keepalive_deadline = Instant::now() + cfg.keepalive;
-                },
-                _ = sleep_until(idle_deadline) => {
-                    let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
-                    conn.shutdown().await;
-                    return "idle".into();
+                _ = crate::sm::sleep_until_opt(machine.poll_timeout().map(Instant::from_std)) => {
+                    machine.timeout(std::time::Instant::now(), &World { s2s: self, conn: Some(&conn), to });
                 },
             }
         }
@@ -697,11 +746,10 @@ struct Ping {
     payload: String,
 }
 
-/// A ping awaiting its answer.
+/// A ping awaiting its answer (its deadline is the machine's).
 struct Pong {
     id: String,
     answered: tokio::sync::oneshot::Receiver<()>,
-    deadline: Instant,
 }
 
 /// Resolves when the outstanding ping (if any) is answered; never when there is none.

@@ -2,7 +2,9 @@
 //! features, STARTTLS (and its refusal under [`TlsMode::Required`]), the peer certificate
 //! check of `require_peer_certs`, SASL EXTERNAL (XEP-0178) with dialback after a refusal on the
 //! same stream, dialback as originating server (XEP-0220 2.1), the fallback from direct TLS
-//! (XEP-0368) to STARTTLS, and the TLS handshake and authentication deadlines.
+//! (XEP-0368) to STARTTLS, and the TLS handshake and authentication deadlines; then, on an
+//! authenticated session, the timers that keep it alive or end it: whitespace keepalives, the
+//! idle close and XEP-0199 pings with their answer deadline.
 //!
 //! One machine serves two purposes ([`Purpose`]): a session, which authenticates `from` to
 //! `to` and then carries stanzas, and a verification connection, which asks `to`'s
@@ -22,16 +24,21 @@
 //! 4. After each call, drain [`Outbound::poll_action`] and carry the actions out in order; then
 //!    sleep until [`Outbound::poll_timeout`] (or the next event).
 //! 5. After [`Action::Reconnect`], drop the connection and call [`Outbound::started`] again
-//!    with a plain one. Stop after [`Action::Authenticated`], [`Action::Verified`] or
-//!    [`Action::Failed`]: every later call is ignored.
+//!    with a plain one. A verification connection ends with [`Action::Verified`], a session
+//!    that could not be opened with [`Action::Failed`].
+//! 6. After [`Action::Authenticated`] the session carries stanzas: the driver writes them and
+//!    says so with [`Outbound::written`], reports the answer to an [`Action::Ping`] with
+//!    [`Outbound::pong`], and goes on feeding peer events and timeouts until
+//!    [`Action::Ended`] or [`Action::PeerDead`].
 //!
-//! What the machine needs to know of the world it asks through [`Env`]: what the peer's
-//! certificate names. Which condition answers which failure is decided in
+//! Every call after the end is ignored. What the machine needs to know of the world it asks
+//! through [`Env`]: what the peer's certificate names, and whether we are holding back the
+//! peer's own streams. Which condition answers which failure is decided in
 //! [`crate::error::OutboundFault`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{parse_stream_error, stream_error, OutboundFault};
 use crate::negotiation::inbound::Method;
@@ -52,14 +59,23 @@ pub struct Settings {
     /// The secret our dialback keys are made with (XEP-0185).
     pub dialback_secret: String,
     /// The deadlines: `authentication` bounds the whole negotiation, `tls_handshake` each
-    /// STARTTLS handshake.
+    /// STARTTLS handshake, `idle` an authenticated session without a stanza written.
     pub deadlines: Deadlines,
+    /// A whitespace keepalive after this long without writing.
+    pub keepalive: Duration,
+    /// An XEP-0199 ping this often...
+    pub ping_interval: Duration,
+    /// ...and the peer is dead when no answer comes within this.
+    pub ping_timeout: Duration,
 }
 
 /// The world as the machine sees it, asked at the moment of each decision.
 pub trait Env {
     /// The peer's certificate names `domain` (RFC 6125); false without one.
     fn cert_covers(&self, domain: &str) -> bool;
+    /// We are not reading the peer's own streams now (an inbound rate limit): its answer to
+    /// a ping may wait behind what we hold back, so a late one is no sign of death.
+    fn inbound_held_back(&self) -> bool;
 }
 
 /// What the connection is for.
@@ -128,6 +144,14 @@ pub enum Action {
     Verified(Verdict),
     /// The session could not be opened (after any [`Action::Close`]): drop the connection.
     Failed(Failure),
+    /// Send an XEP-0199 ping to the peer (registered, so that its answer is reported with
+    /// [`Outbound::pong`]).
+    Ping,
+    /// The authenticated session is over (after any [`Action::Close`]); the string says why.
+    Ended(String),
+    /// The peer stopped answering (the string says how): drop this session at once, and the
+    /// peer's incoming ones too, so both directions reconnect.
+    PeerDead(&'static str),
 }
 
 /// Which header exchange a stream header belongs to; it decides what the features lead to.
@@ -162,8 +186,30 @@ enum Phase {
     Dialback,
     /// `<db:verify/>` sent; awaiting the answer.
     Verifying,
-    /// Authenticated, verified or failed.
+    /// Authenticated: stanzas flow, these timers run.
+    Established(Liveness),
+    /// Verified, failed or ended.
     Done,
+}
+
+/// The timers of an authenticated session.
+#[derive(Debug)]
+struct Liveness {
+    /// No stanza written by then closes the session.
+    idle_by: Instant,
+    /// Nothing written by then sends a whitespace keepalive.
+    keepalive_at: Instant,
+    /// The next ping, once the last one is answered.
+    ping_at: Instant,
+    /// The outstanding ping must be answered by then.
+    pong_by: Option<Instant>,
+}
+
+impl Liveness {
+    fn next(&self) -> Instant {
+        let ping = self.pong_by.unwrap_or(self.ping_at);
+        self.idle_by.min(self.keepalive_at).min(ping)
+    }
 }
 
 /// One outgoing connection's negotiation. See the module notes for the call order.
@@ -212,19 +258,27 @@ impl Outbound {
         match &self.phase {
             Phase::Done => None,
             Phase::Securing { by } => Some((*by).min(self.auth_by)),
+            Phase::Established(l) => Some(l.next()),
             _ => Some(self.auth_by),
         }
     }
 
-    /// True once authenticated, verified or failed.
+    /// True once verified, failed or ended (not while an authenticated session runs).
     pub fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
 
-    /// The deadline at `now` has passed (or not: then nothing happens). When it has, what was
-    /// not yet carried out of the actions is dropped: the negotiation is given up.
-    pub fn timeout(&mut self, now: Instant) {
+    /// The deadline at `now` has passed (or not: then nothing happens). When a negotiation
+    /// deadline has, what was not yet carried out of the actions is dropped: the negotiation
+    /// is given up.
+    pub fn timeout(&mut self, now: Instant, env: &dyn Env) {
         if self.is_done() {
+            return;
+        }
+        if let Phase::Established(l) = &mut self.phase {
+            if Self::tick(l, now, &self.settings, &mut self.actions, env) {
+                self.phase = Phase::Done;
+            }
             return;
         }
         if now >= self.auth_by {
@@ -259,10 +313,11 @@ impl Outbound {
         self.open(round);
     }
 
-    /// The peer's stream header.
-    pub fn header(&mut self, h: &StreamHeader, env: &dyn Env) {
+    /// The peer's stream header (`now`: when it arrived).
+    pub fn header(&mut self, now: Instant, h: &StreamHeader, env: &dyn Env) {
         match self.phase {
             Phase::Connecting | Phase::Done => {}
+            Phase::Established(_) => self.end("unexpected stream restart".into()),
             Phase::AwaitingHeader { round } => {
                 if h.version.as_deref() == Some("1.0") {
                     self.phase = Phase::AwaitingFeatures {
@@ -273,7 +328,7 @@ impl Outbound {
                     // A pre-1.0 peer sends no features. The header exchange is over: what
                     // fails from here on is not a reason to fall back from direct TLS.
                     self.phase = Phase::Done;
-                    self.features(round, h.id.clone(), None, env);
+                    self.features(now, round, h.id.clone(), None, env);
                 }
             }
             _ => self.fail(
@@ -289,13 +344,20 @@ impl Outbound {
             phase @ (Phase::Connecting | Phase::Done | Phase::Securing { .. }) => {
                 self.phase = phase;
             }
+            Phase::Established(l) => {
+                self.phase = Phase::Established(l);
+                if el.is("error", ns::STREAM) {
+                    let error = describe_stream_error(el);
+                    self.end(format!("stream error from peer: {error}"));
+                }
+            }
             phase @ Phase::AwaitingHeader { .. } => {
                 self.phase = phase;
                 self.fail(OutboundFault::NoHeader, "expected a stream header".into());
             }
             Phase::AwaitingFeatures { round, id } => {
                 if el.is("features", ns::STREAM) {
-                    return self.features(round, id, Some(el), env);
+                    return self.features(now, round, id, Some(el), env);
                 }
                 self.phase = Phase::AwaitingFeatures { round, id };
                 if el.is("error", ns::STREAM) {
@@ -343,7 +405,7 @@ impl Outbound {
                         element: clip(&el.name).into_owned(),
                     });
                 }
-                self.dialback_verdict(el);
+                self.dialback_verdict(now, el);
             }
             Phase::Verifying => self.verify_answer(el),
         }
@@ -353,6 +415,11 @@ impl Outbound {
     pub fn peer_closed(&mut self) {
         let reason = match self.phase {
             Phase::Connecting | Phase::Done => return,
+            Phase::Established(_) => {
+                self.send(crate::stream::STREAM_CLOSE.to_owned());
+                self.actions.push_back(Action::Close);
+                return self.end("closed by peer".into());
+            }
             Phase::AwaitingHeader { .. } => "expected a stream header",
             _ => "stream closed by peer",
         };
@@ -361,6 +428,9 @@ impl Outbound {
 
     /// The input could not be framed.
     pub fn frame_error(&mut self, e: &FrameError) {
+        if matches!(self.phase, Phase::Established(_)) {
+            return self.end(format!("bad XML from peer: {e}"));
+        }
         if !matches!(self.phase, Phase::Connecting | Phase::Done) {
             self.fail(OutboundFault::Frame, format!("bad XML from peer: {e}"));
         }
@@ -369,6 +439,10 @@ impl Outbound {
     /// The connection failed (a read or write error, the end of the input): what was not yet
     /// carried out of the actions is dropped.
     pub fn connection_failed(&mut self, reason: String) {
+        if matches!(self.phase, Phase::Established(_)) {
+            self.actions.clear();
+            return self.end(reason);
+        }
         if !matches!(self.phase, Phase::Connecting | Phase::Done) {
             self.actions.clear();
             self.fail(OutboundFault::Connection, reason);
@@ -391,6 +465,60 @@ impl Outbound {
         }
     }
 
+    /// Stanzas were written at `now` on the authenticated session: it is not idle, and needs
+    /// no keepalive for a while.
+    pub fn written(&mut self, now: Instant) {
+        if let Phase::Established(l) = &mut self.phase {
+            l.idle_by = now + self.settings.deadlines.idle;
+            l.keepalive_at = now + self.settings.keepalive;
+        }
+    }
+
+    /// The outstanding ping was answered (at `now`).
+    pub fn pong(&mut self, _now: Instant) {
+        if let Phase::Established(l) = &mut self.phase {
+            l.pong_by = None;
+        }
+    }
+
+    /// The timers of an authenticated session at `now` (a function of its parts, so that it can
+    /// borrow the phase and the actions at once); true when the session ends.
+    fn tick(
+        l: &mut Liveness,
+        now: Instant,
+        settings: &Settings,
+        actions: &mut VecDeque<Action>,
+        env: &dyn Env,
+    ) -> bool {
+        if now >= l.idle_by {
+            actions.push_back(Action::Send(crate::stream::STREAM_CLOSE.to_owned()));
+            actions.push_back(Action::Close);
+            actions.push_back(Action::Ended("idle".into()));
+            return true;
+        }
+        match l.pong_by {
+            Some(by) if now >= by => {
+                if !env.inbound_held_back() {
+                    actions.push_back(Action::PeerDead("no answer to a ping"));
+                    return true;
+                }
+                // Not a sign of death while its answer may wait behind what we hold back.
+                l.pong_by = Some(now + settings.ping_timeout);
+            }
+            None if now >= l.ping_at => {
+                actions.push_back(Action::Ping);
+                l.pong_by = Some(now + settings.ping_timeout);
+                l.ping_at = now + settings.ping_interval;
+            }
+            _ => {}
+        }
+        if now >= l.keepalive_at {
+            actions.push_back(Action::Send(" ".into()));
+            l.keepalive_at = now + settings.keepalive;
+        }
+        false
+    }
+
     /// Send our stream header and await the peer's.
     fn open(&mut self, round: Round) {
         let ours = StreamHeader {
@@ -407,13 +535,14 @@ impl Outbound {
     /// The header exchange of `round` is complete (`features`: None from a pre-1.0 peer).
     fn features(
         &mut self,
+        now: Instant,
         round: Round,
         id: Option<String>,
         features: Option<&Element>,
         env: &dyn Env,
     ) {
         if round == Round::AfterSasl {
-            return self.authenticated(Method::SaslExternal);
+            return self.authenticated(now, Method::SaslExternal);
         }
         if round == Round::Plain && self.settings.tls != TlsMode::Disabled {
             let offers_tls = features.is_some_and(|f| f.child("starttls", ns::TLS).is_some());
@@ -483,9 +612,9 @@ impl Outbound {
     }
 
     /// `<db:result type=…/>`: the receiving server's verdict on our key.
-    fn dialback_verdict(&mut self, el: &Element) {
+    fn dialback_verdict(&mut self, now: Instant, el: &Element) {
         match el.attr("type") {
-            Some("valid") => self.authenticated(Method::Dialback),
+            Some("valid") => self.authenticated(now, Method::Dialback),
             Some("invalid") => {
                 let reason = format!("{} refused our dialback key for {}", self.to, self.from);
                 self.fail(OutboundFault::DialbackInvalid, reason);
@@ -531,9 +660,21 @@ impl Outbound {
         self.phase = Phase::Done;
     }
 
-    fn authenticated(&mut self, method: Method) {
-        self.phase = Phase::Done;
+    fn authenticated(&mut self, now: Instant, method: Method) {
+        let s = &self.settings;
+        self.phase = Phase::Established(Liveness {
+            idle_by: now + s.deadlines.idle,
+            keepalive_at: now + s.keepalive,
+            ping_at: now + s.ping_interval,
+            pong_by: None,
+        });
         self.actions.push_back(Action::Authenticated { method });
+    }
+
+    /// The authenticated session is over.
+    fn end(&mut self, why: String) {
+        self.phase = Phase::Done;
+        self.actions.push_back(Action::Ended(why));
     }
 
     /// End the negotiation for `fault`: with a stream error where
@@ -606,18 +747,25 @@ mod tests {
     const TO: &str = "remote.test";
     const SECRET: &str = "secret-local-0001";
 
-    /// What the peer's certificate names.
+    /// What the peer's certificate names; whether we hold its streams back.
     struct World {
         covers: bool,
+        held_back: bool,
     }
 
     impl Env for World {
         fn cert_covers(&self, domain: &str) -> bool {
             self.covers && domain == TO
         }
+        fn inbound_held_back(&self) -> bool {
+            self.held_back
+        }
     }
 
-    const COVERED: World = World { covers: true };
+    const COVERED: World = World {
+        covers: true,
+        held_back: false,
+    };
 
     fn settings(tls: TlsMode) -> Settings {
         Settings {
@@ -632,6 +780,9 @@ mod tests {
                 authentication: Duration::from_secs(30),
                 idle: Duration::from_secs(600),
             },
+            keepalive: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 
@@ -744,7 +895,7 @@ mod tests {
         let mut m = session(settings, now);
         m.started(peer(), None);
         assert_eq!(drain(&mut m), [send(&our_header())]);
-        m.header(&v1("plain-id"), &COVERED);
+        m.header(now, &v1("plain-id"), &COVERED);
         assert_eq!(drain(&mut m), []);
         m.element(
             now,
@@ -759,7 +910,7 @@ mod tests {
         assert_eq!(drain(&mut m), [Action::StartTls]);
         m.tls_established(cert);
         assert_eq!(drain(&mut m), [send(&our_header())]);
-        m.header(&v1("tls-id"), &COVERED);
+        m.header(now, &v1("tls-id"), &COVERED);
         m
     }
 
@@ -784,12 +935,11 @@ mod tests {
                 method: Method::Dialback
             }]
         );
-        assert!(m.is_done());
-        assert_eq!(m.poll_timeout(), None);
-        // Later calls are ignored.
+        // The session runs on; its first timer is the first ping.
+        assert!(!m.is_done());
+        assert_eq!(m.poll_timeout(), Some(now + Duration::from_secs(10)));
+        // A second verdict means nothing now.
         m.element(now, &db_result("invalid"), &COVERED);
-        m.peer_closed();
-        m.timeout(now + Duration::from_secs(3600));
         assert_eq!(drain(&mut m), []);
     }
 
@@ -818,7 +968,7 @@ mod tests {
         assert_eq!(drain(&mut m), [send(&our_auth())]);
         m.element(now, &Element::new("success", ns::SASL), &COVERED);
         assert_eq!(drain(&mut m), [Action::RestartStream, send(&our_header())]);
-        m.header(&v1("sasl-id"), &COVERED);
+        m.header(now, &v1("sasl-id"), &COVERED);
         assert_eq!(drain(&mut m), []);
         m.element(now, &features(vec![]), &COVERED);
         assert_eq!(
@@ -878,7 +1028,7 @@ mod tests {
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), Some(CertStatus::Valid));
         assert_eq!(drain(&mut m), [send(&our_header())]);
-        m.header(&v1("direct-id"), &COVERED);
+        m.header(now, &v1("direct-id"), &COVERED);
         m.element(now, &features(vec![dialback_feature()]), &COVERED);
         assert_eq!(drain(&mut m), [send(&our_key("direct-id"))]);
     }
@@ -898,7 +1048,7 @@ mod tests {
                 )
             },
             |m| {
-                m.header(&v1("direct-id"), &COVERED);
+                m.header(Instant::now(), &v1("direct-id"), &COVERED);
                 m.element(
                     Instant::now(),
                     &stream_error_el("host-unknown", ""),
@@ -920,7 +1070,7 @@ mod tests {
             m.started(peer(), None);
             assert_eq!(drain(&mut m), [send(&our_header())]);
             // The plain connection goes through STARTTLS.
-            m.header(&v1("plain-id"), &COVERED);
+            m.header(now, &v1("plain-id"), &COVERED);
             m.element(now, &features(vec![starttls()]), &COVERED);
             assert_eq!(
                 drain(&mut m),
@@ -936,14 +1086,14 @@ mod tests {
         let mut m = session(settings(TlsMode::Optional), now);
         m.started(peer(), None);
         drain(&mut m);
-        m.header(&v1("id1"), &COVERED);
+        m.header(now, &v1("id1"), &COVERED);
         m.element(now, &features(vec![dialback_feature()]), &COVERED);
         assert_eq!(drain(&mut m), [send(&our_key("id1"))]);
         // Disabled: never, even when offered.
         let mut m = session(settings(TlsMode::Disabled), now);
         m.started(peer(), None);
         drain(&mut m);
-        m.header(&v1("id2"), &COVERED);
+        m.header(now, &v1("id2"), &COVERED);
         m.element(now, &features(vec![starttls()]), &COVERED);
         assert_eq!(drain(&mut m), [send(&our_key("id2"))]);
         m.element(now, &db_result("valid"), &COVERED);
@@ -961,13 +1111,13 @@ mod tests {
         let mut m = session(settings(TlsMode::Optional), now);
         m.started(peer(), None);
         drain(&mut m);
-        m.header(&their_header(Some("old-id"), None), &COVERED);
+        m.header(now, &their_header(Some("old-id"), None), &COVERED);
         assert_eq!(drain(&mut m), [send(&our_key("old-id"))]);
         // Under Required it cannot do TLS.
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), None);
         drain(&mut m);
-        m.header(&their_header(Some("old-id"), None), &COVERED);
+        m.header(now, &their_header(Some("old-id"), None), &COVERED);
         let f = failed_with(&mut m, &[&policy_violation("TLS is required")]);
         assert_eq!(f.fault, OutboundFault::TlsRequired);
     }
@@ -978,7 +1128,7 @@ mod tests {
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), None);
         drain(&mut m);
-        m.header(&v1("id"), &COVERED);
+        m.header(now, &v1("id"), &COVERED);
         m.element(now, &features(vec![dialback_feature()]), &COVERED);
         let f = failed_with(&mut m, &[&policy_violation("TLS is required")]);
         assert_eq!(
@@ -1000,7 +1150,7 @@ mod tests {
         let now = Instant::now();
         let mut m = session(settings(TlsMode::Optional), now);
         m.started(peer(), None);
-        m.header(&v1("id"), &COVERED);
+        m.header(now, &v1("id"), &COVERED);
         m.element(now, &features(vec![starttls()]), &COVERED);
         drain(&mut m);
         m.element(now, &Element::new("failure", ns::TLS), &COVERED);
@@ -1012,7 +1162,7 @@ mod tests {
     fn securing(now: Instant) -> Outbound {
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), None);
-        m.header(&v1("id"), &COVERED);
+        m.header(now, &v1("id"), &COVERED);
         m.element(now, &features(vec![starttls()]), &COVERED);
         m.element(now, &Element::new("proceed", ns::TLS), &COVERED);
         assert_eq!(drain(&mut m).last(), Some(&Action::StartTls));
@@ -1039,9 +1189,9 @@ mod tests {
         let mut m = securing(now);
         let by = now + Duration::from_secs(5);
         assert_eq!(m.poll_timeout(), Some(by));
-        m.timeout(by - Duration::from_millis(1));
+        m.timeout(by - Duration::from_millis(1), &COVERED);
         assert_eq!(drain(&mut m), []);
-        m.timeout(by);
+        m.timeout(by, &COVERED);
         let f = failed_with(&mut m, &[]);
         assert_eq!(f.fault, OutboundFault::TlsTimedOut);
         assert_eq!(
@@ -1057,9 +1207,9 @@ mod tests {
         // Still connecting.
         let mut m = session(settings(TlsMode::Required), now);
         assert_eq!(m.poll_timeout(), Some(by));
-        m.timeout(by - Duration::from_millis(1));
+        m.timeout(by - Duration::from_millis(1), &COVERED);
         assert_eq!(drain(&mut m), []);
-        m.timeout(by);
+        m.timeout(by, &COVERED);
         let f = failed_with(&mut m, &[]);
         assert_eq!(
             f,
@@ -1077,24 +1227,24 @@ mod tests {
         m.element(now, &features(vec![]), &COVERED);
         drain(&mut m);
         assert_eq!(m.poll_timeout(), Some(by));
-        m.timeout(by);
+        m.timeout(by, &COVERED);
         assert_eq!(failed_with(&mut m, &[]).fault, OutboundFault::NotInTime);
         // A late TLS handshake is bounded by what is left of the negotiation's time.
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), None);
-        m.header(&v1("id"), &COVERED);
+        m.header(now, &v1("id"), &COVERED);
         m.element(now, &features(vec![starttls()]), &COVERED);
         let late = now + Duration::from_secs(28);
         m.element(late, &Element::new("proceed", ns::TLS), &COVERED);
         drain(&mut m);
         assert_eq!(m.poll_timeout(), Some(by));
-        m.timeout(by);
+        m.timeout(by, &COVERED);
         assert_eq!(failed_with(&mut m, &[]).fault, OutboundFault::NotInTime);
         // A deadline on a direct TLS connection does not fall back.
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), Some(CertStatus::Valid));
         drain(&mut m);
-        m.timeout(by);
+        m.timeout(by, &COVERED);
         assert_eq!(failed_with(&mut m, &[]).fault, OutboundFault::NotInTime);
     }
 
@@ -1115,7 +1265,14 @@ mod tests {
                 "Invalid(\"expired\")",
             ),
             (CertStatus::Absent, COVERED, "Absent"),
-            (CertStatus::Valid, World { covers: false }, "Valid"),
+            (
+                CertStatus::Valid,
+                World {
+                    covers: false,
+                    held_back: false,
+                },
+                "Valid",
+            ),
         ];
         for (cert, world, status) in cases {
             let mut m = through_starttls(required_certs(), now, cert);
@@ -1139,6 +1296,136 @@ mod tests {
         m.element(now, &features(vec![]), &COVERED);
         drain(&mut m);
         m
+    }
+
+    /// An authenticated session, from `now` on.
+    fn authenticated(settings: Settings, now: Instant) -> Outbound {
+        let mut m = through_starttls(settings, now, CertStatus::Absent);
+        m.element(now, &features(vec![]), &COVERED);
+        m.element(now, &db_result("valid"), &COVERED);
+        assert_eq!(
+            drain(&mut m).last(),
+            Some(&Action::Authenticated {
+                method: Method::Dialback
+            })
+        );
+        m
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_session_keeps_alive_when_quiet_and_closes_when_idle() {
+        let t0 = Instant::now();
+        let quiet = Settings {
+            ping_interval: secs(3600),
+            ..settings(TlsMode::Required)
+        };
+        let mut m = authenticated(quiet, t0);
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(60)));
+        m.timeout(t0 + secs(59), &COVERED);
+        assert_eq!(drain(&mut m), []);
+        m.timeout(t0 + secs(60), &COVERED);
+        assert_eq!(drain(&mut m), [send(" ")]);
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(120)));
+        // Stanzas written put off both the keepalive and the idle close.
+        m.written(t0 + secs(100));
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(160)));
+        m.timeout(t0 + secs(160), &COVERED);
+        assert_eq!(drain(&mut m), [send(" ")]);
+        m.timeout(t0 + secs(700), &COVERED);
+        assert_eq!(
+            drain(&mut m),
+            [
+                send("</stream:stream>"),
+                Action::Close,
+                Action::Ended("idle".into())
+            ]
+        );
+        assert!(m.is_done());
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_session_pings_and_a_peer_that_does_not_answer_is_dead() {
+        let t0 = Instant::now();
+        let mut m = authenticated(settings(TlsMode::Required), t0);
+        m.timeout(t0 + secs(10), &COVERED);
+        assert_eq!(drain(&mut m), [Action::Ping]);
+        // Awaiting the answer: no second ping, the answer's deadline instead.
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(20)));
+        m.pong(t0 + secs(12));
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(20)));
+        m.timeout(t0 + secs(20), &COVERED);
+        assert_eq!(drain(&mut m), [Action::Ping]);
+        // Late, while we hold its streams back: wait on.
+        let holding = World {
+            covers: true,
+            held_back: true,
+        };
+        m.timeout(t0 + secs(30), &holding);
+        assert_eq!(drain(&mut m), []);
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(40)));
+        m.timeout(t0 + secs(40), &COVERED);
+        assert_eq!(drain(&mut m), [Action::PeerDead("no answer to a ping")]);
+        assert!(m.is_done());
+        m.pong(t0 + secs(41));
+        m.timeout(t0 + secs(1000), &COVERED);
+        assert_eq!(drain(&mut m), []);
+    }
+
+    /// Something the peer does to an authenticated session.
+    type PeerEnd = fn(&mut Outbound);
+
+    #[test]
+    fn a_session_ends_with_the_peer() {
+        let now = Instant::now();
+        // What the peer does, whether we answer with our closing tag, why it ended.
+        let ends: [(PeerEnd, bool, &str); 5] = [
+            (
+                |m| {
+                    m.element(
+                        Instant::now(),
+                        &stream_error_el("system-shutdown", "bye"),
+                        &COVERED,
+                    )
+                },
+                false,
+                "stream error from peer: system-shutdown bye",
+            ),
+            (|m| m.peer_closed(), true, "closed by peer"),
+            (
+                |m| m.header(Instant::now(), &v1("again"), &COVERED),
+                false,
+                "unexpected stream restart",
+            ),
+            (
+                |m| m.connection_failed("connection closed by peer".into()),
+                false,
+                "connection closed by peer",
+            ),
+            (
+                |m| m.frame_error(&FrameError::NotWellFormed("junk".into())),
+                false,
+                "bad XML from peer: not well-formed: junk",
+            ),
+        ];
+        for (end, answered, why) in ends {
+            let mut m = authenticated(settings(TlsMode::Required), now);
+            // Stanzas from the peer on our stream are none of our business.
+            m.element(now, &Element::new("message", ns::SERVER), &COVERED);
+            assert_eq!(drain(&mut m), []);
+            end(&mut m);
+            let mut expected = Vec::new();
+            if answered {
+                expected.extend([send("</stream:stream>"), Action::Close]);
+            }
+            expected.push(Action::Ended(why.into()));
+            assert_eq!(drain(&mut m), expected);
+            assert!(m.is_done());
+        }
     }
 
     #[test]
@@ -1185,7 +1472,7 @@ mod tests {
         // Instead of features.
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), None);
-        m.header(&v1("id"), &COVERED);
+        m.header(now, &v1("id"), &COVERED);
         drain(&mut m);
         m.element(now, &stream_error_el("host-unknown", "who"), &COVERED);
         assert_eq!(
@@ -1195,7 +1482,7 @@ mod tests {
         // Something else instead of features.
         let mut m = session(settings(TlsMode::Required), now);
         m.started(peer(), None);
-        m.header(&v1("id"), &COVERED);
+        m.header(now, &v1("id"), &COVERED);
         drain(&mut m);
         m.element(now, &Element::new("message", ns::SERVER), &COVERED);
         let f = failed_with(&mut m, &[]);
@@ -1230,7 +1517,7 @@ mod tests {
     fn headers_out_of_turn() {
         let now = Instant::now();
         let mut m = awaiting_verdict(now);
-        m.header(&v1("again"), &COVERED);
+        m.header(now, &v1("again"), &COVERED);
         let f = failed_with(&mut m, &[]);
         assert_eq!(f.fault, OutboundFault::UnexpectedHeader);
         assert_eq!(f.reason, "unexpected stream header");
@@ -1250,7 +1537,7 @@ mod tests {
         let mut m = session(settings(TlsMode::Optional), now);
         m.started(peer(), None);
         drain(&mut m);
-        m.header(&their_header(None, Some("1.0")), &COVERED);
+        m.header(now, &their_header(None, Some("1.0")), &COVERED);
         m.element(now, &features(vec![]), &COVERED);
         assert_eq!(
             failed_with(&mut m, &[]),
@@ -1268,11 +1555,11 @@ mod tests {
         };
         let mut m = Outbound::new(settings(TlsMode::Required), FROM, TO, purpose, now);
         m.started(peer(), None);
-        m.header(&v1("plain-id"), &COVERED);
+        m.header(now, &v1("plain-id"), &COVERED);
         m.element(now, &features(vec![starttls()]), &COVERED);
         m.element(now, &Element::new("proceed", ns::TLS), &COVERED);
         m.tls_established(CertStatus::Absent);
-        m.header(&v1("tls-id"), &COVERED);
+        m.header(now, &v1("tls-id"), &COVERED);
         drain(&mut m);
         m.element(now, &features(vec![dialback_feature()]), &COVERED);
         assert_eq!(
@@ -1340,7 +1627,7 @@ mod tests {
             ]
         );
         let mut m = verification(now);
-        m.timeout(now + Duration::from_secs(30));
+        m.timeout(now + Duration::from_secs(30), &COVERED);
         assert_eq!(
             drain(&mut m),
             [Action::Verified(Verdict::Failed(
@@ -1354,7 +1641,7 @@ mod tests {
         };
         let mut m = Outbound::new(settings(TlsMode::Required), FROM, TO, purpose, now);
         m.started(peer(), None);
-        m.header(&their_header(Some("id"), None), &COVERED);
+        m.header(now, &their_header(Some("id"), None), &COVERED);
         let actions = drain(&mut m);
         assert_eq!(actions[1], send(&policy_violation("TLS is required")));
         assert_eq!(actions[2], Action::Close);
