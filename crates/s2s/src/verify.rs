@@ -18,7 +18,7 @@ use std::time::Duration;
 use causeway_xmpp::negotiation::outbound::Purpose;
 use tracing::warn;
 
-use crate::outbound::Negotiated;
+use crate::negotiate::Negotiated;
 use crate::{S2s, S2sConfig, LOG_MODULE};
 
 pub use causeway_xmpp::negotiation::Verdict;
