@@ -28,6 +28,7 @@ pub mod connect;
 pub mod deadlines;
 pub mod every;
 pub mod inbound;
+mod negotiate;
 pub mod outbound;
 pub mod queue;
 mod sm;

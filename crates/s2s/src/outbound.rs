@@ -5,6 +5,9 @@
 //! cannot hold up sends to any other. The task resolves and connects, negotiates STARTTLS,
 //! authenticates with dialback (XEP-0220, keys per XEP-0185) or SASL EXTERNAL, then writes
 //! queued stanzas in batches; when a stream ends with stanzas still queued it opens another.
+//! The negotiation's decisions and deadlines are [`causeway_xmpp::negotiation::outbound`]'s
+//! (driven by [`crate::negotiate`]); so are the authenticated stream's keepalive, idle and
+//! ping timers, which `stream_stanzas` serves.
 //! A stanza that cannot be delivered is bounced to the [`crate::Host`]: `resource-constraint`
 //! when the queue is full, `remote-server-timeout` when it waited longer than the queue's age
 //! limit, `remote-server-not-found` (or the failure's own condition) when no session opens.
@@ -14,10 +17,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
-use causeway_xmpp::{dialback, ns, Element, Event, StanzaCondition, StreamCondition, StreamHeader};
-use tokio::time::{sleep_until, Instant};
+use causeway_xmpp::negotiation::outbound::{Action, Outbound, Purpose};
+use causeway_xmpp::{ns, Element, OutboundFault, StanzaCondition, StreamCondition};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::negotiate::{feed, Negotiated, OpenError, Opened, World};
 use crate::queue::{PairQueue, PushError};
 use crate::{Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE};
 
@@ -39,34 +44,6 @@ fn redial_pause(short_lived: u32) -> Option<std::time::Duration> {
 pub(crate) struct SessionHandle {
     queue: Arc<PairQueue>,
     generation: u64,
-}
-
-/// Why a session could not be opened.
-#[derive(Debug)]
-pub(crate) struct OpenError {
-    pub(crate) condition: StanzaCondition,
-    pub(crate) reason: String,
-}
-
-impl OpenError {
-    fn not_found(reason: impl Into<String>) -> Self {
-        Self {
-            condition: StanzaCondition::RemoteServerNotFound,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<std::io::Error> for OpenError {
-    fn from(e: std::io::Error) -> Self {
-        OpenError::not_found(e.to_string())
-    }
-}
-
-impl From<crate::ConnError> for OpenError {
-    fn from(e: crate::ConnError) -> Self {
-        OpenError::not_found(e.to_string())
-    }
 }
 
 impl S2s {
@@ -220,29 +197,18 @@ impl S2s {
         // (a peer that authenticates and then drops us must not be redialled in a tight loop).
         let mut short_lived = 0u32;
         loop {
+            // The negotiation is bounded by its own deadlines (see `negotiate`).
             let opened = self
-                .bouncing_expired(
-                    &queue,
-                    tokio::time::timeout(
-                        self.cfg().deadlines.authentication,
-                        self.establish(&from, &to),
-                    ),
-                )
+                .bouncing_expired(&queue, self.establish(&from, &to))
                 .await;
-            let (conn, entry) = match opened {
-                Ok(Ok(ok)) => ok,
-                Ok(Err(e)) => return self.fail_queue(&from, &to, &queue, generation, e).await,
-                Err(_) => {
-                    let e = OpenError {
-                        condition: StanzaCondition::RemoteServerTimeout,
-                        reason: "s2s negotiation timed out".into(),
-                    };
-                    return self.fail_queue(&from, &to, &queue, generation, e).await;
-                }
+            let (opened, entry) = match opened {
+                Ok(ok) => ok,
+                Err(e) => return self.fail_queue(&from, &to, &queue, generation, e).await,
             };
             let opened_at = Instant::now();
+            let Opened { conn, machine, .. } = *opened;
             let end = self
-                .stream_stanzas(conn, &entry, &queue, (&from, &to))
+                .stream_stanzas(conn, machine, &entry, &queue, (&from, &to))
                 .await;
             self.unregister(&entry);
             info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %end, "s2s session closed");
@@ -311,246 +277,93 @@ impl S2s {
         &self,
         from: &str,
         to: &str,
-    ) -> Result<(XmlConn, Arc<SessionEntry>), OpenError> {
+    ) -> Result<(Box<Opened>, Arc<SessionEntry>), OpenError> {
         if !self.host.peer_allowed(to, Direction::Outbound) {
-            return Err(OpenError {
-                condition: StanzaCondition::ServiceUnavailable,
-                reason: format!("{to} is not allowed by the federation policy"),
-            });
+            return Err(OpenError::new(
+                OutboundFault::PolicyRefused,
+                format!("{to} is not allowed by the federation policy"),
+            ));
         }
-        let (mut conn, header, features) = self.open_stream(from, to).await?;
+        let opened = match self.negotiate(from, to, Purpose::Session).await? {
+            Negotiated::Authenticated(opened) => opened,
+            Negotiated::Verified(_) => {
+                return Err(OpenError::not_found("a session ended in a verdict"))
+            }
+        };
+        let conn = &opened.conn;
         let entry = self.register(Direction::Outbound, conn.peer);
-        let tls = conn.tls.clone();
-        entry.update(|i| i.tls = tls);
-        match self
-            .authenticate_any(&mut conn, &header, features.as_ref(), from, to)
-            .await
-        {
-            Ok(method) => {
-                entry.update(|i| {
-                    i.auth = method;
-                    i.pairs.push((to.to_owned(), from.to_owned()));
-                });
-                info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(&conn), auth = method, "s2s session authenticated");
-                Ok((conn, entry))
-            }
-            Err(e) => {
-                self.unregister(&entry);
-                Err(e)
-            }
-        }
+        let method = opened.method.as_str();
+        entry.update(|i| {
+            i.tls = conn.tls.clone();
+            i.auth = method;
+            i.pairs.push((to.to_owned(), from.to_owned()));
+        });
+        info!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, peer = %conn.peer, tls = %crate::transport::tls_summary(conn), auth = method, "s2s session authenticated");
+        Ok((opened, entry))
     }
 
-    /// Check the peer's certificate, then authenticate as `from`: SASL EXTERNAL where the peer
-    /// offers it and we present a certificate, dialback otherwise (also after a SASL failure,
-    /// on the same stream). Returns the method used.
-    async fn authenticate_any(
-        &self,
-        conn: &mut XmlConn,
-        header: &StreamHeader,
-        features: Option<&Element>,
-        from: &str,
-        to: &str,
-    ) -> Result<&'static str, OpenError> {
-        if self.cfg().require_peer_certs {
-            let status = self.cert_status(conn, false);
-            if status != crate::CertStatus::Valid || !S2s::cert_covers(conn, to) {
-                close_with(
-                    conn,
-                    StreamCondition::PolicyViolation,
-                    "certificate not trusted",
-                )
-                .await;
-                return Err(OpenError::not_found(format!(
-                    "{to} ({}) presented no valid certificate for its domain: {status:?}",
-                    conn.peer
-                )));
-            }
-        }
-        let offers_external = features
-            .and_then(|f| f.child("mechanisms", ns::SASL))
-            .is_some_and(|m| m.elements().any(|e| e.text() == "EXTERNAL"));
-        let try_external =
-            offers_external && self.cfg().sasl_external && self.cfg().presents_client_cert;
-        if try_external && self.sasl_external(conn, from, to).await? {
-            return Ok("SASL EXTERNAL");
-        }
-        self.authenticate(conn, header, from, to).await?;
-        Ok("dialback")
-    }
-
-    /// SASL EXTERNAL as initiator; Ok(false) when the peer refused (dialback may follow).
-    async fn sasl_external(
-        &self,
-        conn: &mut XmlConn,
-        from: &str,
-        to: &str,
-    ) -> Result<bool, OpenError> {
-        use base64::Engine;
-        let authzid = base64::engine::general_purpose::STANDARD.encode(from);
-        let auth = Element::new("auth", ns::SASL)
-            .with_attr("mechanism", "EXTERNAL")
-            .with_text(&authzid);
-        conn.send(auth.to_xml(ns::SERVER).as_bytes()).await?;
-        let answer = next_element(conn).await?;
-        if answer.is("success", ns::SASL) {
-            conn.restart();
-            exchange_headers(conn, from, to).await?;
-            return Ok(true);
-        }
-        debug!(module = LOG_MODULE, remote = %to, answer = %answer.name, "SASL EXTERNAL refused; falling back to dialback");
-        Ok(false)
-    }
-
-    /// Connect to `to`'s servers and negotiate STARTTLS; returns the stream after the last
-    /// restart with the peer's header and features. Used for sessions and verify connections.
-    pub(crate) async fn open_stream(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<(XmlConn, StreamHeader, Option<Element>), OpenError> {
-        if self.cfg().tls_mode != TlsMode::Disabled {
-            match self.open_direct_tls(from, to).await {
-                Ok(Some(opened)) => return Ok(opened),
-                Ok(None) => {}
-                Err(e) => {
-                    debug!(module = LOG_MODULE, remote = %to, reason = %e.reason, "direct TLS failed; trying STARTTLS");
-                }
-            }
-        }
-        let targets = self.host.resolve(to).await.map_err(OpenError::not_found)?;
-        let tcp = self
-            .connect_targets(to, &targets)
-            .await
-            .map_err(OpenError::not_found)?;
-        let mut conn = XmlConn::new(tcp, self.cfg().limits)?;
-        let (header, features) = exchange_headers(&mut conn, from, to).await?;
-        let offers_tls = features
-            .as_ref()
-            .is_some_and(|f| f.child("starttls", ns::TLS).is_some());
-        match (offers_tls, self.cfg().tls_mode) {
-            (_, TlsMode::Disabled) | (false, TlsMode::Optional) => {
-                return Ok((conn, header, features))
-            }
-            (false, TlsMode::Required) => {
-                close_with(
-                    &mut conn,
-                    StreamCondition::PolicyViolation,
-                    "TLS is required",
-                )
-                .await;
-                return Err(OpenError::not_found(format!(
-                    "{to} ({}) does not offer STARTTLS and TLS is required",
-                    conn.peer
-                )));
-            }
-            (true, _) => {}
-        }
-        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            .await?;
-        match next_element(&mut conn).await? {
-            el if el.is("proceed", ns::TLS) => {}
-            el => {
-                return Err(OpenError::not_found(format!(
-                    "STARTTLS refused by {to}: <{}/>",
-                    el.name
-                )))
-            }
-        }
-        if let Err(e) = conn.connect_tls(self.cfg().tls_client.clone(), to).await {
-            self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
-        }
-        let (header, features) = exchange_headers(&mut conn, from, to).await?;
-        Ok((conn, header, features))
-    }
-
-    /// XEP-0368: TLS from the first byte to `to`'s `_xmpps-server` endpoints, if it has any.
-    async fn open_direct_tls(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<Option<(XmlConn, StreamHeader, Option<Element>)>, OpenError> {
-        let targets = self.host.resolve_direct_tls(to).await;
-        if targets.is_empty() {
-            return Ok(None);
-        }
-        let tcp = self
-            .connect_targets(to, &targets)
-            .await
-            .map_err(OpenError::not_found)?;
-        let mut conn = XmlConn::new(tcp, self.cfg().limits)?;
-        let mut cfg = (*self.cfg().tls_client).clone();
-        cfg.alpn_protocols = vec![crate::ALPN_XMPP_SERVER.to_vec()];
-        if let Err(e) = conn.connect_tls(Arc::new(cfg), to).await {
-            self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
-        }
-        conn.mark_direct_tls();
-        let (header, features) = exchange_headers(&mut conn, from, to).await?;
-        Ok(Some((conn, header, features)))
-    }
-
-    /// Dialback as originating server: send our key, await the verdict.
-    async fn authenticate(
-        &self,
-        conn: &mut XmlConn,
-        header: &StreamHeader,
-        from: &str,
-        to: &str,
-    ) -> Result<(), OpenError> {
-        let id = header
-            .id
-            .as_deref()
-            .ok_or_else(|| OpenError::not_found(format!("{to} sent no stream id")))?;
-        let key = dialback::dialback_key(&self.cfg().dialback_secret, to, from, id);
-        let request = dialback::result_request(from, to, &key).to_xml(ns::SERVER);
-        conn.send(request.as_bytes()).await?;
-        loop {
-            let el = next_element(conn).await?;
-            if !el.is("result", ns::DIALBACK) {
-                debug!(module = LOG_MODULE, remote = %to, element = %el.name, "ignored while awaiting dialback result");
-                continue;
-            }
-            return match el.attr("type") {
-                Some("valid") => Ok(()),
-                Some("invalid") => {
-                    self.counters
-                        .dialback_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    Err(OpenError::not_found(format!(
-                        "{to} refused our dialback key for {from}"
-                    )))
-                }
-                other => Err(OpenError::not_found(format!(
-                    "dialback error from {to}: type={other:?} {}",
-                    el.elements()
-                        .flat_map(|e| e.elements())
-                        .map(|e| e.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ))),
-            };
-        }
-    }
-
-    /// Write queued stanzas until the stream ends or the session idles out.
+    /// Write queued stanzas until the stream ends (a wiring function): the machine keeps the
+    /// session's timers (keepalive, idle, pings) and reads what the peer says; this writes the
+    /// batches, pings and whitespace it asks for, and watches reconfiguration and the closer.
     /// Returns why it ended.
     async fn stream_stanzas(
         &self,
         mut conn: XmlConn,
+        mut machine: Outbound,
         entry: &SessionEntry,
         queue: &PairQueue,
         (from, to): (&str, &str),
     ) -> String {
-        let cfg = self.cfg();
         let mut generation = self.generation.subscribe();
-        let mut idle_deadline = Instant::now() + cfg.idle_timeout;
-        let mut keepalive_deadline = Instant::now() + cfg.keepalive;
-        let mut ping_at = Instant::now() + cfg.ping_interval;
         let mut pong: Option<Pong> = None;
         let mut bytes: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    Action::Send(data) if machine.is_done() => {
+                        // Last words (our closing tag).
+                        let _ = conn.send(data.as_bytes()).await;
+                    }
+                    Action::Send(data) => {
+                        let written = self
+                            .bouncing_expired(
+                                queue,
+                                self.write_or_dead(&mut conn, data.as_bytes(), to),
+                            )
+                            .await;
+                        if let Err(e) = written {
+                            return e;
+                        }
+                    }
+                    Action::Ping => {
+                        let (ping, waiter) = self.new_ping(from, to);
+                        let written = self
+                            .bouncing_expired(
+                                queue,
+                                self.write_or_dead(&mut conn, ping.payload.as_bytes(), to),
+                            )
+                            .await;
+                        if let Err(e) = written {
+                            return e;
+                        }
+                        pong = Some(Pong {
+                            id: ping.id,
+                            answered: waiter,
+                        });
+                    }
+                    Action::Close => conn.shutdown().await,
+                    Action::Ended(why) => return why,
+                    Action::PeerDead(why) => {
+                        if let Some(p) = pong.take() {
+                            if let Ok(mut m) = self.pings.lock() {
+                                m.remove(&p.id);
+                            }
+                        }
+                        return self.peer_dead(&mut conn, to, why).await;
+                    }
+                    _ => {}
+                }
+            }
             let batch = queue.take_batch(BATCH_BYTES);
             if !batch.is_empty() {
                 bytes.clear();
@@ -569,26 +382,11 @@ impl S2s {
                 entry.stanzas_out.fetch_add(n, Ordering::Relaxed);
                 self.counters.stanzas_out.fetch_add(n, Ordering::Relaxed);
                 entry.touch();
-                idle_deadline = Instant::now() + cfg.idle_timeout;
-                keepalive_deadline = Instant::now() + cfg.keepalive;
+                machine.written(std::time::Instant::now());
                 continue;
             }
-            let pong_deadline = pong.as_ref().map_or(ping_at, |p| p.deadline);
             tokio::select! {
-                ev = conn.next_event() => match ev {
-                    Ok(Event::Element(tl)) if tl.element.is("error", ns::STREAM) => {
-                        let (cond, text) = causeway_xmpp::error::parse_stream_error(&tl.element);
-                        return format!("stream error from peer: {} {}", cond.as_str(), text.unwrap_or_default());
-                    }
-                    Ok(Event::Element(_)) => continue,
-                    Ok(Event::StreamClose) => {
-                        let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
-                        conn.shutdown().await;
-                        return "closed by peer".into();
-                    }
-                    Ok(Event::StreamOpen(_)) => return "unexpected stream restart".into(),
-                    Err(e) => return e.to_string(),
-                },
+                ev = conn.next_event() => feed(&mut machine, ev, &World { s2s: self, conn: Some(&conn), to }),
                 _ = queue.pushed() => continue,
                 Ok(()) = generation.changed() => {
                     if let Some(why) = self.still_allowed(&conn, to) {
@@ -597,53 +395,16 @@ impl S2s {
                         return format!("closed by reconfiguration: {why}");
                     }
                 },
-                _ = sleep_until(ping_at), if pong.is_none() => {
-                    let (ping, waiter) = self.new_ping(from, to);
-                    let written = self
-                        .bouncing_expired(queue, self.write_or_dead(&mut conn, ping.payload.as_bytes(), to))
-                        .await;
-                    if let Err(e) = written {
-                        return e;
-                    }
-                    pong = Some(Pong { id: ping.id, answered: waiter, deadline: Instant::now() + cfg.ping_timeout });
-                    ping_at = Instant::now() + cfg.ping_interval;
-                },
                 _ = entry.closer.notified() => {
                     conn.abort();
                     return "closed: its server was found unresponsive or removed".into();
                 },
                 _ = wait_pong(&mut pong) => {
                     pong = None;
+                    machine.pong(std::time::Instant::now());
                 },
-                _ = sleep_until(pong_deadline), if pong.is_some() => {
-                    if self.inbound_held_back(to) {
-                        // We are not reading its streams (inbound rate limit): the answer may
-                        // wait behind what we hold back. Not a sign of death; wait on.
-                        if let Some(p) = pong.as_mut() {
-                            p.deadline = Instant::now() + cfg.ping_timeout;
-                        }
-                        continue;
-                    }
-                    if let Some(p) = pong.take() {
-                        if let Ok(mut m) = self.pings.lock() {
-                            m.remove(&p.id);
-                        }
-                    }
-                    return self.peer_dead(&mut conn, to, "no answer to a ping").await;
-                },
-                _ = sleep_until(keepalive_deadline) => {
-                    let written = self
-                        .bouncing_expired(queue, self.write_or_dead(&mut conn, b" ", to))
-                        .await;
-                    if let Err(e) = written {
-                        return e;
-                    }
-                    keepalive_deadline = Instant::now() + cfg.keepalive;
-                },
-                _ = sleep_until(idle_deadline) => {
-                    let _ = conn.send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes()).await;
-                    conn.shutdown().await;
-                    return "idle".into();
+                _ = crate::sm::sleep_until_opt(machine.poll_timeout().map(Instant::from_std)) => {
+                    machine.timeout(std::time::Instant::now(), &World { s2s: self, conn: Some(&conn), to });
                 },
             }
         }
@@ -693,11 +454,10 @@ struct Ping {
     payload: String,
 }
 
-/// A ping awaiting its answer.
+/// A ping awaiting its answer (its deadline is the machine's).
 struct Pong {
     id: String,
     answered: tokio::sync::oneshot::Receiver<()>,
-    deadline: Instant,
 }
 
 /// Resolves when the outstanding ping (if any) is answered; never when there is none.
@@ -746,64 +506,8 @@ fn normalized(stanza: OutboundStanza) -> Result<OutboundStanza, OutboundStanza> 
     }
 }
 
-/// Send our header, read the peer's header and (for version 1.0) its features.
-async fn exchange_headers(
-    conn: &mut XmlConn,
-    from: &str,
-    to: &str,
-) -> Result<(StreamHeader, Option<Element>), OpenError> {
-    let ours = StreamHeader {
-        to: Some(to.to_owned()),
-        from: Some(from.to_owned()),
-        version: Some("1.0".into()),
-        default_ns: ns::SERVER.into(),
-        ..Default::default()
-    };
-    conn.send(ours.to_xml().as_bytes()).await?;
-    let theirs = match conn.next_event().await? {
-        Event::StreamOpen(h) => h,
-        _ => return Err(OpenError::not_found("expected a stream header")),
-    };
-    if theirs.version.as_deref() != Some("1.0") {
-        return Ok((theirs, None));
-    }
-    let features = next_element(conn).await?;
-    if !features.is("features", ns::STREAM) {
-        if features.is("error", ns::STREAM) {
-            let (cond, text) = causeway_xmpp::error::parse_stream_error(&features);
-            return Err(OpenError::not_found(format!(
-                "stream error from {to}: {} {}",
-                cond.as_str(),
-                text.unwrap_or_default()
-            )));
-        }
-        return Err(OpenError::not_found(format!(
-            "expected stream features from {to}, got <{}/>",
-            features.name
-        )));
-    }
-    Ok((theirs, Some(features)))
-}
-
-/// The next top-level element; a stream error or close is an error.
-pub(crate) async fn next_element(conn: &mut XmlConn) -> Result<Element, OpenError> {
-    match conn.next_event().await? {
-        Event::Element(tl) if tl.element.is("error", ns::STREAM) => {
-            let (cond, text) = causeway_xmpp::error::parse_stream_error(&tl.element);
-            Err(OpenError::not_found(format!(
-                "stream error: {} {}",
-                cond.as_str(),
-                text.unwrap_or_default()
-            )))
-        }
-        Event::Element(tl) => Ok(tl.element),
-        Event::StreamClose => Err(OpenError::not_found("stream closed by peer")),
-        Event::StreamOpen(_) => Err(OpenError::not_found("unexpected stream header")),
-    }
-}
-
 /// Send a stream error and close (the header was already exchanged).
-pub(crate) async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: &str) {
+async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: &str) {
     let mut out = causeway_xmpp::error::stream_error(cond, Some(text));
     out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
     let _ = conn.send(out.as_bytes()).await;

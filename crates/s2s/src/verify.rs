@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use causeway_xmpp::{dialback, ns};
+use causeway_xmpp::negotiation::outbound::Purpose;
 use tracing::warn;
 
-use crate::outbound::next_element;
+use crate::negotiate::Negotiated;
 use crate::{S2s, S2sConfig, LOG_MODULE};
 
 pub use causeway_xmpp::negotiation::Verdict;
@@ -130,14 +130,9 @@ impl S2s {
         let cfg = self.cfg();
         let verdict = match self.verification_slot(remote, &cfg) {
             Ok(slot) => {
-                let attempt = tokio::time::timeout(
-                    cfg.deadlines.authentication,
-                    self.verify_inner(local, remote, stream_id, key),
-                )
-                .await;
+                // Bounded by the negotiation's authentication deadline.
+                let verdict = self.verify_inner(local, remote, stream_id, key).await;
                 drop(slot);
-                let verdict =
-                    attempt.unwrap_or_else(|_| Verdict::Failed("verification timed out".into()));
                 if matches!(verdict, Verdict::Failed(_)) {
                     tokio::time::sleep_until(started + failure_floor(&cfg)).await;
                 }
@@ -176,34 +171,20 @@ impl S2s {
         })
     }
 
+    /// Open a verification connection to `remote` and ask about `key` (see
+    /// [`causeway_xmpp::negotiation::outbound`]).
     async fn verify_inner(&self, local: &str, remote: &str, stream_id: &str, key: &str) -> Verdict {
-        let mut conn = match self.open_stream(local, remote).await {
-            Ok((conn, _, _)) => conn,
-            Err(e) => return Verdict::Failed(e.reason),
+        let purpose = Purpose::Verify {
+            stream_id: stream_id.to_owned(),
+            key: key.to_owned(),
         };
-        let request = dialback::verify_request(local, remote, stream_id, key).to_xml(ns::SERVER);
-        if let Err(e) = conn.send(request.as_bytes()).await {
-            return Verdict::Failed(e.to_string());
-        }
-        let verdict = loop {
-            let el = match next_element(&mut conn).await {
-                Ok(el) => el,
-                Err(e) => break Verdict::Failed(e.reason),
-            };
-            if !el.is("verify", ns::DIALBACK) || el.attr("id") != Some(stream_id) {
-                continue;
+        match self.negotiate(local, remote, purpose).await {
+            Ok(Negotiated::Verified(verdict)) => verdict,
+            Ok(Negotiated::Authenticated(..)) => {
+                Verdict::Failed("a verification ended in a session".into())
             }
-            break match el.attr("type") {
-                Some("valid") => Verdict::Valid,
-                Some("invalid") => Verdict::Invalid,
-                other => Verdict::Failed(format!("db:verify answered with type={other:?}")),
-            };
-        };
-        let _ = conn
-            .send(causeway_xmpp::stream::STREAM_CLOSE.as_bytes())
-            .await;
-        conn.shutdown().await;
-        verdict
+            Err(e) => Verdict::Failed(e.reason),
+        }
     }
 }
 
@@ -217,6 +198,7 @@ mod tests {
     use super::*;
     use crate::testing::{config, TestHost};
     use crate::Target;
+    use causeway_xmpp::dialback;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

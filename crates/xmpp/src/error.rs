@@ -314,6 +314,93 @@ impl FrameError {
     }
 }
 
+/// Why an outgoing s2s negotiation (the `negotiation::outbound` machine) failed, and, in
+/// [`OutboundFault::stream_condition`] and [`OutboundFault::stanza_condition`], the one place
+/// that decides what answers it: the stream error we send before closing (if any) and the
+/// stanza error the stanzas queued for the pair are bounced with. The display text goes into
+/// our stream error's `<text/>`; the log gets the failure's own, fuller reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OutboundFault {
+    /// The federation policy refuses the remote domain (decided before connecting).
+    #[error("refused by the federation policy")]
+    PolicyRefused,
+    /// The remote domain's servers could not be resolved or reached.
+    #[error("unreachable")]
+    Unreachable,
+    /// The connection failed (I/O error, end of file) during the negotiation.
+    #[error("connection failed")]
+    Connection,
+    /// The peer's bytes could not be framed.
+    #[error("not well-formed")]
+    Frame,
+    /// Something other than a stream header where one was due.
+    #[error("expected a stream header")]
+    NoHeader,
+    /// A stream header where none was due.
+    #[error("unexpected stream header")]
+    UnexpectedHeader,
+    /// Something other than stream features after a version 1.0 header.
+    #[error("expected stream features")]
+    NoFeatures,
+    /// The peer sent a stream error.
+    #[error("stream error from peer")]
+    PeerError,
+    /// The peer closed its stream.
+    #[error("stream closed by peer")]
+    PeerClosed,
+    /// TLS is required and the peer does not offer STARTTLS.
+    #[error("TLS is required")]
+    TlsRequired,
+    /// The peer answered `<starttls/>` with something other than `<proceed/>`.
+    #[error("STARTTLS refused")]
+    StartTlsRefused,
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed")]
+    TlsFailed,
+    /// The TLS handshake did not end within its deadline.
+    #[error("TLS handshake timed out")]
+    TlsTimedOut,
+    /// A valid certificate naming the remote domain is required and the peer has none.
+    #[error("certificate not trusted")]
+    CertificateNotTrusted,
+    /// The peer's header has no stream id to bind a dialback key to.
+    #[error("no stream id")]
+    NoStreamId,
+    /// The receiving server refused our dialback key.
+    #[error("dialback key refused")]
+    DialbackInvalid,
+    /// The receiving server answered our dialback key with an error.
+    #[error("dialback error")]
+    DialbackError,
+    /// The whole negotiation did not end within the authentication deadline.
+    #[error("negotiation timed out")]
+    NotInTime,
+}
+
+impl OutboundFault {
+    /// The stream error we send before closing; None: the connection is dropped without one
+    /// (the peer ended it, or failed in a way a stream error would not help).
+    pub fn stream_condition(&self) -> Option<StreamCondition> {
+        match self {
+            OutboundFault::TlsRequired | OutboundFault::CertificateNotTrusted => {
+                Some(StreamCondition::PolicyViolation)
+            }
+            _ => None,
+        }
+    }
+
+    /// The stanza error the stanzas waiting for the session are bounced with.
+    pub fn stanza_condition(&self) -> StanzaCondition {
+        match self {
+            OutboundFault::PolicyRefused => StanzaCondition::ServiceUnavailable,
+            OutboundFault::NotInTime | OutboundFault::TlsTimedOut => {
+                StanzaCondition::RemoteServerTimeout
+            }
+            _ => StanzaCondition::RemoteServerNotFound,
+        }
+    }
+}
+
 /// Why negotiation ends a stream with a stream error: every fault the negotiation state machines
 /// (the `negotiation` module) can close a stream for, and, in [`Fault::condition`], the one place
 /// that decides which RFC 6120 condition answers it. The display text goes into the error's

@@ -22,7 +22,9 @@ mod scan;
 mod xmltext;
 
 pub use element::{escape_attr, escape_text, Element, Namespace, Node};
-pub use error::{Fault, FrameError, StanzaCondition, StanzaErrorType, StreamCondition};
+pub use error::{
+    Fault, FrameError, OutboundFault, StanzaCondition, StanzaErrorType, StreamCondition,
+};
 pub use framer::{Event, Framer, TopLevel};
 pub use limits::Limits;
 pub use stream::StreamHeader;

@@ -6,10 +6,14 @@
 //!
 //! * [`inbound`]: we are the receiving server (and the authoritative server for keys we
 //!   issued).
+//! * [`outbound`]: we are the originating server (a session we open), or the receiving server
+//!   asking an authoritative server about a key (a verification connection).
 //!
-//! Which stream error answers which fault is decided in [`crate::error::Fault`], not here.
+//! Which stream error answers which fault is decided in [`crate::error::Fault`] (and, for our
+//! own connections, [`crate::error::OutboundFault`]), not here.
 
 pub mod inbound;
+pub mod outbound;
 
 use std::time::Duration;
 
