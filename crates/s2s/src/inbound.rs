@@ -345,9 +345,12 @@ impl InboundStream {
         if self.out.is_empty() {
             return Ok(());
         }
-        let sent = self.conn.send(self.out.as_bytes()).await;
-        self.out.clear();
-        sent.map_err(|e| e.to_string())
+        // Taken, not cleared: the buffer is not kept while the stream waits.
+        let out = std::mem::take(&mut self.out);
+        self.conn
+            .send(out.as_bytes())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// One action other than sending and closing.

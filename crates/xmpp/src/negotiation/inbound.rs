@@ -347,7 +347,7 @@ impl Inbound {
 
     /// The next action to carry out, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        super::next_action(&mut self.actions)
     }
 
     /// When [`Inbound::timeout`] must be called next (None once closed).

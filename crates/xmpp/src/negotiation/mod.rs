@@ -86,3 +86,14 @@ pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
     }
     std::borrow::Cow::Owned(format!("{}... ({} bytes)", &s[..end], s.len()))
 }
+
+/// The next action of a machine's queue. Once the queue is empty its buffer is given back:
+/// nothing is kept between events, so a connection that only waits (thousands of them, when
+/// the internet is hostile) costs just its state.
+fn next_action<A>(queue: &mut std::collections::VecDeque<A>) -> Option<A> {
+    let next = queue.pop_front();
+    if next.is_none() && queue.capacity() > 0 {
+        *queue = std::collections::VecDeque::new();
+    }
+    next
+}

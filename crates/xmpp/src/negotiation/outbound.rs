@@ -40,10 +40,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::element::Element;
+use crate::error::FrameError;
 use crate::error::{parse_stream_error, stream_error, OutboundFault};
 use crate::negotiation::inbound::Method;
 use crate::negotiation::{clip, CertStatus, Deadlines, TlsMode, Verdict};
-use crate::{dialback, ns, Element, FrameError, StreamHeader};
+use crate::stream::StreamHeader;
+use crate::{dialback, ns};
 
 /// What the configuration says.
 #[derive(Debug, Clone)]
@@ -250,7 +253,7 @@ impl Outbound {
 
     /// The next action to carry out, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        super::next_action(&mut self.actions)
     }
 
     /// When [`Outbound::timeout`] must be called next (None once done).
