@@ -211,7 +211,11 @@ fuzz_target!(|data: &[u8]| {
                 0 => m.peer_closed(),
                 1 => m.frame_error(&causeway_xmpp::FrameError::NotWellFormed("fuzz".into())),
                 2 => m.connection_failed("fuzz".into()),
-                _ => world.covers = !world.covers,
+                _ => {
+                    world.covers = !world.covers;
+                    let b = input.byte();
+                    m.reconfigured(settings(b), b & 32 != 0, (b & 64 != 0).then(|| cert(b)), &world);
+                }
             },
             8 => {
                 let b = input.byte();

@@ -71,7 +71,7 @@ pub(crate) enum Negotiated {
 }
 
 /// The machine's settings from ours.
-fn machine_settings(cfg: &crate::S2sConfig) -> machine::Settings {
+pub(crate) fn machine_settings(cfg: &crate::S2sConfig) -> machine::Settings {
     machine::Settings {
         tls: cfg.tls_mode,
         sasl_external: cfg.sasl_external,
@@ -327,5 +327,7 @@ fn log_note(to: &str, note: Note) {
         Note::Ignored { element } => {
             debug!(module = LOG_MODULE, remote = %to, element = %element, "ignored while awaiting dialback result");
         }
+        // Only an authenticated session is reconfigured (see `stream_stanzas`).
+        Note::NoLongerAllowed { .. } => {}
     }
 }

@@ -17,14 +17,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
-use causeway_xmpp::negotiation::outbound::{Action, Outbound, Purpose};
-use causeway_xmpp::{ns, Element, OutboundFault, StanzaCondition, StreamCondition};
+use causeway_xmpp::negotiation::outbound::{Action, Note, Outbound, Purpose};
+use causeway_xmpp::{ns, Element, OutboundFault, StanzaCondition};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::negotiate::{feed, Negotiated, OpenError, Opened, World};
 use crate::queue::{PairQueue, PushError};
-use crate::{Direction, OutboundStanza, S2s, SessionEntry, TlsMode, XmlConn, LOG_MODULE};
+use crate::{Direction, OutboundStanza, S2s, SessionEntry, XmlConn, LOG_MODULE};
 
 /// Bytes written to a peer in one batch at most.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -353,6 +353,9 @@ impl S2s {
                     }
                     Action::Close => conn.shutdown().await,
                     Action::Ended(why) => return why,
+                    Action::Note(Note::NoLongerAllowed { fault }) => {
+                        warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = %fault, "new config no longer allows this session");
+                    }
                     Action::PeerDead(why) => {
                         if let Some(p) = pong.take() {
                             if let Ok(mut m) = self.pings.lock() {
@@ -389,11 +392,11 @@ impl S2s {
                 ev = conn.next_event() => feed(&mut machine, ev, &World { s2s: self, conn: Some(&conn), to }),
                 _ = queue.pushed() => continue,
                 Ok(()) = generation.changed() => {
-                    if let Some(why) = self.still_allowed(&conn, to) {
-                        warn!(module = LOG_MODULE, direction = "outgoing", local = %from, remote = %to, reason = why, "new config no longer allows this session");
-                        close_with(&mut conn, StreamCondition::PolicyViolation, why).await;
-                        return format!("closed by reconfiguration: {why}");
-                    }
+                    let cfg = self.cfg();
+                    let allowed = self.host.peer_allowed(to, Direction::Outbound);
+                    let cert = conn.tls.is_some().then(|| self.cert_status(&conn, false));
+                    let world = World { s2s: self, conn: Some(&conn), to };
+                    machine.reconfigured(crate::negotiate::machine_settings(&cfg), allowed, cert, &world);
                 },
                 _ = entry.closer.notified() => {
                     conn.abort();
@@ -470,27 +473,6 @@ async fn wait_pong(pong: &mut Option<Pong>) {
     }
 }
 
-impl S2s {
-    /// None if the current config still allows an outgoing session to `to` over `conn`;
-    /// otherwise why not.
-    fn still_allowed(&self, conn: &XmlConn, to: &str) -> Option<&'static str> {
-        let cfg = self.cfg();
-        if !self.host.peer_allowed(to, Direction::Outbound) {
-            return Some("the federation policy no longer allows this domain");
-        }
-        if cfg.tls_mode == TlsMode::Required && conn.tls.is_none() {
-            return Some("TLS is now required");
-        }
-        if cfg.require_peer_certs
-            && (self.cert_status(conn, false) != crate::CertStatus::Valid
-                || !S2s::cert_covers(conn, to))
-        {
-            return Some("a valid certificate is now required");
-        }
-        None
-    }
-}
-
 /// `stanza` with both domains normalised, or back as it was when one does not normalise.
 fn normalized(stanza: OutboundStanza) -> Result<OutboundStanza, OutboundStanza> {
     match (
@@ -504,14 +486,6 @@ fn normalized(stanza: OutboundStanza) -> Result<OutboundStanza, OutboundStanza> 
         }),
         _ => Err(stanza),
     }
-}
-
-/// Send a stream error and close (the header was already exchanged).
-async fn close_with(conn: &mut XmlConn, cond: StreamCondition, text: &str) {
-    let mut out = causeway_xmpp::error::stream_error(cond, Some(text));
-    out.push_str(causeway_xmpp::stream::STREAM_CLOSE);
-    let _ = conn.send(out.as_bytes()).await;
-    conn.shutdown().await;
 }
 
 #[cfg(test)]

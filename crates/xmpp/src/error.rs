@@ -375,6 +375,16 @@ pub enum OutboundFault {
     /// The whole negotiation did not end within the authentication deadline.
     #[error("negotiation timed out")]
     NotInTime,
+    /// A reload: the federation policy no longer allows the remote domain.
+    #[error("the federation policy no longer allows this domain")]
+    NoLongerAllowed,
+    /// A reload made TLS required on an unencrypted session.
+    #[error("TLS is now required")]
+    TlsNowRequired,
+    /// A reload made a valid certificate naming the remote domain required, and the peer's
+    /// is not (or no longer) one.
+    #[error("a valid certificate is now required")]
+    CertificateNowRequired,
 }
 
 impl OutboundFault {
@@ -382,9 +392,11 @@ impl OutboundFault {
     /// (the peer ended it, or failed in a way a stream error would not help).
     pub fn stream_condition(&self) -> Option<StreamCondition> {
         match self {
-            OutboundFault::TlsRequired | OutboundFault::CertificateNotTrusted => {
-                Some(StreamCondition::PolicyViolation)
-            }
+            OutboundFault::TlsRequired
+            | OutboundFault::CertificateNotTrusted
+            | OutboundFault::NoLongerAllowed
+            | OutboundFault::TlsNowRequired
+            | OutboundFault::CertificateNowRequired => Some(StreamCondition::PolicyViolation),
             _ => None,
         }
     }

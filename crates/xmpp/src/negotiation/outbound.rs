@@ -118,6 +118,11 @@ pub enum Note {
         /// Its name (clipped).
         element: String,
     },
+    /// A reload no longer allows the authenticated session: it closes (a warning).
+    NoLongerAllowed {
+        /// Why (one of the reload faults of [`OutboundFault`]).
+        fault: OutboundFault,
+    },
 }
 
 /// What the driver must do, in order.
@@ -466,6 +471,48 @@ impl Outbound {
         if matches!(self.phase, Phase::Securing { .. }) {
             self.fail(OutboundFault::TlsFailed, reason);
         }
+    }
+
+    /// The configuration changed: an authenticated session the new one no longer allows ends
+    /// with `<policy-violation/>`. `allowed`: the federation policy still allows `to`;
+    /// `cert`: the peer's certificate judged again under the new trust (None without TLS).
+    /// The new timers apply from their next start.
+    pub fn reconfigured(
+        &mut self,
+        settings: Settings,
+        allowed: bool,
+        cert: Option<CertStatus>,
+        env: &dyn Env,
+    ) {
+        self.settings = settings;
+        if !matches!(self.phase, Phase::Established(_)) {
+            return;
+        }
+        if cert.is_some() {
+            self.tls = cert;
+        }
+        let fault = if !allowed {
+            OutboundFault::NoLongerAllowed
+        } else if self.settings.tls == TlsMode::Required && self.tls.is_none() {
+            OutboundFault::TlsNowRequired
+        } else if self.settings.require_peer_certs
+            && (self.tls != Some(CertStatus::Valid) || !env.cert_covers(&self.to))
+        {
+            OutboundFault::CertificateNowRequired
+        } else {
+            return;
+        };
+        self.note(Note::NoLongerAllowed { fault });
+        let cond = fault
+            .stream_condition()
+            .unwrap_or(crate::error::StreamCondition::PolicyViolation);
+        let mut out = stream_error(cond, Some(&fault.to_string()));
+        out.push_str(crate::stream::STREAM_CLOSE);
+        self.phase = Phase::Done;
+        self.send(out);
+        self.actions.push_back(Action::Close);
+        self.actions
+            .push_back(Action::Ended(format!("closed by reconfiguration: {fault}")));
     }
 
     /// Stanzas were written at `now` on the authenticated session: it is not idle, and needs
@@ -1317,6 +1364,64 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_reload_ends_a_session_it_no_longer_allows() {
+        let now = Instant::now();
+        let cases = [
+            (
+                false,
+                None,
+                settings(TlsMode::Required),
+                OutboundFault::NoLongerAllowed,
+            ),
+            (
+                true,
+                Some(CertStatus::Invalid("revoked".into())),
+                required_certs(),
+                OutboundFault::CertificateNowRequired,
+            ),
+        ];
+        for (allowed, cert, new, fault) in cases {
+            let mut m = authenticated(settings(TlsMode::Required), now);
+            m.reconfigured(new, allowed, cert, &COVERED);
+            let mut wire = stream_error(StreamCondition::PolicyViolation, Some(&fault.to_string()));
+            wire.push_str(crate::stream::STREAM_CLOSE);
+            assert_eq!(
+                drain(&mut m),
+                vec![
+                    Action::Note(Note::NoLongerAllowed { fault }),
+                    Action::Send(wire),
+                    Action::Close,
+                    Action::Ended(format!("closed by reconfiguration: {fault}")),
+                ]
+            );
+            assert!(m.is_done() && m.poll_timeout().is_none());
+        }
+        // A plaintext session when TLS becomes required.
+        let mut m = session(settings(TlsMode::Optional), now);
+        m.started(peer(), None);
+        m.header(now, &v1("s1"), &COVERED);
+        m.element(now, &features(vec![dialback_feature()]), &COVERED);
+        m.element(now, &db_result("valid"), &COVERED);
+        drain(&mut m);
+        m.reconfigured(settings(TlsMode::Required), true, None, &COVERED);
+        assert!(drain(&mut m).contains(&Action::Note(Note::NoLongerAllowed {
+            fault: OutboundFault::TlsNowRequired
+        })));
+        // Still allowed: nothing happens; a session not yet authenticated is not judged here.
+        let mut m = authenticated(settings(TlsMode::Required), now);
+        m.reconfigured(
+            settings(TlsMode::Required),
+            true,
+            Some(CertStatus::Absent),
+            &COVERED,
+        );
+        assert!(drain(&mut m).is_empty() && !m.is_done());
+        let mut m = awaiting_verdict(now);
+        m.reconfigured(settings(TlsMode::Required), false, None, &COVERED);
+        assert!(drain(&mut m).is_empty());
     }
 
     #[test]
