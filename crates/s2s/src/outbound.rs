@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use causeway_xmpp::addr::{jid_domain, normalize_domain};
+use causeway_xmpp::error::Bounce;
 use causeway_xmpp::negotiation::outbound::{Action, Note, Outbound, Purpose};
 use causeway_xmpp::{ns, Element, OutboundFault, StanzaCondition};
 use tokio::time::Instant;
@@ -70,7 +71,9 @@ impl S2s {
             Ok(stanza) => stanza,
             Err(stanza) => {
                 warn!(module = LOG_MODULE, direction = "outgoing", local = %crate::inbound::clip(&stanza.from_domain), remote = %crate::inbound::clip(&stanza.to_domain), "stanza with a malformed domain: bounced");
-                return self.bounce(stanza, StanzaCondition::JidMalformed).await;
+                return self
+                    .bounce(stanza, Bounce::MalformedDomain.condition())
+                    .await;
             }
         };
         for _ in 0..3 {
@@ -87,7 +90,7 @@ impl S2s {
                     self.counters
                         .bounced_queue_full
                         .fetch_add(1, Ordering::Relaxed);
-                    return self.bounce(back, StanzaCondition::ResourceConstraint).await;
+                    return self.bounce(back, Bounce::QueueFull.condition()).await;
                 }
                 Err(PushError::Closed(back)) => {
                     // The session ended between lookup and push; forget it and retry.
@@ -96,8 +99,7 @@ impl S2s {
                 }
             }
         }
-        self.bounce(stanza, StanzaCondition::RemoteServerNotFound)
-            .await;
+        self.bounce(stanza, Bounce::NoSession.condition()).await;
     }
 
     /// Answer the sender of an inbound stanza (`payload`) the host could not take with a
@@ -268,7 +270,7 @@ impl S2s {
             self.counters
                 .bounced_queue_expired
                 .fetch_add(1, Ordering::Relaxed);
-            self.bounce(st, StanzaCondition::RemoteServerTimeout).await;
+            self.bounce(st, Bounce::Expired.condition()).await;
         }
     }
 

@@ -314,6 +314,33 @@ impl FrameError {
     }
 }
 
+/// Why the s2s layer hands a stanza it was asked to send back to the application, besides a
+/// session that could not be opened ([`OutboundFault::stanza_condition`]); in
+/// [`Bounce::condition`], the stanza error that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bounce {
+    /// Its `from` or `to` domain does not normalise.
+    MalformedDomain,
+    /// The pair's queue is full.
+    QueueFull,
+    /// It waited in the pair's queue longer than the queue's age limit.
+    Expired,
+    /// No session for the pair could take it (it kept ending as the stanza arrived).
+    NoSession,
+}
+
+impl Bounce {
+    /// The stanza error condition of the bounce.
+    pub fn condition(self) -> StanzaCondition {
+        match self {
+            Bounce::MalformedDomain => StanzaCondition::JidMalformed,
+            Bounce::QueueFull => StanzaCondition::ResourceConstraint,
+            Bounce::Expired => StanzaCondition::RemoteServerTimeout,
+            Bounce::NoSession => StanzaCondition::RemoteServerNotFound,
+        }
+    }
+}
+
 /// Why an outgoing s2s negotiation (the `negotiation::outbound` machine) failed, and, in
 /// [`OutboundFault::stream_condition`] and [`OutboundFault::stanza_condition`], the one place
 /// that decides what answers it: the stream error we send before closing (if any) and the
