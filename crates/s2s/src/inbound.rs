@@ -178,8 +178,11 @@ enum Input {
     Fed,
     /// A deadline of the machine passed.
     Deadline,
-    /// Nothing for the machine (an ack sent, a pause over).
+    /// Nothing for the machine (a pause over).
     Nothing,
+    /// Stream management: acknowledge this count (written outside the deadline's race, so
+    /// an ack is never cut half-way).
+    Ack(u32),
     /// The connection is gone; why.
     Gone(String),
 }
@@ -234,10 +237,19 @@ impl InboundStream {
                     self.carry_out().await
                 }
                 Input::Nothing => Ok(()),
+                Input::Ack(h) => self
+                    .conn
+                    .send(negotiation::sm_ack(h).as_bytes())
+                    .await
+                    .map_err(|e| e.to_string()),
                 Input::Gone(why) => Err(why),
             };
             if let Err(why) = result {
                 return why;
+            }
+            if self.machine.is_closed() {
+                // Its close was carried out when a deadline cut the actions short.
+                return "closed".into();
             }
         }
     }
@@ -282,11 +294,11 @@ impl InboundStream {
                 Input::Fed
             }
             h = sm::next_safe(&mut self.sm) => match self.sm.as_mut().and_then(|sm| sm.became_safe(h)) {
-                Some(h) => self.send_ack(h).await,
+                Some(h) => Input::Ack(h),
                 None => Input::Nothing,
             },
             _ = sm::sleep_until_opt(sm_deadline) => match self.sm.as_mut().map(InboundSm::expire) {
-                Some(h) => self.send_ack(h).await,
+                Some(h) => Input::Ack(h),
                 None => Input::Nothing,
             },
             Ok(()) = generation.changed() => {
@@ -303,13 +315,14 @@ impl InboundStream {
         }
     }
 
-    /// [`InboundStream::carry_out`], racing the machine's deadline while the stream is not
-    /// authenticated: when it passes first, the machine decides (and its closing words are
-    /// written). Once authenticated nothing is cut short (a delivery waiting for room must
-    /// not be dropped half-way); idleness is checked between inputs.
+    /// [`InboundStream::carry_out`], racing the machine's deadline while it negotiates (not
+    /// authenticated yet, or awaiting a restarted stream's header): when it passes first,
+    /// the machine decides (and its closing words are written). Otherwise nothing is cut
+    /// short (a delivery waiting for room must not be dropped half-way); idleness is checked
+    /// between inputs.
     async fn carry_out_in_time(&mut self) -> Result<(), String> {
-        let unauthenticated = self.machine.pairs().next().is_none();
-        let deadline = self.deadline().filter(|_| unauthenticated);
+        let negotiating = self.machine.negotiating();
+        let deadline = self.deadline().filter(|_| negotiating);
         let done = tokio::select! {
             done = self.carry_out() => Some(done),
             _ = sm::sleep_until_opt(deadline) => None,
@@ -391,8 +404,8 @@ impl InboundStream {
                         warn!(module = LOG_MODULE, direction = "incoming", peer = %self.conn.peer, from = %from, to = %to, "stanza from a domain this stream did not authenticate: refused");
                     }
                 }
-                // Refused counts as handled (XEP-0198).
-                if let Some(sm) = self.sm.as_mut() {
+                // Refused counts as handled (XEP-0198), on a stream that goes on.
+                if let Some(sm) = self.sm.as_mut().filter(|_| !self.machine.is_closed()) {
                     sm.stanza(None);
                 }
             }
@@ -429,6 +442,7 @@ impl InboundStream {
                 self.machine
                     .tls_established(std::time::Instant::now(), cert);
             }
+            Err(ConnError::Tls(why)) => self.machine.tls_failed(why),
             Err(e) => self.machine.tls_failed(e.to_string()),
         }
     }
@@ -513,13 +527,8 @@ impl InboundStream {
         if let Some(sm) = self.sm.as_mut() {
             sm.stanza(handled);
         }
-    }
-
-    async fn send_ack(&mut self, h: u32) -> Input {
-        match self.conn.send(negotiation::sm_ack(h).as_bytes()).await {
-            Ok(()) => Input::Nothing,
-            Err(e) => Input::Gone(e.to_string()),
-        }
+        // Idleness counts from the end of the handling, as a slow delivery is not idle.
+        self.machine.stanza_handled(std::time::Instant::now());
     }
 
     /// Write the last words and close; returns why, for the log.

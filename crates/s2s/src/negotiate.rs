@@ -55,11 +55,40 @@ impl From<crate::ConnError> for OpenError {
     }
 }
 
-/// An authenticated session's connection and machine.
+/// An authenticated session's connection, machine and place in the session list.
 pub(crate) struct Opened {
     pub(crate) conn: XmlConn,
     pub(crate) machine: Outbound,
     pub(crate) method: Method,
+    pub(crate) entry: Arc<crate::SessionEntry>,
+}
+
+/// A session's place in [`S2s::sessions`] while it negotiates: listed (and reachable by
+/// `close_sessions_with`) from its connection on, as before the machine; taken out again
+/// if it fails. Verification connections are not listed.
+struct Listed<'a> {
+    s2s: &'a S2s,
+    entry: Option<Arc<crate::SessionEntry>>,
+}
+
+impl Listed<'_> {
+    /// List a session's (new) connection to `peer`.
+    fn connected(&mut self, peer: std::net::SocketAddr) {
+        self.drop_entry();
+        self.entry = Some(self.s2s.register(crate::Direction::Outbound, peer));
+    }
+
+    fn drop_entry(&mut self) {
+        if let Some(e) = self.entry.take() {
+            self.s2s.unregister(&e);
+        }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.drop_entry();
+    }
 }
 
 /// How an outgoing negotiation ended well.
@@ -143,6 +172,7 @@ impl S2s {
         purpose: Purpose,
     ) -> Result<Negotiated, OpenError> {
         let cfg = self.cfg();
+        let session = purpose == Purpose::Session;
         let mut machine = Outbound::new(
             machine_settings(&cfg),
             from,
@@ -151,6 +181,10 @@ impl S2s {
             std::time::Instant::now(),
         );
         let mut direct = cfg.tls_mode != TlsMode::Disabled;
+        let mut listed = Listed {
+            s2s: self,
+            entry: None,
+        };
         'connect: loop {
             let Some(opened) = within(machine.poll_timeout(), self.connect(to, direct)).await
             else {
@@ -166,6 +200,9 @@ impl S2s {
             let mut conn = opened?;
             let cert = conn.tls.is_some().then(|| self.cert_status(&conn, false));
             machine.started(conn.peer, cert);
+            if session {
+                listed.connected(conn.peer);
+            }
             loop {
                 while let Some(action) = machine.poll_action() {
                     match action {
@@ -182,10 +219,15 @@ impl S2s {
                         Action::Note(note) => log_note(to, note),
                         Action::Close => conn.shutdown().await,
                         Action::Authenticated { method } => {
+                            let entry = match listed.entry.take() {
+                                Some(entry) => entry,
+                                None => self.register(crate::Direction::Outbound, conn.peer),
+                            };
                             let opened = Opened {
                                 conn,
                                 machine,
                                 method,
+                                entry,
                             };
                             return Ok(Negotiated::Authenticated(Box::new(opened)));
                         }
@@ -285,13 +327,17 @@ impl S2s {
                 machine.tls_failed(e.to_string());
             }
             None => {
-                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::Instant::now();
+                if machine.handshake_deadline().is_some_and(|by| now >= by) {
+                    // The handshake's own deadline, not the whole negotiation's.
+                    self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 let world = World {
                     s2s: self,
                     conn: None,
                     to,
                 };
-                machine.timeout(std::time::Instant::now(), &world);
+                machine.timeout(now, &world);
             }
         }
     }

@@ -293,7 +293,7 @@ impl S2s {
             }
         };
         let conn = &opened.conn;
-        let entry = self.register(Direction::Outbound, conn.peer);
+        let entry = opened.entry.clone();
         let method = opened.method.as_str();
         entry.update(|i| {
             i.tls = conn.tls.clone();
@@ -348,6 +348,8 @@ impl S2s {
                         if let Err(e) = written {
                             return e;
                         }
+                        // Its answer is awaited from now, once written.
+                        machine.ping_written(std::time::Instant::now());
                         pong = Some(Pong {
                             id: ping.id,
                             answered: waiter,

@@ -123,7 +123,7 @@ impl std::fmt::Display for Close {
             Close::PeerClosed => f.write_str("closed by peer"),
             Close::PeerError(e) => write!(f, "stream error from peer: {e}"),
             Close::TlsUnavailable => f.write_str("STARTTLS requested but TLS is not configured"),
-            Close::TlsFailed(e) => write!(f, "TLS handshake failed: {e}"),
+            Close::TlsFailed(e) => write!(f, "TLS handshake: {e}"),
         }
     }
 }
@@ -390,6 +390,25 @@ impl Inbound {
     /// The authenticated (remote, local) pairs.
     pub fn pairs(&self) -> impl Iterator<Item = &(String, String)> {
         self.authed.iter()
+    }
+
+    /// Negotiation deadlines apply: no pair authenticated yet, or a restarted stream's
+    /// header (or a TLS handshake) awaited.
+    pub fn negotiating(&self) -> bool {
+        match self.phase {
+            Phase::Closed => false,
+            Phase::Open(_) => self.authed.is_empty(),
+            Phase::AwaitingHeader { .. } | Phase::Securing { .. } => true,
+        }
+    }
+
+    /// The driver finished handling a stanza at `now` (a delivery may wait for room):
+    /// idleness counts from here.
+    pub fn stanza_handled(&mut self, now: Instant) {
+        let idle_by = now + self.settings.deadlines.idle;
+        if idle_by > self.idle_by {
+            self.idle_by = idle_by;
+        }
     }
 
     /// The domain the current stream header claims (normalised), once it arrived.
@@ -1998,6 +2017,40 @@ mod tests {
         let a = p.drain();
         assert_fault(&a, Fault::Idle, StreamCondition::ConnectionTimeout);
         assert!(!Fault::Idle.is_negotiation_deadline());
+    }
+
+    #[test]
+    fn negotiating_until_authenticated_and_again_while_a_restart_is_awaited() {
+        let mut p = Peer::new(settings(TlsMode::Required), Some(CertStatus::Valid));
+        assert!(p.m.negotiating(), "awaiting the header");
+        p.header();
+        assert!(p.m.negotiating(), "not authenticated");
+        p.el(
+            1,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+        );
+        assert!(
+            p.m.negotiating(),
+            "authenticated, awaiting the restarted header"
+        );
+        p.header();
+        assert!(!p.m.negotiating());
+        p.m.peer_closed();
+        assert!(!p.m.negotiating());
+    }
+
+    #[test]
+    fn idleness_counts_from_the_end_of_a_slow_delivery() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        p.el(100, &message("ana@remote.test", "bob@local.test"));
+        // The delivery took 30 s.
+        p.m.stanza_handled(p.at(130));
+        assert_eq!(p.m.poll_timeout(), Some(p.at(730)));
+        // An earlier report does not move it back.
+        p.m.stanza_handled(p.at(120));
+        assert_eq!(p.m.poll_timeout(), Some(p.at(730)));
     }
 
     #[test]

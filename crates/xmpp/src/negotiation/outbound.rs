@@ -524,6 +524,26 @@ impl Outbound {
         }
     }
 
+    /// The ping of [`Action::Ping`] was written at `now`: its answer is due within the ping
+    /// timeout from here (a slow write does not eat into it), and the next one after the
+    /// interval.
+    pub fn ping_written(&mut self, now: Instant) {
+        if let Phase::Established(l) = &mut self.phase {
+            if l.pong_by.is_some() {
+                l.pong_by = Some(now + self.settings.ping_timeout);
+                l.ping_at = now + self.settings.ping_interval;
+            }
+        }
+    }
+
+    /// While a STARTTLS handshake runs: its own deadline.
+    pub fn handshake_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Securing { by } => Some(by),
+            _ => None,
+        }
+    }
+
     /// The outstanding ping was answered (at `now`).
     pub fn pong(&mut self, _now: Instant) {
         if let Phase::Established(l) = &mut self.phase {
@@ -1220,6 +1240,17 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_deadline_is_known_only_while_securing() {
+        let now = Instant::now();
+        let m = securing(now);
+        assert_eq!(m.handshake_deadline(), Some(now + Duration::from_secs(5)));
+        assert_eq!(
+            authenticated(settings(TlsMode::Required), now).handshake_deadline(),
+            None
+        );
+    }
+
+    #[test]
     fn tls_handshake_failure() {
         let now = Instant::now();
         let mut m = securing(now);
@@ -1482,6 +1513,21 @@ mod tests {
         m.pong(t0 + secs(41));
         m.timeout(t0 + secs(1000), &COVERED);
         assert_eq!(drain(&mut m), []);
+    }
+
+    #[test]
+    fn a_ping_answer_is_awaited_from_when_the_ping_was_written() {
+        let t0 = Instant::now();
+        let mut m = authenticated(settings(TlsMode::Required), t0);
+        m.timeout(t0 + secs(10), &COVERED);
+        assert_eq!(drain(&mut m), [Action::Ping]);
+        // The write took 4 s: the answer has its whole 10 s from there.
+        m.ping_written(t0 + secs(14));
+        assert_eq!(m.poll_timeout(), Some(t0 + secs(24)));
+        m.timeout(t0 + secs(20), &COVERED);
+        assert_eq!(drain(&mut m), []);
+        m.timeout(t0 + secs(24), &COVERED);
+        assert_eq!(drain(&mut m), [Action::PeerDead("no answer to a ping")]);
     }
 
     /// Something the peer does to an authenticated session.
