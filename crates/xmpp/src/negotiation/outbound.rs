@@ -474,7 +474,7 @@ impl Outbound {
     }
 
     /// The configuration changed: an authenticated session the new one no longer allows ends
-    /// with `<policy-violation/>`. `allowed`: the federation policy still allows `to`;
+    /// with `<policy-violation/>` (a negotiation under way is not affected). `allowed`: the federation policy still allows `to`;
     /// `cert`: the peer's certificate judged again under the new trust (None without TLS).
     /// The new timers apply from their next start.
     pub fn reconfigured(
@@ -484,10 +484,11 @@ impl Outbound {
         cert: Option<CertStatus>,
         env: &dyn Env,
     ) {
-        self.settings = settings;
+        // A negotiation runs to its end on the settings it began with.
         if !matches!(self.phase, Phase::Established(_)) {
             return;
         }
+        self.settings = settings;
         if cert.is_some() {
             self.tls = cert;
         }
