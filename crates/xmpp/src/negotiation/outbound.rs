@@ -1337,6 +1337,19 @@ mod tests {
         }
     }
 
+    /// The fuzzer's finding: a reload reported mid-negotiation changed the settings the
+    /// negotiation was judged by. It runs to its end on those it began with.
+    #[test]
+    fn a_reload_does_not_change_a_negotiation_under_way() {
+        let now = Instant::now();
+        let mut m = through_starttls(required_certs(), now, CertStatus::Absent);
+        m.reconfigured(settings(TlsMode::Optional), true, None, &COVERED);
+        assert_eq!(drain(&mut m), []);
+        m.element(now, &features(vec![dialback_feature()]), &COVERED);
+        let f = failed_with(&mut m, &[&policy_violation("certificate not trusted")]);
+        assert_eq!(f.fault, OutboundFault::CertificateNotTrusted);
+    }
+
     #[test]
     fn required_certificates_must_be_valid_and_name_the_peer() {
         let now = Instant::now();
