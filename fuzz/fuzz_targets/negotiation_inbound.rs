@@ -11,13 +11,19 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use causeway_fuzz::{limits, Budget};
+use causeway_fuzz::{cert_status, deadlines, first_element, limits, Budget, Input};
 use causeway_xmpp::negotiation::inbound::{Action, Env, Inbound, Settings};
-use causeway_xmpp::negotiation::{CertStatus, Deadlines, TlsMode, Verdict};
-use causeway_xmpp::{Event, Framer, StreamHeader, TopLevel};
+use causeway_xmpp::negotiation::{TlsMode, Verdict};
+use causeway_xmpp::StreamHeader;
 use libfuzzer_sys::fuzz_target;
 
-const DOMAINS: [&str; 5] = ["local.test", "remote.test", "other.test", "Remote.Test.", "a_b"];
+const DOMAINS: [&str; 5] = [
+    "local.test",
+    "remote.test",
+    "other.test",
+    "Remote.Test.",
+    "a_b",
+];
 
 struct World {
     served: u8,
@@ -53,30 +59,6 @@ impl Env for World {
     }
 }
 
-/// The input, read a byte at a time (zeros once it runs out).
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn pick<'s>(&mut self, of: &[&'s str]) -> &'s str {
-        of[usize::from(self.byte()) % of.len()]
-    }
-    fn take(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
-        taken
-    }
-}
-
 fn settings(b: u8) -> Settings {
     Settings {
         tls: [TlsMode::Required, TlsMode::Optional, TlsMode::Disabled][usize::from(b % 3)],
@@ -85,34 +67,7 @@ fn settings(b: u8) -> Settings {
         stream_management: b & 16 != 0,
         require_peer_certs: b & 32 != 0,
         dialback_secret: "fuzz-secret".into(),
-        deadlines: Deadlines {
-            stream_header: Duration::from_secs(10),
-            tls_handshake: Duration::from_secs(10),
-            authentication: Duration::from_secs(30),
-            idle: Duration::from_secs(600),
-        },
-    }
-}
-
-fn cert(b: u8) -> CertStatus {
-    match b % 3 {
-        0 => CertStatus::Absent,
-        1 => CertStatus::Valid,
-        _ => CertStatus::Invalid("fuzz".into()),
-    }
-}
-
-/// `xml` as a top-level element of a jabber:server stream, if it frames as one.
-fn top(xml: &[u8]) -> Option<TopLevel> {
-    let mut f = Framer::new(limits());
-    f.push(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' version='1.0'>");
-    f.push(xml);
-    loop {
-        match f.next_event() {
-            Ok(Some(Event::Element(tl))) => return Some(tl),
-            Ok(Some(_)) => continue,
-            _ => return None,
-        }
+        deadlines: deadlines(),
     }
 }
 
@@ -136,7 +91,8 @@ fn known_element(input: &mut Input) -> String {
         5 => format!("<iq type='result' id='p1' from='{a}' to='{b}'/>"),
         6 => "<enable xmlns='urn:xmpp:sm:3'/>".into(),
         7 => "<r xmlns='urn:xmpp:sm:3'/>".into(),
-        8 => "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>".into(),
+        8 => "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+            .into(),
         9 => format!("<presence from='{a}' to='{b}'/>"),
         10 => format!("<db:result from='{a}' to='{b}' type='valid'/>"),
         _ => "<foo xmlns='urn:example'/>".into(),
@@ -157,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let auth_by = t0 + Duration::from_secs(30);
     let mut now = t0;
-    let tls = (first & 64 != 0).then(|| cert(first));
+    let tls = (first & 64 != 0).then(|| cert_status(first));
     let mut m = Inbound::new(settings(first), t0, tls, "e".into());
     let mut closed = false;
     let mut steps = 0;
@@ -176,13 +132,13 @@ fuzz_target!(|data: &[u8]| {
             }
             1 | 2 | 3 => {
                 let xml = known_element(&mut input);
-                if let Some(tl) = top(xml.as_bytes()) {
+                if let Some(tl) = first_element(xml.as_bytes(), limits()) {
                     m.element(now, tl, &mut world);
                 }
             }
             4 => {
                 let n = usize::from(input.byte());
-                if let Some(tl) = top(input.take(n)) {
+                if let Some(tl) = first_element(input.take(n), limits()) {
                     m.element(now, tl, &mut world);
                 }
             }
@@ -190,7 +146,7 @@ fuzz_target!(|data: &[u8]| {
             6 => m.frame_error(causeway_xmpp::FrameError::NotWellFormed("fuzz".into())),
             7 => {
                 if input.byte() % 2 == 0 {
-                    m.tls_established(now, cert(input.byte()));
+                    m.tls_established(now, cert_status(input.byte()));
                 } else {
                     m.tls_failed("fuzz".into());
                 }
@@ -208,7 +164,7 @@ fuzz_target!(|data: &[u8]| {
             9 => {
                 world.allowed = input.byte();
                 let b = input.byte();
-                m.reconfigured(settings(b), (b & 64 != 0).then(|| cert(b)), &world);
+                m.reconfigured(settings(b), (b & 64 != 0).then(|| cert_status(b)), &world);
             }
             _ => {
                 now += Duration::from_millis(u64::from(input.byte()) * 250);
@@ -244,7 +200,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(closed, m.is_closed());
         if !closed && m.pairs().next().is_none() {
             let due = m.poll_timeout().expect("an open stream has a deadline");
-            assert!(due <= auth_by, "unauthenticated beyond the deadline: {due:?}");
+            assert!(
+                due <= auth_by,
+                "unauthenticated beyond the deadline: {due:?}"
+            );
         }
     }
     budget.check(data.len(), "inbound negotiation");

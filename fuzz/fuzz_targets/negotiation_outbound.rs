@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use causeway_fuzz::{limits, Budget};
+use causeway_fuzz::{cert_status, deadlines, first_element, limits, Budget, Input};
 use causeway_xmpp::negotiation::outbound::{Action, Env, Outbound, Purpose, Settings};
-use causeway_xmpp::negotiation::{CertStatus, Deadlines, TlsMode};
-use causeway_xmpp::{Element, Event, Framer, StreamHeader};
+use causeway_xmpp::negotiation::{CertStatus, TlsMode};
+use causeway_xmpp::{Element, StreamHeader};
 use libfuzzer_sys::fuzz_target;
 
 struct World {
@@ -32,27 +32,6 @@ impl Env for World {
     }
 }
 
-/// The input, read a byte at a time (zeros once it runs out).
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn take(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
-        taken
-    }
-}
-
 fn settings(b: u8) -> Settings {
     Settings {
         tls: [TlsMode::Required, TlsMode::Optional, TlsMode::Disabled][usize::from(b % 3)],
@@ -60,37 +39,10 @@ fn settings(b: u8) -> Settings {
         presents_client_cert: b & 8 != 0,
         require_peer_certs: b & 16 != 0,
         dialback_secret: "fuzz-secret".into(),
-        deadlines: Deadlines {
-            stream_header: Duration::from_secs(10),
-            tls_handshake: Duration::from_secs(10),
-            authentication: Duration::from_secs(30),
-            idle: Duration::from_secs(600),
-        },
+        deadlines: deadlines(),
         keepalive: Duration::from_secs(60),
         ping_interval: Duration::from_secs(120),
         ping_timeout: Duration::from_secs(30),
-    }
-}
-
-fn cert(b: u8) -> CertStatus {
-    match b % 3 {
-        0 => CertStatus::Absent,
-        1 => CertStatus::Valid,
-        _ => CertStatus::Invalid("fuzz".into()),
-    }
-}
-
-/// `xml` as a top-level element of a jabber:server stream, if it frames as one.
-fn element(xml: &[u8]) -> Option<Element> {
-    let mut f = Framer::new(limits());
-    f.push(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' version='1.0'>");
-    f.push(xml);
-    loop {
-        match f.next_event() {
-            Ok(Some(Event::Element(tl))) => return Some(tl.element),
-            Ok(Some(_)) => continue,
-            _ => return None,
-        }
     }
 }
 
@@ -177,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
         match input.byte() % 12 {
             0 => {
                 let b = input.byte();
-                let direct = (b & 1 != 0).then(|| cert(b >> 1));
+                let direct = (b & 1 != 0).then(|| cert_status(b >> 1));
                 proposed_tls = Some(direct.clone());
                 m.started(peer, direct);
             }
@@ -195,14 +147,14 @@ fuzz_target!(|data: &[u8]| {
             }
             2..=5 => {
                 let xml = known_element(&mut input);
-                if let Some(el) = element(xml.as_bytes()) {
+                if let Some(el) = first_element(xml.as_bytes(), limits()).map(|tl| tl.element) {
                     peer_said_yes |= says_authenticated(&el);
                     m.element(now, &el, &world);
                 }
             }
             6 => {
                 let n = usize::from(input.byte());
-                if let Some(el) = element(input.take(n)) {
+                if let Some(el) = first_element(input.take(n), limits()).map(|tl| tl.element) {
                     peer_said_yes |= says_authenticated(&el);
                     m.element(now, &el, &world);
                 }
@@ -214,13 +166,18 @@ fuzz_target!(|data: &[u8]| {
                 _ => {
                     world.covers = !world.covers;
                     let b = input.byte();
-                    m.reconfigured(settings(b), b & 32 != 0, (b & 64 != 0).then(|| cert(b)), &world);
+                    m.reconfigured(
+                        settings(b),
+                        b & 32 != 0,
+                        (b & 64 != 0).then(|| cert_status(b)),
+                        &world,
+                    );
                 }
             },
             8 => {
                 let b = input.byte();
                 if b & 1 == 0 {
-                    let c = cert(b >> 1);
+                    let c = cert_status(b >> 1);
                     proposed_tls = Some(Some(c.clone()));
                     m.tls_established(c);
                 } else {

@@ -92,3 +92,71 @@ pub fn limits() -> causeway_xmpp::Limits {
         ..causeway_xmpp::Limits::default()
     }
 }
+
+/// The first top-level element of [`HEADER`] + `body`, if the framer yields one.
+pub fn first_element(
+    body: &[u8],
+    limits: causeway_xmpp::Limits,
+) -> Option<causeway_xmpp::TopLevel> {
+    let mut framer = causeway_xmpp::Framer::new(limits);
+    framer.push(HEADER);
+    framer.push(body);
+    loop {
+        match framer.next_event() {
+            Ok(Some(causeway_xmpp::Event::Element(tl))) => return Some(tl),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// A fuzz input read a byte at a time, for targets that turn it into a sequence of events
+/// (zeros once it runs out).
+pub struct Input<'a>(pub &'a [u8]);
+
+impl Input<'_> {
+    /// The next byte.
+    pub fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    /// One of `of`, chosen by the next byte.
+    pub fn pick<'s>(&mut self, of: &[&'s str]) -> &'s str {
+        of[usize::from(self.byte()) % of.len()]
+    }
+
+    /// The next `n` bytes (fewer at the end).
+    pub fn take(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.0.len());
+        let (taken, rest) = self.0.split_at(n);
+        self.0 = rest;
+        taken
+    }
+}
+
+/// A certificate's worth, chosen by `b`.
+pub fn cert_status(b: u8) -> causeway_xmpp::negotiation::CertStatus {
+    use causeway_xmpp::negotiation::CertStatus;
+    match b % 3 {
+        0 => CertStatus::Absent,
+        1 => CertStatus::Valid,
+        _ => CertStatus::Invalid("fuzz".into()),
+    }
+}
+
+/// The deadlines the negotiation targets run their machines with.
+pub fn deadlines() -> causeway_xmpp::negotiation::Deadlines {
+    use std::time::Duration;
+    causeway_xmpp::negotiation::Deadlines {
+        stream_header: Duration::from_secs(10),
+        tls_handshake: Duration::from_secs(10),
+        authentication: Duration::from_secs(30),
+        idle: Duration::from_secs(600),
+    }
+}
