@@ -113,12 +113,7 @@ fn settings(cfg: &S2sConfig) -> Settings {
         stream_management: cfg.stream_management,
         require_peer_certs: cfg.require_peer_certs,
         dialback_secret: cfg.dialback_secret.clone(),
-        deadlines: negotiation::Deadlines {
-            stream_header: cfg.deadlines.stream_header,
-            tls_handshake: cfg.deadlines.tls_handshake,
-            authentication: cfg.deadlines.authentication,
-            idle: cfg.idle_timeout,
-        },
+        deadlines: cfg.negotiation_deadlines(),
     }
 }
 

@@ -606,6 +606,18 @@ impl S2s {
     }
 }
 
+impl S2sConfig {
+    /// The deadlines the negotiation machines run with, inbound and outbound alike.
+    pub(crate) fn negotiation_deadlines(&self) -> causeway_xmpp::negotiation::Deadlines {
+        causeway_xmpp::negotiation::Deadlines {
+            stream_header: self.deadlines.stream_header,
+            tls_handshake: self.deadlines.tls_handshake,
+            authentication: self.deadlines.authentication,
+            idle: self.idle_timeout,
+        }
+    }
+}
+
 impl S2s {
     /// Judge the chain a peer presented. `is_initiator`: the peer opened the connection (its
     /// certificate may carry serverAuth only: accepted).

@@ -107,12 +107,7 @@ pub(crate) fn machine_settings(cfg: &crate::S2sConfig) -> machine::Settings {
         presents_client_cert: cfg.presents_client_cert,
         require_peer_certs: cfg.require_peer_certs,
         dialback_secret: cfg.dialback_secret.clone(),
-        deadlines: causeway_xmpp::negotiation::Deadlines {
-            stream_header: cfg.deadlines.stream_header,
-            tls_handshake: cfg.deadlines.tls_handshake,
-            authentication: cfg.deadlines.authentication,
-            idle: cfg.idle_timeout,
-        },
+        deadlines: cfg.negotiation_deadlines(),
         keepalive: cfg.keepalive,
         ping_interval: cfg.ping_interval,
         ping_timeout: cfg.ping_timeout,
