@@ -93,13 +93,13 @@ async fn flood(
     // Warm-up: sessions, TLS and dialback out of the way.
     let base = sink.count();
     gen.send(LOCAL, stanza(0)).await;
-    wait_count(sink, base + 1, Duration::from_secs(20)).await?;
+    wait_count(gen, sink, base + 1, Duration::from_secs(20)).await?;
     let cpu0: Duration = pids.iter().map(|p| cpu_time(*p)).sum();
     let start = Instant::now();
     for i in 1..=n {
         gen.send(LOCAL, stanza(i)).await;
     }
-    wait_count(sink, base + 1 + n, Duration::from_secs(600)).await?;
+    wait_count(gen, sink, base + 1 + n, Duration::from_secs(600)).await?;
     let elapsed = start.elapsed();
     let cpu: Duration = pids.iter().map(|p| cpu_time(*p)).sum::<Duration>() - cpu0;
     Ok(Flood {
@@ -108,13 +108,22 @@ async fn flood(
     })
 }
 
-async fn wait_count(sink: &SyntheticServer, n: u64, timeout: Duration) -> Result<()> {
+/// Waits until `sink` has `n` stanzas; fails after `timeout`, or at once when stanzas came
+/// back to `gen` (answered with errors: the flood would never complete).
+async fn wait_count(
+    gen: &SyntheticServer,
+    sink: &SyntheticServer,
+    n: u64,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while sink.count() < n {
         anyhow::ensure!(
-            Instant::now() < deadline,
-            "sink has {} of {n} stanzas",
-            sink.count()
+            Instant::now() < deadline && gen.count() == 0 && gen.bounced() == 0,
+            "sink has {} of {n} stanzas; {} answered back to the generator, {} bounced by its own queue",
+            sink.count(),
+            gen.count(),
+            gen.bounced()
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -322,3 +322,179 @@ fn an_edge_outage_is_answered_to_the_inside_and_loses_nothing() {
         "a message arrived twice or was both bounced and delivered"
     );
 }
+
+/// A node that reads slower than a partner writes (here: it stops reading for a while) holds
+/// that partner back instead of bouncing: core keeps what its node queue cannot take
+/// unacknowledged on the tunnel, the edge stops reading the partner's stream once the
+/// destination holds its share of the window, and when the node reads again every stanza
+/// arrives, in order, with no error answered. (Before, core bounced `resource-constraint` as
+/// soon as its queue was full: the benchmark's flood saw this when its sink fell behind.)
+#[test]
+fn a_node_slower_than_a_partner_holds_the_partner_back_instead_of_bouncing() {
+    use causeway_testkit::lab::{self, LOCAL};
+    use causeway_testkit::synthetic::SyntheticServer;
+
+    let subnet = 249;
+    let ip = |h| Lab::ip(subnet, h);
+    let dir = causeway_testkit::temp_dir("causeway-backpressure-").expect("temp dir");
+    lab::write_pki(&dir.path().join("pki")).expect("pki");
+    let (edge_s2s, tunnel) = (
+        SocketAddr::from((ip(2), 5269)),
+        SocketAddr::from((ip(2), 7400)),
+    );
+    let (core_s2s, core_metrics) = (
+        SocketAddr::from((ip(3), 5269)),
+        SocketAddr::from((ip(3), 9100)),
+    );
+    let (gen_addr, sink_addr) = (
+        SocketAddr::from((ip(21), 5269)),
+        SocketAddr::from((ip(11), 5269)),
+    );
+    let mut edge_cfg = lab::edge_config(edge_s2s, tunnel, SocketAddr::from((ip(53), 53)), &[], "");
+    edge_cfg.push_str(&format!(
+        "\n[[static_routes]]\ndomain = \"{PARTNER}\"\naddresses = [\"{gen_addr}\"]\n\
+         \n[limits]\ninbound_bytes_per_sec_per_domain = 0\n"
+    ));
+    std::fs::write(dir.path().join("edge.toml"), edge_cfg).expect("edge.toml");
+    let mut core_cfg = lab::core_config(core_s2s, tunnel, ip(11), 5269);
+    core_cfg.push_str(&format!("\n[metrics]\nlisten = \"{core_metrics}\"\n"));
+    std::fs::write(dir.path().join("core.toml"), core_cfg).expect("core.toml");
+    let _edge = lab::spawn_daemon(
+        std::path::Path::new(crate::support::EDGE),
+        "edge",
+        dir.path(),
+        "info",
+    )
+    .expect("edge");
+    let _core = lab::spawn_daemon(
+        std::path::Path::new(crate::support::CORE),
+        "core",
+        dir.path(),
+        "info",
+    )
+    .expect("core");
+
+    // 8,000 stanzas of 16 KiB: 125 MiB, more than every buffer on the way holds together:
+    // the generator's own queue (16 MiB), core's node queue (16 MiB), the destination's share
+    // of the tunnel window (8 MiB) and the sockets.
+    const N: u64 = 8_000;
+    let filler = "x".repeat(16 * 1024);
+    let stanza = move |i: u64| {
+        format!(
+            "<message from='load@{PARTNER}' to='alice@{LOCAL}' type='chat' id='m{i}'>\
+             <body>{filler}</body></message>"
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (sink, gen) = rt.block_on(async {
+        let sink = SyntheticServer::start(LOCAL, sink_addr, core_s2s, true)
+            .await
+            .expect("sink");
+        let gen = SyntheticServer::start(PARTNER, gen_addr, edge_s2s, true)
+            .await
+            .expect("generator");
+        (sink, gen)
+    });
+    // The load's ids as the sink has them (core's own probes of its node are not counted),
+    // and the error stanzas the partner got back.
+    let loads = |s: &SyntheticServer| -> Vec<u64> {
+        let kept = s.received.kept.lock().expect("kept");
+        kept.iter()
+            .filter_map(|p| {
+                let text = std::str::from_utf8(p).ok()?;
+                if !text.contains(&format!("load@{PARTNER}")) {
+                    return None;
+                }
+                // Either quote: the payload may have been written again on the way.
+                let start = text.find("id=")? + 5;
+                let end = start + text[start..].find(['\'', '"'])?;
+                text[start..end].parse().ok()
+            })
+            .collect()
+    };
+    let errors = |s: &SyntheticServer| -> Vec<String> {
+        let kept = s.received.kept.lock().expect("kept");
+        kept.iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .filter(|t| t.contains("type='error'") || t.contains("type=\"error\""))
+            .collect()
+    };
+    // Warm-up: sessions, TLS and dialback on every leg.
+    rt.block_on(gen.send(LOCAL, stanza(0)));
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || loads(&sink).len() == 1),
+        "the warm-up stanza did not arrive; the generator got {:?}",
+        gen.received.kept.lock().expect("kept").first()
+    );
+
+    sink.pause();
+    let gen = std::sync::Arc::new(gen);
+    let sender = gen.clone();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = sent.clone();
+    let flood = rt.spawn(async move {
+        for i in 1..=N {
+            sender.send(LOCAL, stanza(i)).await;
+            progress.store(i, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Core holds stanzas back once its node queue is full...
+    let held = || metric(&scrape(core_metrics), "causeway_outbound_held_for_room").unwrap_or(0.0);
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || held() > 0.0),
+        "core never held a stanza back (sent {})",
+        sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    // ... and the partner is held back: its sending stops short of the end.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        after < N && after == before,
+        "the partner was not held back: {before} then {after} of {N} sent"
+    );
+    let core_text = scrape(core_metrics);
+    let bounced_full = core_text
+        .lines()
+        .find(|l| l.starts_with("causeway_stanzas_bounced_by_queue_total{reason=\"full\"}"))
+        .map(str::to_owned);
+
+    sink.resume();
+    assert!(
+        causeway_testkit::wait_until(Duration::from_secs(120), || loads(&sink).len() as u64
+            == N + 1),
+        "the sink has {} of {} stanzas after resuming; generator got {} errors back",
+        loads(&sink).len(),
+        N + 1,
+        errors(&gen).len()
+    );
+    rt.block_on(flood).expect("flood task");
+    // Nothing was answered with an error, and everything arrived in order.
+    let answered = errors(&gen);
+    assert!(
+        answered.is_empty(),
+        "{} errors came back to the partner, the first: {:?}",
+        answered.len(),
+        answered.first()
+    );
+    assert_eq!(gen.bounced(), 0, "the partner's own queue bounced");
+    assert!(
+        bounced_full.as_deref().is_none_or(|l| l.ends_with(" 0")),
+        "core bounced for a full queue: {bounced_full:?}"
+    );
+    let ids = loads(&sink);
+    assert!(
+        ids.windows(2).all(|w| w[0] + 1 == w[1]),
+        "out of order or duplicated: first break at {:?}",
+        ids.windows(2).find(|w| w[0] + 1 != w[1])
+    );
+    assert_eq!(
+        metric(&scrape(core_metrics), "causeway_outbound_held_for_room"),
+        Some(0.0)
+    );
+}

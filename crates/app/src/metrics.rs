@@ -305,6 +305,8 @@ pub struct Snapshot {
     pub bounced_by_queue: (u64, u64),
     /// Bytes queued for remote servers now, over every outgoing pair.
     pub queued_bytes: u64,
+    /// Stanzas held back until their pair's queue has room (core).
+    pub held_for_room: u64,
     /// Failed TLS handshakes.
     pub tls_handshake_failures: u64,
     /// Dialback verifications that failed or said invalid.
@@ -354,6 +356,7 @@ impl Snapshot {
             stanzas_bounced: load(&c.stanzas_bounced),
             bounced_by_queue: (load(&c.bounced_queue_full), load(&c.bounced_queue_expired)),
             queued_bytes: s2s.queued_bytes() as u64,
+            held_for_room: load(&c.held_for_room),
             tls_handshake_failures: load(&c.tls_failures),
             dialback_failures: load(&c.dialback_failures),
             verifications_refused: load(&c.verifications_refused),
@@ -463,6 +466,12 @@ impl Snapshot {
             "Bytes queued for remote servers, over every outgoing (local, remote) pair.",
             Gauge,
             value(self.queued_bytes),
+        );
+        e.single(
+            "causeway_outbound_held_for_room",
+            "Stanzas held back, unacknowledged on the tunnel, until their pair's queue has room (core: the node reads slower than the partner writes).",
+            Gauge,
+            value(self.held_for_room),
         );
         e.single(
             "causeway_deadline_closes_total",

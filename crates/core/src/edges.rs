@@ -24,8 +24,8 @@ use anyhow::bail;
 use causeway_s2s::LOG_MODULE;
 use causeway_tunnel::ha::{self, Failover};
 use causeway_tunnel::{
-    CoreHello, CoreTunnel, CoreTunnelConfig, TlsFiles, TunnelError, TunnelOptions, TunnelStanza,
-    TunnelState, TunnelStats, CORE_DELIVERY_BUFFER,
+    CoreHello, CoreTunnel, CoreTunnelConfig, Delivered, TlsFiles, TunnelError, TunnelOptions,
+    TunnelStanza, TunnelState, TunnelStats, CORE_DELIVERY_BUFFER,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -144,7 +144,7 @@ impl Edges {
         tls: TlsFiles,
         hello: CoreHello,
         opts: TunnelOptions,
-    ) -> (Edges, mpsc::Receiver<TunnelStanza>) {
+    ) -> (Edges, mpsc::Receiver<Delivered>) {
         let (merged_tx, merged_rx) = mpsc::channel(CORE_DELIVERY_BUFFER);
         let links: Vec<EdgeLink> = edges
             .iter()

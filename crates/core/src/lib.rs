@@ -14,13 +14,14 @@ use anyhow::Context;
 use causeway_s2s::{
     BoxFuture, Direction, Host, InboundStanza, OutboundStanza, S2s, Target, LOG_MODULE,
 };
-use causeway_tunnel::{CoreHello, TlsFiles, TunnelOptions, TunnelStanza};
+use causeway_tunnel::{CoreHello, Delivered, TlsFiles, TunnelOptions, TunnelStanza};
 use causeway_xmpp::StanzaCondition;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub mod admin;
+pub mod backlog;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -279,13 +280,11 @@ pub async fn start(
     })
 }
 
-/// Stanzas from the edge go to the IM&P node of their `to` domain.
-async fn pump_tunnel(
-    host: Arc<CoreHost>,
-    s2s: Arc<S2s>,
-    mut from_edge: mpsc::Receiver<TunnelStanza>,
-) {
-    while let Some(st) = from_edge.recv().await {
+/// Stanzas from the edge go to the IM&P node of their `to` domain; a pair whose queue is full
+/// holds its stanzas back, unsettled, instead of bouncing them (crates/core/src/backlog.rs).
+async fn pump_tunnel(host: Arc<CoreHost>, s2s: Arc<S2s>, mut from_edge: mpsc::Receiver<Delivered>) {
+    let mut backlogs = backlog::Backlogs::new(s2s.clone());
+    while let Some(Delivered { stanza: st, settle }) = from_edge.recv().await {
         if !host.is_local(&st.to_domain) || host.is_local(&st.from_domain) {
             warn!(module = LOG_MODULE, from = %st.from_domain, to = %st.to_domain, "tunnel stanza not from a remote domain to a local one: dropped");
             s2s.counters.refuse(causeway_s2s::RefusalReason::Unroutable);
@@ -294,11 +293,11 @@ async fn pump_tunnel(
         let Some(st) = email::inbound(&host, &s2s, st) else {
             continue;
         };
-        s2s.send(OutboundStanza {
+        let stanza = OutboundStanza {
             from_domain: st.from_domain,
             to_domain: st.to_domain,
             payload: st.payload,
-        })
-        .await;
+        };
+        backlogs.send(stanza, settle).await;
     }
 }

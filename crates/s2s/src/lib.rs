@@ -346,6 +346,9 @@ pub struct Counters {
     pub bounced_queue_full: AtomicU64,
     /// Of those, bounced because they waited in their pair's queue longer than its age limit.
     pub bounced_queue_expired: AtomicU64,
+    /// Stanzas held back, not bounced, until their pair's queue has room (core's backlog of
+    /// stanzas from the edge); a gauge.
+    pub held_for_room: AtomicU64,
     /// TLS handshakes that failed.
     pub tls_failures: AtomicU64,
     /// Dialback verifications that said invalid or failed.

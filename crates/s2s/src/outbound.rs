@@ -40,6 +40,17 @@ fn redial_pause(short_lived: u32) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs(1 << exp.min(4)))
 }
 
+/// What [`S2s::enqueue`] does with a stanza whose pair queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnFull {
+    /// Bounce it (`resource-constraint`).
+    Bounce,
+    /// Wait for room.
+    Wait,
+    /// Give it back to the caller.
+    GiveBack,
+}
+
 /// The pool's reference to a live session task.
 #[derive(Clone)]
 pub(crate) struct SessionHandle {
@@ -56,41 +67,57 @@ impl S2s {
     /// dialback keys computed, over the one form an inbound `db:verify` is checked against.
     /// A stanza with a domain that does not normalise is bounced with `jid-malformed`.
     pub async fn send(self: &Arc<Self>, stanza: OutboundStanza) {
-        self.enqueue(stanza, false).await;
+        self.enqueue(stanza, OnFull::Bounce).await;
     }
 
     /// Like [`S2s::send`], but waits for room in the pair's queue instead of bouncing: for a
-    /// sender that wants backpressure (a load generator), never for the gateway's own pumps.
+    /// sender that wants backpressure and keeps its own order per pair (core's backlog of
+    /// stanzas from the edge, a load generator).
     pub async fn send_waiting(self: &Arc<Self>, stanza: OutboundStanza) {
-        self.enqueue(stanza, true).await;
+        self.enqueue(stanza, OnFull::Wait).await;
     }
 
-    /// [`S2s::send`], waiting for queue room when `wait`.
-    async fn enqueue(self: &Arc<Self>, stanza: OutboundStanza, wait: bool) {
+    /// Like [`S2s::send`], but a stanza whose pair queue is full is given back instead of
+    /// bounced (for a caller that can hold it and wait with [`S2s::send_waiting`]).
+    pub async fn try_send(self: &Arc<Self>, stanza: OutboundStanza) -> Result<(), OutboundStanza> {
+        match self.enqueue(stanza, OnFull::GiveBack).await {
+            Some(back) => Err(back),
+            None => Ok(()),
+        }
+    }
+
+    /// [`S2s::send`], doing `on_full` when the pair's queue is full; returns the stanza only
+    /// when given back.
+    async fn enqueue(
+        self: &Arc<Self>,
+        stanza: OutboundStanza,
+        on_full: OnFull,
+    ) -> Option<OutboundStanza> {
         let mut stanza = match normalized(stanza) {
             Ok(stanza) => stanza,
             Err(stanza) => {
                 warn!(module = LOG_MODULE, direction = "outgoing", local = %crate::inbound::clip(&stanza.from_domain), remote = %crate::inbound::clip(&stanza.to_domain), "stanza with a malformed domain: bounced");
-                return self
-                    .bounce(stanza, Bounce::MalformedDomain.condition())
+                self.bounce(stanza, Bounce::MalformedDomain.condition())
                     .await;
+                return None;
             }
         };
         for _ in 0..3 {
             let handle = self.session_for(&stanza.from_domain, &stanza.to_domain);
-            let pushed = if wait {
-                handle.queue.push_waiting(stanza).await
-            } else {
-                handle.queue.push(stanza, Instant::now())
+            let pushed = match on_full {
+                OnFull::Wait => handle.queue.push_waiting(stanza).await,
+                OnFull::Bounce | OnFull::GiveBack => handle.queue.push(stanza, Instant::now()),
             };
             match pushed {
-                Ok(()) => return,
+                Ok(()) => return None,
+                Err(PushError::Full(back)) if on_full == OnFull::GiveBack => return Some(back),
                 Err(PushError::Full(back)) => {
                     debug!(module = LOG_MODULE, direction = "outgoing", local = %back.from_domain, remote = %back.to_domain, "queue full: stanza bounced");
                     self.counters
                         .bounced_queue_full
                         .fetch_add(1, Ordering::Relaxed);
-                    return self.bounce(back, Bounce::QueueFull.condition()).await;
+                    self.bounce(back, Bounce::QueueFull.condition()).await;
+                    return None;
                 }
                 Err(PushError::Closed(back)) => {
                     // The session ended between lookup and push; forget it and retry.
@@ -100,6 +127,7 @@ impl S2s {
             }
         }
         self.bounce(stanza, Bounce::NoSession.condition()).await;
+        None
     }
 
     /// Answer the sender of an inbound stanza (`payload`) the host could not take with a

@@ -25,6 +25,24 @@ pub struct Received {
     pub kept: Mutex<Vec<Bytes>>,
     /// Stanzas bounced back to it (could not be sent).
     pub bounced: AtomicU64,
+    /// While set, deliveries wait (the inbound stream stops reading, as a busy server's).
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+}
+
+impl Received {
+    /// Waits while deliveries are paused.
+    async fn unpaused(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.paused.load(Ordering::Acquire) {
+                return;
+            }
+            resumed.await;
+        }
+    }
 }
 
 struct SyntheticHost {
@@ -86,13 +104,16 @@ impl Host for SyntheticHost {
             }
             return Box::pin(async { Ok(()) });
         }
-        self.received.count.fetch_add(1, Ordering::Relaxed);
-        if self.keep {
-            if let Ok(mut kept) = self.received.kept.lock() {
-                kept.push(stanza.payload);
+        Box::pin(async move {
+            self.received.unpaused().await;
+            self.received.count.fetch_add(1, Ordering::Relaxed);
+            if self.keep {
+                if let Ok(mut kept) = self.received.kept.lock() {
+                    kept.push(stanza.payload);
+                }
             }
-        }
-        Box::pin(async { Ok(()) })
+            Ok(())
+        })
     }
     fn bounce(&self, _stanza: OutboundStanza, _condition: StanzaCondition) -> BoxFuture<'_, ()> {
         self.received.bounced.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +205,23 @@ impl SyntheticServer {
                 payload: xml.into(),
             })
             .await;
+    }
+
+    /// Stop taking stanzas (each delivery waits, so its stream stops being read) until
+    /// [`SyntheticServer::resume`]: a server that is busy, not gone.
+    pub fn pause(&self) {
+        self.received.paused.store(true, Ordering::Release);
+    }
+
+    /// Take stanzas again after [`SyntheticServer::pause`].
+    pub fn resume(&self) {
+        self.received.paused.store(false, Ordering::Release);
+        self.received.resumed.notify_waiters();
+    }
+
+    /// Stanzas bounced back to it so far.
+    pub fn bounced(&self) -> u64 {
+        self.received.bounced.load(Ordering::Relaxed)
     }
 
     /// Stanzas received so far.

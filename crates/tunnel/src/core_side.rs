@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 
 use crate::edge::error_chain;
 use crate::link::{
-    hello_frame, lock, random_instance, status_text, Link, Session, SessionEnd, MAX_FRAME_BYTES,
-    OUTBOUND_BUFFER,
+    hello_frame, lock, random_instance, status_text, Delivered, Link, Session, SessionEnd,
+    MAX_FRAME_BYTES, OUTBOUND_BUFFER,
 };
 use crate::{
     tls, CoreHello, LinkStats, TlsFiles, TunnelError, TunnelOptions, TunnelStanza, TunnelState,
@@ -68,14 +68,18 @@ impl CoreTunnel {
     /// until the receiver is dropped.
     ///
     /// Must be called within a Tokio runtime.
-    pub fn start(cfg: CoreTunnelConfig) -> (CoreTunnel, mpsc::Receiver<TunnelStanza>) {
+    pub fn start(cfg: CoreTunnelConfig) -> (CoreTunnel, mpsc::Receiver<Delivered>) {
         let (deliver_tx, deliver_rx) = mpsc::channel(CORE_DELIVERY_BUFFER);
         let (state, _) = watch::channel(TunnelState::Connecting {
             last_error: None,
             attempts: 0,
         });
         let inner = Arc::new(CoreInner {
-            link: Arc::new(Link::new(cfg.opts.window, cfg.opts.window_bytes)),
+            link: Arc::new(Link::new(
+                cfg.opts.window,
+                cfg.opts.window_bytes,
+                cfg.opts.destination_share,
+            )),
             state,
             cancel: CancellationToken::new(),
             edge_name: cfg.edge_name.clone(),
@@ -192,11 +196,7 @@ enum Attempt {
     Failed(TunnelError),
 }
 
-async fn run_loop(
-    inner: Arc<CoreInner>,
-    cfg: CoreTunnelConfig,
-    deliver: mpsc::Sender<TunnelStanza>,
-) {
+async fn run_loop(inner: Arc<CoreInner>, cfg: CoreTunnelConfig, deliver: mpsc::Sender<Delivered>) {
     let backoff_min = cfg.opts.backoff_min.max(Duration::from_millis(1));
     let backoff_max = cfg.opts.backoff_max.max(backoff_min);
     let mut delay = backoff_min;
@@ -271,7 +271,7 @@ fn transport_error(text: String) -> TunnelError {
 async fn attempt(
     inner: &Arc<CoreInner>,
     cfg: &CoreTunnelConfig,
-    deliver: &mpsc::Sender<TunnelStanza>,
+    deliver: &mpsc::Sender<Delivered>,
 ) -> Attempt {
     tokio::select! {
         biased;
@@ -376,7 +376,7 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
 async fn run_session(
     inner: &Arc<CoreInner>,
     cfg: &CoreTunnelConfig,
-    deliver: &mpsc::Sender<TunnelStanza>,
+    deliver: &mpsc::Sender<Delivered>,
     est: Established,
 ) -> SessionEnd {
     let Established {
@@ -403,7 +403,7 @@ async fn run_session(
         inbound,
         out_tx,
         deliver: deliver.clone(),
-        wrap: Arc::new(|s| s),
+        wrap: Arc::new(|stanza, settle| Delivered { stanza, settle }),
         keepalive: cfg.opts.keepalive_or_min(),
         dead_after: cfg.opts.dead_after(),
         cancel,

@@ -276,7 +276,11 @@ impl EdgeInner {
         lock(&self.cores)
             .entry(core_id.to_owned())
             .or_insert_with(|| {
-                let link = Arc::new(Link::new(self.opts.window, self.opts.window_bytes));
+                let link = Arc::new(Link::new(
+                    self.opts.window,
+                    self.opts.window_bytes,
+                    self.opts.destination_share,
+                ));
                 if self.cancel.is_cancelled() {
                     link.close();
                 }
@@ -398,9 +402,14 @@ impl Traversal for TraversalService {
             inbound,
             out_tx,
             deliver: inner.events.clone(),
-            wrap: Arc::new(move |stanza| EdgeEvent::Stanza {
-                core_id: wrap_id.clone(),
-                stanza,
+            // The edge's consumer takes a stanza at once (it queues or answers it): handing
+            // it over settles it.
+            wrap: Arc::new(move |stanza, settle| {
+                drop(settle);
+                EdgeEvent::Stanza {
+                    core_id: wrap_id.clone(),
+                    stanza,
+                }
             }),
             keepalive: inner.opts.keepalive_or_min(),
             dead_after,

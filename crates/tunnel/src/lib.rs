@@ -31,9 +31,9 @@ pub mod window;
 pub use core_side::{CoreTunnel, CoreTunnelConfig, CORE_DELIVERY_BUFFER};
 pub use edge::{EdgeEvent, EdgeTunnel};
 pub use error::TunnelError;
-pub use link::{Receipt, MAX_STANZA_BYTES};
+pub use link::{Delivered, Receipt, Settle, MAX_STANZA_BYTES};
 pub use tls::peer_identity;
 pub use types::{
     CoreHello, LinkStats, PeerCheck, TlsFiles, TunnelOptions, TunnelStanza, TunnelState,
-    TunnelStats, DEFAULT_WINDOW_BYTES, MIN_WINDOW_BYTES,
+    TunnelStats, DEFAULT_DESTINATION_SHARE, DEFAULT_WINDOW_BYTES, MIN_WINDOW_BYTES,
 };

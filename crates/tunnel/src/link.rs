@@ -11,6 +11,7 @@
 //!
 //! Whichever task ends first ends the session; the other is cancelled.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -86,6 +87,118 @@ pub(crate) struct Link {
     counters: Counters,
     /// Bumped whenever stanzas leave the window (acknowledged or taken back), for [`Receipt`]s.
     settled: watch::Sender<u64>,
+    /// Receiving side: bumped whenever a received stanza settles (a [`Settle`] dropped), for
+    /// the writer's acknowledgements.
+    recv_settled: watch::Sender<u64>,
+    /// What each destination domain holds of the window, so that one destination whose
+    /// stanzas stay unsettled (its server is slow or stalled) leaves room for the others.
+    shares: Mutex<Shares>,
+    /// Woken whenever a destination's share shrinks.
+    share_freed: Notify,
+}
+
+/// Window room held per destination domain, bounded by a fraction of the window.
+struct Shares {
+    /// destination -> (items, bytes) in the window.
+    held: HashMap<String, (usize, usize)>,
+    max_items: usize,
+    max_bytes: usize,
+}
+
+impl Shares {
+    /// Each destination may hold 1/`share` of `max_items` and `max_bytes`.
+    fn new(max_items: usize, max_bytes: usize, share: usize) -> Self {
+        let share = share.max(1);
+        Self {
+            held: HashMap::new(),
+            max_items: (max_items / share).max(1),
+            max_bytes: (max_bytes / share).max(1),
+        }
+    }
+
+    /// Takes room for one item of `charge` bytes to `to`, if `to` is under its share (or
+    /// `always`: the peer is away, every destination is waiting alike and the window keeps
+    /// what fits). An empty share always takes one item, so any item fits eventually.
+    fn take(&mut self, to: &str, charge: usize, always: bool) -> bool {
+        let held = self.held.get(to).copied().unwrap_or((0, 0));
+        let under = held.0 == 0
+            || (held.0 < self.max_items && held.1 + charge.min(self.max_bytes) <= self.max_bytes);
+        if !(always || under) {
+            return false;
+        }
+        let entry = self.held.entry(to.to_owned()).or_default();
+        entry.0 += 1;
+        entry.1 += charge;
+        true
+    }
+
+    fn give_back(&mut self, to: &str, charge: usize) {
+        if let Some(entry) = self.held.get_mut(to) {
+            entry.0 = entry.0.saturating_sub(1);
+            entry.1 = entry.1.saturating_sub(charge);
+            if entry.0 == 0 {
+                self.held.remove(to);
+            }
+        }
+    }
+}
+
+/// A destination share taken for one `send`; given back if the send does not complete.
+struct ShareGuard<'a> {
+    link: &'a Link,
+    to: String,
+    charge: usize,
+    kept: bool,
+}
+
+impl Drop for ShareGuard<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.link
+                .give_back_shares([(self.to.as_str(), self.charge)]);
+        }
+    }
+}
+
+/// The receiver's hold on one delivered stanza: the peer keeps it in its window (and in its
+/// destination's share of the window) until this is dropped. Drop it once the stanza is safe
+/// on its way (queued for its destination, or answered with an error): a destination that
+/// does not take stanzas then holds back its own sender, not the whole tunnel.
+pub struct Settle {
+    link: Arc<Link>,
+    /// The peer instance the stanza came from: a restarted peer numbers afresh.
+    instance: u64,
+    seq: u64,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let settled = {
+            let mut r = lock(&self.link.recv);
+            r.instance() == self.instance && r.settle(self.seq)
+        };
+        if settled {
+            self.link.recv_settled.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// A stanza from the peer, with the hold that settles it (see [`Settle`]).
+#[derive(Debug)]
+pub struct Delivered {
+    /// The stanza.
+    pub stanza: TunnelStanza,
+    /// Drop once the stanza is safe on its way.
+    pub settle: Settle,
+}
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settle")
+            .field("instance", &self.instance)
+            .field("seq", &self.seq)
+            .finish()
+    }
 }
 
 /// Says when one queued stanza has left the sender's hands: acknowledged by the peer (it is
@@ -111,8 +224,9 @@ impl Receipt {
 }
 
 impl Link {
-    /// A link whose window holds at most `items` stanzas and `bytes` bytes.
-    pub(crate) fn new(items: usize, bytes: usize) -> Self {
+    /// A link whose window holds at most `items` stanzas and `bytes` bytes, of which one
+    /// destination holds at most 1/`share` while the peer is connected.
+    pub(crate) fn new(items: usize, bytes: usize, share: usize) -> Self {
         let window = SendState::new(items, bytes);
         let (max_items, max_bytes) = window.capacity();
         Self {
@@ -123,7 +237,48 @@ impl Link {
             recv: Mutex::new(RecvState::new()),
             counters: Counters::default(),
             settled: watch::Sender::new(0),
+            recv_settled: watch::Sender::new(0),
+            shares: Mutex::new(Shares::new(max_items, max_bytes, share)),
+            share_freed: Notify::new(),
         }
+    }
+
+    /// The size a stanza counts for in the window.
+    fn size(stanza: &TunnelStanza) -> usize {
+        stanza.payload.len() + stanza.from_domain.len() + stanza.to_domain.len()
+    }
+
+    /// Waits until `to` is under its share of the window (not while the peer is away: then
+    /// every destination waits alike), and takes room for one item of `charge` bytes.
+    /// Cancel-safe: the guard gives the room back unless kept.
+    async fn take_share(&self, to: &str, charge: usize) -> Result<ShareGuard<'_>, TunnelError> {
+        loop {
+            let freed = self.share_freed.notified();
+            tokio::pin!(freed);
+            // Registered before the attempt, so room freed in between is not missed.
+            freed.as_mut().enable();
+            if self.room.is_closed() {
+                return Err(TunnelError::Closed);
+            }
+            if lock(&self.shares).take(to, charge, !self.is_connected()) {
+                return Ok(ShareGuard {
+                    link: self,
+                    to: to.to_owned(),
+                    charge,
+                    kept: false,
+                });
+            }
+            freed.await;
+        }
+    }
+
+    fn give_back_shares<'s>(&self, items: impl IntoIterator<Item = (&'s str, usize)>) {
+        let mut shares = lock(&self.shares);
+        for (to, charge) in items {
+            shares.give_back(to, charge);
+        }
+        drop(shares);
+        self.share_freed.notify_waiters();
     }
 
     /// Queues a stanza, waiting for window room (a slot and its bytes). Cancel-safe: if the
@@ -132,7 +287,7 @@ impl Link {
         self: &Arc<Self>,
         stanza: TunnelStanza,
     ) -> Result<Receipt, TunnelError> {
-        let size = stanza.payload.len() + stanza.from_domain.len() + stanza.to_domain.len();
+        let size = Self::size(&stanza);
         if size > MAX_STANZA_BYTES {
             // Never queue what the peer would refuse to decode: it would break
             // every session on replay.
@@ -142,6 +297,7 @@ impl Link {
             });
         }
         let charge = lock(&self.window).charge(size);
+        let mut share = self.take_share(&stanza.to_domain, charge).await?;
         let slot = self.room.acquire().await.map_err(|_| TunnelError::Closed)?;
         let bytes = self
             .room_bytes
@@ -153,6 +309,7 @@ impl Link {
             Ok(seq) => {
                 slot.forget();
                 bytes.forget();
+                share.kept = true;
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 self.pushed.notify_waiters();
                 Ok(Receipt {
@@ -170,12 +327,20 @@ impl Link {
     /// Empties the replay window and returns its stanzas in order, freeing
     /// their room as an ack would (see [`SendState::take_all`]).
     pub(crate) fn take_unacked(&self) -> Vec<TunnelStanza> {
-        let (taken, bytes) = {
+        let (taken, bytes, charges) = {
             let mut w = lock(&self.window);
             let bytes = w.bytes();
-            (w.take_all(), bytes)
+            let taken = w.take_all();
+            let charges: Vec<usize> = taken.iter().map(|st| w.charge(Self::size(st))).collect();
+            (taken, bytes, charges)
         };
         if !taken.is_empty() {
+            self.give_back_shares(
+                taken
+                    .iter()
+                    .zip(charges)
+                    .map(|(st, charge)| (st.to_domain.as_str(), charge)),
+            );
             self.counters
                 .taken_back
                 .fetch_add(taken.len() as u64, Ordering::Relaxed);
@@ -197,8 +362,11 @@ impl Link {
     }
 
     fn apply_ack(&self, ack: &AckInfo) {
-        let (items, bytes) = lock(&self.window).on_ack(ack);
+        let mut freed = Vec::new();
+        let (items, bytes) =
+            lock(&self.window).on_ack_with(ack, |st, charge| freed.push((st, charge)));
         if items > 0 {
+            self.give_back_shares(freed.iter().map(|(st, c)| (st.to_domain.as_str(), *c)));
             self.counters
                 .acked
                 .fetch_add(items as u64, Ordering::Relaxed);
@@ -220,8 +388,12 @@ impl Link {
                 ranges: peer.settled.iter().map(|r| (r.first, r.last)).collect(),
             }),
         };
-        let (items, bytes) = lock(&self.window).resume(&position, our_instance);
+        let mut freed = Vec::new();
+        let (items, bytes) = lock(&self.window).resume_with(&position, our_instance, |st, c| {
+            freed.push((st, c));
+        });
         if items > 0 {
+            self.give_back_shares(freed.iter().map(|(st, c)| (st.to_domain.as_str(), *c)));
             self.counters
                 .acked
                 .fetch_add(items as u64, Ordering::Relaxed);
@@ -324,8 +496,9 @@ impl SessionEnd {
     }
 }
 
-/// Maps a received stanza to the item type of the delivery channel.
-pub(crate) type Wrap<T> = Arc<dyn Fn(TunnelStanza) -> T + Send + Sync>;
+/// Maps a received stanza, and the hold that settles it when dropped, to the item type of
+/// the delivery channel.
+pub(crate) type Wrap<T> = Arc<dyn Fn(TunnelStanza, Settle) -> T + Send + Sync>;
 
 /// Everything one established session needs.
 pub(crate) struct Session<T> {
@@ -353,8 +526,9 @@ impl<T: Send + 'static> Session<T> {
             cancel,
         } = self;
         let cancel = cancel.child_token();
-        // Counts stanzas settled in this session: the writer acknowledges them.
-        let (settled_tx, settled_rx) = watch::channel(0u64);
+        // Counts stanzas settled (ever, on this link): the writer acknowledges them.
+        let settled_rx = link.recv_settled.subscribe();
+        let acked_count = *settled_rx.borrow();
         let ack_now = Arc::new(Notify::new());
 
         let mut rx_task = tokio::spawn(
@@ -363,7 +537,6 @@ impl<T: Send + 'static> Session<T> {
                 inbound,
                 deliver,
                 wrap,
-                settled_tx,
                 ack_now: ack_now.clone(),
                 dead_after,
                 cancel: cancel.clone(),
@@ -374,7 +547,7 @@ impl<T: Send + 'static> Session<T> {
             Outbound {
                 link,
                 out_tx,
-                acked_count: 0,
+                acked_count,
                 settled_rx,
                 ack_now,
                 keepalive,
@@ -409,7 +582,6 @@ struct Inbound<T> {
     inbound: tonic::Streaming<Frame>,
     deliver: mpsc::Sender<T>,
     wrap: Wrap<T>,
-    settled_tx: watch::Sender<u64>,
     ack_now: Arc<Notify>,
     dead_after: Duration,
     cancel: CancellationToken,
@@ -456,34 +628,36 @@ impl<T: Send + 'static> Inbound<T> {
     async fn deliver_stanza(&mut self, s: StanzaFrame) -> Result<(), SessionEnd> {
         // Reserve the delivery slot first: waiting here is the backpressure
         // point, and it is cancel-safe. Filtering and handing over then happen
-        // atomically, so a stanza counted as delivered is really delivered.
-        // Handing it over settles it (the consumer takes it from here).
+        // without a wait, so a stanza counted as received is really delivered.
+        // It settles when the consumer drops its `Settle`.
         let permit = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Err(SessionEnd::Cancelled),
             p = self.deliver.reserve() => p.map_err(|_| SessionEnd::DeliveryClosed)?,
         };
-        let accepted = {
+        let instance = {
             let mut r = lock(&self.link.recv);
-            if r.accept(s.seq) {
-                permit.send((self.wrap)(TunnelStanza {
-                    from_domain: s.from_domain,
-                    to_domain: s.to_domain,
-                    payload: s.payload,
-                }));
-                r.settle(s.seq);
-                true
-            } else {
-                false
-            }
+            r.accept(s.seq).then(|| r.instance())
         };
         let c = &self.link.counters;
-        if accepted {
-            c.received.fetch_add(1, Ordering::Relaxed);
-            self.settled_tx.send_modify(|n| *n += 1);
-        } else {
+        let Some(instance) = instance else {
             c.duplicates.fetch_add(1, Ordering::Relaxed);
-        }
+            return Ok(());
+        };
+        c.received.fetch_add(1, Ordering::Relaxed);
+        let settle = Settle {
+            link: self.link.clone(),
+            instance,
+            seq: s.seq,
+        };
+        permit.send((self.wrap)(
+            TunnelStanza {
+                from_domain: s.from_domain,
+                to_domain: s.to_domain,
+                payload: s.payload,
+            },
+            settle,
+        ));
         Ok(())
     }
 }
@@ -492,7 +666,7 @@ impl<T: Send + 'static> Inbound<T> {
 struct Outbound {
     link: Arc<Link>,
     out_tx: mpsc::Sender<Frame>,
-    /// Stanzas settled in this session as of the last ack written.
+    /// Stanzas settled on this link as of the last ack written.
     acked_count: u64,
     settled_rx: watch::Receiver<u64>,
     ack_now: Arc<Notify>,
@@ -648,8 +822,8 @@ mod tests {
 
         let mut rng = StdRng::seed_from_u64(seed);
         let sender_instance = 1000 + seed;
-        let sender = Arc::new(Link::new(capacity, 64 * capacity));
-        let mut receiver = Link::new(1, 1);
+        let sender = Arc::new(Link::new(capacity, 64 * capacity, 4));
+        let mut receiver = Link::new(1, 1, 1);
         let mut receiver_instance = 1u64;
         let hello = |link: &Link, instance: u64| match hello_frame(
             link,
@@ -772,7 +946,7 @@ mod tests {
                             sender.apply_ack(&a);
                         }
                         to_rx.clear();
-                        receiver = Link::new(1, 1);
+                        receiver = Link::new(1, 1, 1);
                         receiver_instance += 1;
                         connected = false;
                         stats.restarts += 1;
@@ -855,7 +1029,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_receipt_settles_when_its_stanza_is_acknowledged_not_before() {
-        let link = Arc::new(Link::new(8, 1 << 20));
+        let link = Arc::new(Link::new(8, 1 << 20, 1));
         let first = link.send(stanza("1")).await.expect("queued");
         let second = link.send(stanza("2")).await.expect("queued");
         link.apply_ack(&AckInfo {
@@ -868,7 +1042,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_receipt_settles_when_its_stanza_is_taken_back() {
-        let link = Arc::new(Link::new(8, 1 << 20));
+        let link = Arc::new(Link::new(8, 1 << 20, 1));
         let r = link.send(stanza("1")).await.expect("queued");
         assert_eq!(link.take_unacked().len(), 1);
         assert!(settles(r).await, "taken back to go another way");

@@ -35,6 +35,10 @@ pub struct TunnelOptions {
     /// domain names); `send` waits when it is reached. A stanza larger than this is sent
     /// alone. Default 32 MiB.
     pub window_bytes: usize,
+    /// While the peer is connected, one destination domain may hold at most 1/n of the window
+    /// (items and bytes); its sender waits beyond that, so a destination whose server does not
+    /// keep up holds back its own senders, not the whole tunnel. 1: no limit. Default 4.
+    pub destination_share: usize,
     /// Interval between keepalive frames (and HTTP/2 pings). A connection with
     /// no frame received for three intervals is closed. Default 10 s.
     pub keepalive: Duration,
@@ -55,6 +59,9 @@ pub struct TunnelOptions {
 /// The default byte budget of a replay window.
 pub const DEFAULT_WINDOW_BYTES: usize = 32 * 1024 * 1024;
 
+/// The default of [`TunnelOptions::destination_share`].
+pub const DEFAULT_DESTINATION_SHARE: usize = 4;
+
 /// The smallest byte budget a config may set: room for a stanza of the largest size servers
 /// commonly allow (256 KiB).
 pub const MIN_WINDOW_BYTES: usize = 256 * 1024;
@@ -64,6 +71,7 @@ impl Default for TunnelOptions {
         Self {
             window: 4096,
             window_bytes: DEFAULT_WINDOW_BYTES,
+            destination_share: DEFAULT_DESTINATION_SHARE,
             keepalive: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),

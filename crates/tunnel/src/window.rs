@@ -208,6 +208,15 @@ impl<T> SendState<T> {
     /// Releases what `ack` says is settled. Returns the items and bytes freed. Stale,
     /// duplicate and out-of-range acknowledgements free nothing more than exists.
     pub fn on_ack(&mut self, ack: &AckInfo) -> (usize, usize) {
+        self.on_ack_with(ack, |_, _| {})
+    }
+
+    /// [`on_ack`](Self::on_ack), handing each freed item and its charge to `freed_item`.
+    pub fn on_ack_with(
+        &mut self,
+        ack: &AckInfo,
+        mut freed_item: impl FnMut(T, usize),
+    ) -> (usize, usize) {
         let mut seqs: Vec<u64> = self.items.range(..=ack.through).map(|(&s, _)| s).collect();
         for &(first, last) in &ack.ranges {
             if first <= last {
@@ -216,9 +225,10 @@ impl<T> SendState<T> {
         }
         let mut freed = (0, 0);
         for s in seqs {
-            if let Some((_, charge)) = self.items.remove(&s) {
+            if let Some((item, charge)) = self.items.remove(&s) {
                 freed.0 += 1;
                 freed.1 += charge;
+                freed_item(item, charge);
             }
         }
         self.bytes -= freed.1;
@@ -229,6 +239,16 @@ impl<T> SendState<T> {
     /// instance) and sets where writing starts: after what it received, or from the first
     /// unsettled item if it does not know us (it restarted: everything is replayed).
     pub fn resume(&mut self, peer: &PeerPosition, our_instance: u64) -> (usize, usize) {
+        self.resume_with(peer, our_instance, |_, _| {})
+    }
+
+    /// [`resume`](Self::resume), handing each freed item and its charge to `freed_item`.
+    pub fn resume_with(
+        &mut self,
+        peer: &PeerPosition,
+        our_instance: u64,
+        freed_item: impl FnMut(T, usize),
+    ) -> (usize, usize) {
         let knows_us = peer.peer_instance != 0 && peer.peer_instance == our_instance;
         if !knows_us {
             self.cursor = 1;
@@ -238,7 +258,7 @@ impl<T> SendState<T> {
             through: peer.last_received,
             ranges: Vec::new(),
         });
-        let freed = self.on_ack(&settled);
+        let freed = self.on_ack_with(&settled, freed_item);
         self.cursor = peer.last_received.saturating_add(1);
         freed
     }

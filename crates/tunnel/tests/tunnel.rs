@@ -9,13 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_tunnel::{
-    CoreTunnel, EdgeEvent, TunnelError, TunnelOptions, TunnelStanza, TunnelState,
+    CoreTunnel, Delivered, EdgeEvent, TunnelError, TunnelOptions, TunnelStanza, TunnelState,
 };
 use common::*;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-async fn recv_core(rx: &mut mpsc::Receiver<TunnelStanza>) -> TunnelStanza {
+/// The next stanza for the core, settled at once (dropping its hold).
+async fn recv_core(rx: &mut mpsc::Receiver<Delivered>) -> TunnelStanza {
+    recv_core_held(rx).await.stanza
+}
+
+/// The next stanza for the core, with its hold: unsettled until dropped.
+async fn recv_core_held(rx: &mut mpsc::Receiver<Delivered>) -> Delivered {
     tokio::time::timeout(PATIENCE, rx.recv())
         .await
         .expect("no stanza for the core")
@@ -469,12 +475,116 @@ async fn hello_core_id_must_match_certificate() {
     edge.stop().await.unwrap();
 }
 
+/// A stanza the receiver holds (its `Settle` not dropped) stays in the sender's window; a
+/// destination that holds its share of the window makes its own senders wait while another
+/// destination flows, and dropping the holds lets the waiting send through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_destination_waits_within_its_share_and_others_flow() {
+    init_tracing();
+    let pki = Pki::new();
+    // Window 8, share 1/4: one destination holds at most 2.
+    let opts = TunnelOptions {
+        window: 8,
+        ..fast_opts()
+    };
+    let mut edge = Edge::start(pki.edge.clone(), opts.clone(), 64).await;
+    let (core, mut core_rx) = start_core(edge.addr, pki.core1.clone(), opts);
+    assert!(core.wait_connected(PATIENCE).await);
+    edge.wait_core_up().await;
+    let to = |domain: &str, n: u64| TunnelStanza {
+        to_domain: domain.into(),
+        ..stanza(n)
+    };
+
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        edge.tunnel
+            .send(CORE_ID, to("slow.example", n))
+            .await
+            .unwrap();
+        held.push(recv_core_held(&mut core_rx).await);
+    }
+    // Held stanzas are delivered but not acknowledged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(edge.tunnel.stats().link(CORE_ID).unwrap().unacked, 2);
+    // The third for the same destination waits for its share...
+    let e = edge.tunnel.clone();
+    let third = tokio::spawn(async move { e.send(CORE_ID, to("slow.example", 3)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a destination went past its share");
+    // ... while another destination flows, several times over its own share.
+    for n in 10..16 {
+        tokio::time::timeout(PATIENCE, edge.tunnel.send(CORE_ID, to("fast.example", n)))
+            .await
+            .expect("another destination was held back")
+            .unwrap();
+        let d = recv_core_held(&mut core_rx).await;
+        assert_eq!(stanza_num(&d.stanza), n);
+    }
+    eventually("the other destination acknowledged", || {
+        edge.tunnel.stats().link(CORE_ID).unwrap().unacked == 2
+    })
+    .await;
+    // Settling one held stanza lets the third through, in order after the first two.
+    drop(held.remove(0));
+    tokio::time::timeout(PATIENCE, third)
+        .await
+        .expect("the third send never completed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stanza_num(&recv_core(&mut core_rx).await), 3);
+    drop(held);
+    eventually("everything acknowledged", || {
+        edge.tunnel.stats().link(CORE_ID).unwrap().unacked == 0
+    })
+    .await;
+    edge.stop().await.unwrap();
+}
+
+/// A held stanza is still the receiver's after a reconnect: it is not replayed (it was
+/// received) and settles when its hold drops, on the new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_stanza_settles_after_a_reconnect_without_a_replay() {
+    init_tracing();
+    let pki = Pki::new();
+    let mut edge = Edge::start(pki.edge.clone(), fast_opts(), 64).await;
+    let relay = Relay::start(edge.addr).await;
+    let (core, mut core_rx) = start_core(relay.addr, pki.core1.clone(), fast_opts());
+    assert!(core.wait_connected(PATIENCE).await);
+    edge.wait_core_up().await;
+    edge.tunnel.send(CORE_ID, stanza(1)).await.unwrap();
+    let held = recv_core_held(&mut core_rx).await;
+    assert!(relay.cut() > 0, "no live connection to cut");
+    eventually("the core reconnected", || {
+        let stats = core.stats();
+        let l = stats.link(EDGE_NAME).unwrap();
+        l.connected && l.reconnects >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(edge.tunnel.stats().link(CORE_ID).unwrap().unacked, 1);
+    drop(held);
+    eventually("the held stanza acknowledged on the new session", || {
+        edge.tunnel.stats().link(CORE_ID).unwrap().unacked == 0
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), core_rx.recv())
+            .await
+            .is_err(),
+        "a received stanza was delivered again"
+    );
+    edge.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_waits_for_window_room() {
     init_tracing();
     let pki = Pki::new();
+    // One destination may fill the whole window here (shares: the next test).
     let opts = TunnelOptions {
         window: 8,
+        destination_share: 1,
         ..fast_opts()
     };
     // Bind the edge's port now but serve later: the core cannot get acks.

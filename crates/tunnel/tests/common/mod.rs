@@ -220,7 +220,7 @@ pub fn start_core(
     addr: SocketAddr,
     tls: TlsFiles,
     opts: TunnelOptions,
-) -> (CoreTunnel, mpsc::Receiver<TunnelStanza>) {
+) -> (CoreTunnel, mpsc::Receiver<causeway_tunnel::Delivered>) {
     CoreTunnel::start(core_config(addr, tls, CORE_ID, opts))
 }
 
