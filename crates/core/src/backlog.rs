@@ -72,24 +72,41 @@ impl Backlogs {
 
     /// Queue `stanza` for its node, or hold it (unsettled) behind its pair's backlog.
     pub async fn send(&mut self, stanza: OutboundStanza, settle: Settle) {
+        // The common case, no pair behind: no key is built.
+        if self.pairs.is_empty() {
+            let Err(back) = self.s2s.try_send(stanza).await else {
+                return;
+            };
+            return self.hold(back, settle).await;
+        }
         let pair = (stanza.from_domain.clone(), stanza.to_domain.clone());
         if self.pairs.get(&pair).is_some_and(Backlog::is_empty) {
             self.pairs.remove(&pair);
         }
-        let mut stanza = stanza;
         if !self.pairs.contains_key(&pair) {
             // Queued at once: `settle` drops on return, settling the stanza.
             let Err(back) = self.s2s.try_send(stanza).await else {
                 return;
             };
-            if self.pairs.len() >= SWEEP_ABOVE {
-                self.pairs.retain(|_, b| !b.is_empty());
-            }
-            let backlog = Backlog::start(self.s2s.clone());
-            self.pairs.insert(pair.clone(), backlog);
-            stanza = back;
+            return self.hold(back, settle).await;
         }
-        let Some(backlog) = self.pairs.get(&pair) else {
+        self.append(&pair, stanza, settle).await;
+    }
+
+    /// Start a backlog for the pair of `stanza`, which found its queue full, with it.
+    async fn hold(&mut self, stanza: OutboundStanza, settle: Settle) {
+        if self.pairs.len() >= SWEEP_ABOVE {
+            self.pairs.retain(|_, b| !b.is_empty());
+        }
+        let pair = (stanza.from_domain.clone(), stanza.to_domain.clone());
+        self.pairs
+            .insert(pair.clone(), Backlog::start(self.s2s.clone()));
+        self.append(&pair, stanza, settle).await;
+    }
+
+    /// Put `stanza` at the end of its pair's backlog.
+    async fn append(&mut self, pair: &(String, String), stanza: OutboundStanza, settle: Settle) {
+        let Some(backlog) = self.pairs.get(pair) else {
             return;
         };
         backlog.pending.fetch_add(1, Ordering::AcqRel);
