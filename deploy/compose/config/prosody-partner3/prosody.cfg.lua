@@ -1,0 +1,36 @@
+-- prosody-partner3: partner3.test (Prosody 0.12, bookworm), on network internet (10.231.3.33).
+-- It finds other servers through dns-public (SRV, then A).
+-- Mounted at /etc/causeway/prosody.cfg.lua; certificates from /pki; accounts from
+-- /etc/causeway/accounts.txt (created by the image's entrypoint before Prosody starts).
+
+pidfile = "/run/prosody/prosody.pid"
+data_path = "/var/lib/prosody"
+log = { { levels = { min = "info" }, to = "console" } }
+
+interfaces = { "*" }
+c2s_ports = { 5222 }
+s2s_ports = { 5269 }
+c2s_direct_tls_ports = { }
+s2s_direct_tls_ports = { }
+
+authentication = "internal_hashed"
+storage = "internal"
+
+-- s2s: STARTTLS required (the default), authenticated with dialback: the lab's certificates are
+-- not ones Prosody can verify, so s2s_secure_auth must stay false.
+s2s_require_encryption = true
+s2s_secure_auth = false
+
+certificates = "/pki"
+
+-- DNS through the container's resolver (Docker's, forwarding to dns-public only); libunbound
+-- must not treat the test. TLD as an empty local zone.
+unbound = { hoststxt = false; options = { ["local-zone:"] = "test. transparent" } }
+
+modules_enabled = {
+	"roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "admin_shell";
+}
+
+VirtualHost "partner3.test"
+	ssl = { certificate = "/pki/partner3.test.crt"; key = "/pki/partner3.test.key" }
+
