@@ -327,6 +327,22 @@ struct Runtime {
     resolver_error: Option<String>,
 }
 
+/// The wait before the next discovery run: `refresh` (zero: none) after a complete run;
+/// after `incomplete` incomplete runs in a row, 5 s doubling each time, up to `refresh` (or
+/// 5 minutes when periodic discovery is off: an incomplete start is still completed).
+fn retry_after(refresh: Duration, incomplete: u32) -> Duration {
+    if incomplete == 0 {
+        return refresh;
+    }
+    let cap = if refresh.is_zero() {
+        Duration::from_secs(300)
+    } else {
+        refresh
+    };
+    let backoff = Duration::from_secs(5).saturating_mul(1 << (incomplete - 1).min(10));
+    backoff.min(cap)
+}
+
 /// The discovery and health runner of a core.
 pub struct Discovery {
     table: Arc<NodeTable>,
@@ -339,6 +355,10 @@ pub struct Discovery {
     /// The tunnel is attached ([`Discovery::spawn`]): changes must be announced again (before,
     /// the first hello carries them).
     attached: std::sync::atomic::AtomicBool,
+    /// Discovery runs in a row that were incomplete (a node down, DNS failing): the next run
+    /// comes sooner than `refresh_secs` ([`retry_after`]), so that a core started before its
+    /// IM&P servers learns their chat node aliases when they come up, not minutes later.
+    incomplete_runs: std::sync::atomic::AtomicU32,
     /// The restart-only settings in force since start (every reload reports the ones the file
     /// changed since).
     restart_only: Mutex<crate::reload::RestartOnly>,
@@ -357,6 +377,7 @@ impl Discovery {
             running: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
             attached: std::sync::atomic::AtomicBool::new(false),
+            incomplete_runs: std::sync::atomic::AtomicU32::new(0),
             restart_only: Mutex::new(crate::reload::RestartOnly::of(cfg)),
         })
     }
@@ -435,7 +456,10 @@ impl Discovery {
 
     async fn refresh_loop(self: Arc<Self>) {
         loop {
-            let every = self.rt().settings.refresh;
+            let every = retry_after(
+                self.rt().settings.refresh,
+                self.incomplete_runs.load(Ordering::Relaxed),
+            );
             let sleep = async {
                 if every.is_zero() {
                     std::future::pending::<()>().await;
@@ -475,6 +499,11 @@ impl Discovery {
                 self.table.set_discovery_result(&cluster.source, error);
             }
             changes.merge(c);
+        }
+        if changes.errors.is_empty() {
+            self.incomplete_runs.store(0, Ordering::Relaxed);
+        } else {
+            self.incomplete_runs.fetch_add(1, Ordering::Relaxed);
         }
         let attached = self.attached.load(Ordering::Relaxed);
         if attached && self.table.domains_and_aliases() != before {
@@ -809,6 +838,19 @@ pub fn unix(t: Option<SystemTime>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_incomplete_discovery_is_retried_sooner_with_backoff() {
+        let five_min = Duration::from_secs(300);
+        let s = Duration::from_secs;
+        assert_eq!(retry_after(five_min, 0), five_min, "complete: the period");
+        assert_eq!(retry_after(Duration::ZERO, 0), Duration::ZERO, "complete, periodic off");
+        let waits: Vec<Duration> = (1..=8).map(|n| retry_after(five_min, n)).collect();
+        assert_eq!(waits, [s(5), s(10), s(20), s(40), s(80), s(160), s(300), s(300)]);
+        assert_eq!(retry_after(s(30), 4), s(30), "never later than the period");
+        assert_eq!(retry_after(Duration::ZERO, 1), s(5), "completed even with periodic off");
+        assert_eq!(retry_after(Duration::ZERO, 40), five_min);
+    }
 
     #[test]
     fn parents_of_a_publisher() {
