@@ -19,7 +19,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 RUN groupadd --system causeway \
-    && useradd --system --gid causeway --home-dir /var/lib/causeway --shell /usr/sbin/nologin causeway \
+    && groupadd --gid 5269 causeway-pki \
+    && useradd --system --gid causeway --groups causeway-pki --home-dir /var/lib/causeway --shell /usr/sbin/nologin causeway \
     && install -d -o causeway -g causeway -m 0750 /run/causeway /var/lib/causeway /etc/causeway
 COPY --from=build /src/target/release/edge /src/target/release/core /usr/local/bin/
 COPY deploy/compose/images/causeway-healthcheck /usr/local/bin/causeway-healthcheck

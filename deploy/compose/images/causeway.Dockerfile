@@ -16,10 +16,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
-# A dedicated unprivileged user; the config and PKI are mounted read-only, the admin socket
-# lives in /run/causeway (writable by it).
+# A dedicated unprivileged user; the config and PKI are mounted read-only (keys readable by
+# group 5269, causeway-pki, as in the lab's other images), the admin socket lives in
+# /run/causeway (writable by it).
 RUN groupadd --system causeway \
-    && useradd --system --gid causeway --home-dir /var/lib/causeway --shell /usr/sbin/nologin causeway \
+    && groupadd --gid 5269 causeway-pki \
+    && useradd --system --gid causeway --groups causeway-pki --home-dir /var/lib/causeway --shell /usr/sbin/nologin causeway \
     && install -d -o causeway -g causeway -m 0750 /run/causeway /var/lib/causeway /etc/causeway
 
 COPY bin/edge bin/core /usr/local/bin/
