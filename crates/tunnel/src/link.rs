@@ -126,9 +126,16 @@ impl Shares {
         if !(always || under) {
             return false;
         }
-        let entry = self.held.entry(to.to_owned()).or_default();
-        entry.0 += 1;
-        entry.1 += charge;
+        // The key is allocated only for a destination with nothing in the window yet.
+        match self.held.get_mut(to) {
+            Some(entry) => {
+                entry.0 += 1;
+                entry.1 += charge;
+            }
+            None => {
+                self.held.insert(to.to_owned(), (1, charge));
+            }
+        }
         true
     }
 
