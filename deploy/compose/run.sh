@@ -103,10 +103,9 @@ until exec_in edge edge status --config /etc/causeway/edge.toml 2>/dev/null | gr
 done
 up_secs=$(( $(date +%s) - started ))
 
-step "smoke test (client container)"
-smoke=$("${compose[@]}" --profile tools run --rm client | tee /dev/stderr | tail -n 1)
-step "firewall model"
-RUN_IN="${compose[*]} exec -T" "$here/firewall.sh"
+step "smoke test and firewall model"
+smoke=$(RUN_CLIENT="${compose[*]} --profile tools run --rm client" \
+    RUN_IN="${compose[*]} exec -T" "$here/check.sh")
 trap - ERR
 
 python3 - "$smoke" "$up_secs" <<'PY'

@@ -13,10 +13,12 @@ Checks, each of which fails the run:
     partner server: a message from inside reaches all of them, and theirs reach inside;
   * a room on conference.partner.test (a partner's MUC) joined by alice, both ways.
 Prints one line per check (with the delivery time) and, last, a JSON summary line.
-Passwords are <user>-secret.
+Passwords are <user>-secret. The servers' client addresses are the container lab's unless
+CAUSEWAY_SMOKE_SERVERS (domain=ip,...) says otherwise.
 """
 import asyncio
 import json
+import os
 import ssl
 import sys
 import time
@@ -31,6 +33,10 @@ SERVERS = {
     "partner3.test": ("10.231.3.33", "Prosody 0.12"),
     "partner4.test": ("10.231.3.34", "ejabberd 23.01"),
 }
+# Another deployment (the two-host test) gives its own addresses: "domain=ip,domain=ip".
+for item in filter(None, os.environ.get("CAUSEWAY_SMOKE_SERVERS", "").split(",")):
+    name, _, ip = item.partition("=")
+    SERVERS[name] = (ip, SERVERS.get(name, ("", name))[1])
 ALICE, ERIN = "alice@example.com", "erin@internal2.example"
 PARTNERS = ["bob@partner.test", "carol@partner2.test", "frank@partner3.test", "grace@partner4.test"]
 PATIENCE = 30.0
