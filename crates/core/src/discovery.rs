@@ -844,11 +844,22 @@ mod tests {
         let five_min = Duration::from_secs(300);
         let s = Duration::from_secs;
         assert_eq!(retry_after(five_min, 0), five_min, "complete: the period");
-        assert_eq!(retry_after(Duration::ZERO, 0), Duration::ZERO, "complete, periodic off");
+        assert_eq!(
+            retry_after(Duration::ZERO, 0),
+            Duration::ZERO,
+            "complete, periodic off"
+        );
         let waits: Vec<Duration> = (1..=8).map(|n| retry_after(five_min, n)).collect();
-        assert_eq!(waits, [s(5), s(10), s(20), s(40), s(80), s(160), s(300), s(300)]);
+        assert_eq!(
+            waits,
+            [s(5), s(10), s(20), s(40), s(80), s(160), s(300), s(300)]
+        );
         assert_eq!(retry_after(s(30), 4), s(30), "never later than the period");
-        assert_eq!(retry_after(Duration::ZERO, 1), s(5), "completed even with periodic off");
+        assert_eq!(
+            retry_after(Duration::ZERO, 1),
+            s(5),
+            "completed even with periodic off"
+        );
         assert_eq!(retry_after(Duration::ZERO, 40), five_min);
     }
 
