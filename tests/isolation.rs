@@ -374,10 +374,10 @@ fn a_node_slower_than_a_partner_holds_the_partner_back_instead_of_bouncing() {
     )
     .expect("core");
 
-    // 8,000 stanzas of 16 KiB: 125 MiB, more than every buffer on the way holds together:
-    // the generator's own queue (16 MiB), core's node queue (16 MiB), the destination's share
-    // of the tunnel window (8 MiB) and the sockets.
-    const N: u64 = 8_000;
+    // 6,000 stanzas of 16 KiB: 94 MiB, more than every buffer on the way holds together
+    // (3,000 fit): the generator's own queue (16 MiB), core's node queue (16 MiB), the
+    // destination's share of the tunnel window (8 MiB) and the sockets.
+    const N: u64 = 6_000;
     let filler = "x".repeat(16 * 1024);
     let stanza = move |i: u64| {
         format!(
@@ -423,12 +423,35 @@ fn a_node_slower_than_a_partner_holds_the_partner_back_instead_of_bouncing() {
             .filter(|t| t.contains("type='error'") || t.contains("type=\"error\""))
             .collect()
     };
-    // Warm-up: sessions, TLS and dialback on every leg.
+    // The edge serves example.com once core has said hello: before, a stream to it is refused
+    // host-unknown (and the generator's first stanza bounced).
+    let edge_active = || {
+        std::process::Command::new(crate::support::EDGE)
+            .arg("status")
+            .arg("--config")
+            .arg(dir.path().join("edge.toml"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, edge_active),
+        "the edge never had its core"
+    );
+    // Warm-up: sessions, TLS and dialback on every leg (debug binaries, and beside the rest
+    // of the suite: give it time).
     rt.block_on(gen.send(LOCAL, stanza(0)));
     assert!(
-        causeway_testkit::wait_until(PATIENCE, || loads(&sink).len() == 1),
-        "the warm-up stanza did not arrive; the generator got {:?}",
-        gen.received.kept.lock().expect("kept").first()
+        causeway_testkit::wait_until(PATIENCE * 3, || loads(&sink).len() == 1),
+        "the warm-up stanza did not arrive: the sink has {} stanzas, the generator got {:?} \
+         back and its own queue bounced {}; core's metrics:\n{}",
+        sink.count(),
+        gen.received.kept.lock().expect("kept").first(),
+        gen.bounced(),
+        scrape(core_metrics)
+            .lines()
+            .filter(|l| l.starts_with("causeway_") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     sink.pause();
