@@ -6,10 +6,11 @@
 # * /pki/causeway/: the traversal PKI (CA, the edge's server and core's client certificate)
 #   and core's internal s2s certificate, from `edge pki init`; the dialback secrets.
 # * /pki/<domain>.crt|key: federation certificates for the edge and every server, issued by
-#   "Lab Public CA" (public-ca.crt), which no server is told to trust: like certificates from
-#   a CA a partner does not know, they give TLS, and dialback authenticates. The edge's
-#   (example.com and its aliases) and partner.test's carry serverAuth only, as public CAs
-#   issue them since 2026; the others serverAuth and clientAuth.
+#   "Lab Public CA" (public-ca.crt), which the edge and the partner servers trust (the
+#   internal servers do not: they speak only to core, with dialback). The edge's (example.com
+#   and its aliases) and partner.test's carry serverAuth only, as public CAs issue them since
+#   2026; the others serverAuth and clientAuth. Whether a server accepts such a certificate
+#   from a peer shows in how the peer authenticates: SASL EXTERNAL, or dialback.
 #
 # Keys are readable by group 5269 (causeway-pki), of which every lab image's server user is a
 # member.

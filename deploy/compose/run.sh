@@ -106,11 +106,13 @@ up_secs=$(( $(date +%s) - started ))
 step "smoke test and firewall model"
 smoke=$(RUN_CLIENT="${compose[*]} --profile tools run --rm client" \
     RUN_IN="${compose[*]} exec -T" "$here/check.sh")
+conns=$(exec_in edge edge connections --config /etc/causeway/edge.toml --json)
 trap - ERR
 
-python3 - "$smoke" "$up_secs" <<'PY'
+python3 - "$smoke" "$up_secs" "$conns" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
+conns = json.loads(sys.argv[3])
 msgs = [x for x in r["results"] if x["check"] == "message"]
 print(f"""
 container lab: OK (up and federating {sys.argv[2]} s after the start)
@@ -118,6 +120,20 @@ container lab: OK (up and federating {sys.argv[2]} s after the start)
   path       internal server -> core (inside) -> tunnel (dmz, core dials out) -> edge -> partner (internet)
   federated  {len(msgs)} messages, {sum(1 for x in r['results'] if x['check'] == 'presence')} presence subscriptions, {sum(1 for x in r['results'] if x['check'] == 'groupchat')} group chat rounds
   latency    message median {sorted(x['ms'] for x in msgs)[len(msgs)//2]:.0f} ms, worst {max(x['ms'] for x in msgs):.0f} ms (first contacts include dialback)""")
+# How each partner and the edge authenticated each other (the edge's and partner.test's
+# certificates carry serverAuth only; every server trusts the Lab Public CA): SASL EXTERNAL
+# means the certificate was accepted, dialback that it was not (or not offered).
+software = {"partner.test": "Prosody 13", "partner2.test": "ejabberd 24.12",
+            "partner3.test": "Prosody 0.12", "partner4.test": "ejabberd 23.01"}
+auth = {}
+for c in conns:
+    for p in c["pairs"]:
+        if p["local"] == "example.com" and p["remote"] in software:
+            auth[(p["remote"], c["direction"])] = c["auth"]
+print("  certificates (edge: serverAuth only)   partner accepts the edge's  edge accepts the partner's")
+for d, name in software.items():
+    usage = "serverAuth only" if d == "partner.test" else "serverAuth+clientAuth"
+    print(f"    {d:<14} {name:<15} {auth.get((d, 'outgoing'), '-'):<27} {auth.get((d, 'incoming'), '-')} ({usage})")
 PY
 
 if $stay; then

@@ -16,8 +16,10 @@ s2s_direct_tls_ports = { }
 authentication = "internal_hashed"
 storage = "internal"
 
--- s2s: STARTTLS required (the default), authenticated with dialback: the lab's certificates are
--- not ones Prosody can verify, so s2s_secure_auth must stay false.
+-- s2s: STARTTLS required (the default). It trusts the Lab Public CA (cafile below), so a peer
+-- whose certificate it accepts authenticates with SASL EXTERNAL, the others with dialback
+-- (s2s_secure_auth false): which one each peer got shows whether Prosody accepts its
+-- certificate (the edge's carries serverAuth only, as public CAs issue them since 2026).
 s2s_require_encryption = true
 s2s_secure_auth = false
 
@@ -32,5 +34,5 @@ modules_enabled = {
 }
 
 VirtualHost "partner3.test"
-	ssl = { certificate = "/pki/partner3.test.crt"; key = "/pki/partner3.test.key" }
+	ssl = { certificate = "/pki/partner3.test.crt"; key = "/pki/partner3.test.key"; cafile = "/pki/public-ca.crt" }
 
