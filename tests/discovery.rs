@@ -534,3 +534,53 @@ fn a_publisher_reveals_its_domain_nodes_and_alias() {
     });
     assert!(learned, "{}", daemon(&lab, "edge", "status", &[]).stdout);
 }
+
+/// A core that starts while its node does not answer finds the node but cannot ask it for
+/// its chat node aliases; it tries again within seconds (not at the next `refresh_secs`, 5
+/// minutes here), so the edge learns conference.example.com soon after the node answers.
+/// (Seen in the container lab, where core and Prosody start together.)
+#[test]
+fn a_core_started_before_its_node_learns_the_aliases_once_the_node_answers() {
+    let mut lab = start(discovery_options(250));
+    let node1 = lab.internal.s2s_addr();
+    wait_node_state(&lab, node1, "active", PATIENCE);
+    let edge_knows_the_alias = |lab: &Lab| {
+        let st = daemon(lab, "edge", "status", &["--json"]).json();
+        st["edge"]["domains"]
+            .as_array()
+            .is_some_and(|ds| ds.iter().any(|d| d["name"] == LOCAL_MUC))
+    };
+    assert!(edge_knows_the_alias(&lab), "{}", lab.diagnostics());
+
+    // The node stops answering (SIGSTOP), and core starts again from nothing.
+    let pid = lab.internal.pid();
+    signal(pid, "-STOP");
+    let resume = Resume(pid);
+    lab.restart_core().step(&lab, "core restarts");
+    wait_node_state(&lab, node1, "inactive", PATIENCE);
+    assert!(
+        alias_names(&cluster(&lab)).is_empty(),
+        "core knew the alias without asking the node: {:#}",
+        cluster(&lab)
+    );
+
+    drop(resume);
+    let t0 = Instant::now();
+    let learnt =
+        causeway_testkit::wait_until(Duration::from_secs(40), || edge_knows_the_alias(&lab));
+    assert!(
+        learnt,
+        "the edge did not learn {LOCAL_MUC} within 40 s of the node answering again \
+         (refresh_secs is 300):\n{}\n{}",
+        daemon(&lab, "core", "servers", &[]).stdout,
+        lab.diagnostics()
+    );
+    println!(
+        "alias learnt {:?} after the node answered again",
+        t0.elapsed()
+    );
+    assert_eq!(
+        alias_names(&cluster(&lab)),
+        vec![(LOCAL_MUC.to_owned(), true)]
+    );
+}
