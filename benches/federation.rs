@@ -135,29 +135,8 @@ fn pair_alone(n: u64) -> Result<()> {
     let subnet = 200;
     let ip = |h| Lab::ip(subnet, h);
     let dir = causeway_testkit::temp_dir("causeway-bench-")?;
-    let pki = dir.path().join("pki");
-    lab::write_pki(&pki)?;
-    let edge_s2s = SocketAddr::from((ip(2), 5269));
-    let core_s2s = SocketAddr::from((ip(3), 5269));
-    let gen_addr = SocketAddr::from((ip(21), 5269));
-    let sink_addr = SocketAddr::from((ip(11), 5269));
-    let mut edge_cfg = lab::edge_config(
-        edge_s2s,
-        SocketAddr::from((ip(2), 7400)),
-        SocketAddr::from((ip(53), 53)),
-        &[],
-        "",
-    );
-    edge_cfg.push_str(&format!(
-        "\n[[static_routes]]\ndomain = \"{PARTNER}\"\naddresses = [\"{gen_addr}\"]\n"
-    ));
-    // The pair's capacity, not the per-domain inbound rate an edge applies by default.
-    edge_cfg.push_str("\n[limits]\ninbound_bytes_per_sec_per_domain = 0\n");
-    std::fs::write(dir.path().join("edge.toml"), edge_cfg)?;
-    std::fs::write(
-        dir.path().join("core.toml"),
-        lab::core_config(core_s2s, SocketAddr::from((ip(2), 7400)), ip(11), 5269),
-    )?;
+    let pair_addrs = lab::SyntheticPair::new(subnet);
+    pair_addrs.write_configs(dir.path())?;
     let edge = daemon("edge", dir.path())?;
     let core = daemon("core", dir.path())?;
     let pids = [edge.pid(), core.pid()];
@@ -168,8 +147,10 @@ fn pair_alone(n: u64) -> Result<()> {
         .build()?;
     let (pair, direct) = rt.block_on(async {
         // Through the pair: generator -> edge ... core -> sink.
-        let sink = SyntheticServer::start(LOCAL, sink_addr, core_s2s, false).await?;
-        let gen = SyntheticServer::start(PARTNER, gen_addr, edge_s2s, false).await?;
+        let sink =
+            SyntheticServer::start(LOCAL, pair_addrs.sink, pair_addrs.core_s2s, false).await?;
+        let gen = SyntheticServer::start(PARTNER, pair_addrs.generator, pair_addrs.edge_s2s, false)
+            .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pair = flood(&gen, &sink, n, &pids).await?;
         // Baseline: the same generator and sink code, one direct s2s hop.

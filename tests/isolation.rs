@@ -334,45 +334,17 @@ fn a_node_slower_than_a_partner_holds_the_partner_back_instead_of_bouncing() {
     use causeway_testkit::lab::{self, LOCAL};
     use causeway_testkit::synthetic::SyntheticServer;
 
-    let subnet = 249;
-    let ip = |h| Lab::ip(subnet, h);
     let dir = causeway_testkit::temp_dir("causeway-backpressure-").expect("temp dir");
-    lab::write_pki(&dir.path().join("pki")).expect("pki");
-    let (edge_s2s, tunnel) = (
-        SocketAddr::from((ip(2), 5269)),
-        SocketAddr::from((ip(2), 7400)),
+    let addrs = lab::SyntheticPair::new(249);
+    addrs.write_configs(dir.path()).expect("configs");
+    let spawn = |bin: &str, name: &str| {
+        lab::spawn_daemon(std::path::Path::new(bin), name, dir.path(), "info").expect(name)
+    };
+    let (_edge, _core) = (
+        spawn(crate::support::EDGE, "edge"),
+        spawn(crate::support::CORE, "core"),
     );
-    let (core_s2s, core_metrics) = (
-        SocketAddr::from((ip(3), 5269)),
-        SocketAddr::from((ip(3), 9100)),
-    );
-    let (gen_addr, sink_addr) = (
-        SocketAddr::from((ip(21), 5269)),
-        SocketAddr::from((ip(11), 5269)),
-    );
-    let mut edge_cfg = lab::edge_config(edge_s2s, tunnel, SocketAddr::from((ip(53), 53)), &[], "");
-    edge_cfg.push_str(&format!(
-        "\n[[static_routes]]\ndomain = \"{PARTNER}\"\naddresses = [\"{gen_addr}\"]\n\
-         \n[limits]\ninbound_bytes_per_sec_per_domain = 0\n"
-    ));
-    std::fs::write(dir.path().join("edge.toml"), edge_cfg).expect("edge.toml");
-    let mut core_cfg = lab::core_config(core_s2s, tunnel, ip(11), 5269);
-    core_cfg.push_str(&format!("\n[metrics]\nlisten = \"{core_metrics}\"\n"));
-    std::fs::write(dir.path().join("core.toml"), core_cfg).expect("core.toml");
-    let _edge = lab::spawn_daemon(
-        std::path::Path::new(crate::support::EDGE),
-        "edge",
-        dir.path(),
-        "info",
-    )
-    .expect("edge");
-    let _core = lab::spawn_daemon(
-        std::path::Path::new(crate::support::CORE),
-        "core",
-        dir.path(),
-        "info",
-    )
-    .expect("core");
+    let core_metrics = addrs.core_metrics;
 
     // 6,000 stanzas of 16 KiB: 94 MiB, more than every buffer on the way holds together
     // (3,000 fit): the generator's own queue (16 MiB), core's node queue (16 MiB), the
@@ -391,10 +363,10 @@ fn a_node_slower_than_a_partner_holds_the_partner_back_instead_of_bouncing() {
         .build()
         .expect("runtime");
     let (sink, gen) = rt.block_on(async {
-        let sink = SyntheticServer::start(LOCAL, sink_addr, core_s2s, true)
+        let sink = SyntheticServer::start(LOCAL, addrs.sink, addrs.core_s2s, true)
             .await
             .expect("sink");
-        let gen = SyntheticServer::start(PARTNER, gen_addr, edge_s2s, true)
+        let gen = SyntheticServer::start(PARTNER, addrs.generator, addrs.edge_s2s, true)
             .await
             .expect("generator");
         (sink, gen)

@@ -72,25 +72,31 @@ impl Backlogs {
 
     /// Queue `stanza` for its node, or hold it (unsettled) behind its pair's backlog.
     pub async fn send(&mut self, stanza: OutboundStanza, settle: Settle) {
-        // The common case, no pair behind: no key is built.
+        if let Some(pair) = self.behind(&stanza) {
+            return self.append(&pair, stanza, settle).await;
+        }
+        // Queued at once: `settle` drops on return, settling the stanza.
+        let Err(back) = self.s2s.try_send(stanza).await else {
+            return;
+        };
+        self.hold(back, settle).await;
+    }
+
+    /// The pair of `stanza` if it has stanzas waiting (they go first); a backlog that caught
+    /// up is forgotten. The common case, no pair behind, builds no key.
+    fn behind(&mut self, stanza: &OutboundStanza) -> Option<(String, String)> {
         if self.pairs.is_empty() {
-            let Err(back) = self.s2s.try_send(stanza).await else {
-                return;
-            };
-            return self.hold(back, settle).await;
+            return None;
         }
         let pair = (stanza.from_domain.clone(), stanza.to_domain.clone());
-        if self.pairs.get(&pair).is_some_and(Backlog::is_empty) {
-            self.pairs.remove(&pair);
+        match self.pairs.get(&pair) {
+            Some(backlog) if !backlog.is_empty() => Some(pair),
+            Some(_) => {
+                self.pairs.remove(&pair);
+                None
+            }
+            None => None,
         }
-        if !self.pairs.contains_key(&pair) {
-            // Queued at once: `settle` drops on return, settling the stanza.
-            let Err(back) = self.s2s.try_send(stanza).await else {
-                return;
-            };
-            return self.hold(back, settle).await;
-        }
-        self.append(&pair, stanza, settle).await;
     }
 
     /// Start a backlog for the pair of `stanza`, which found its queue full, with it.

@@ -574,6 +574,66 @@ pub fn write_pki(pki: &Path) -> Result<()> {
     Ok(())
 }
 
+/// edge and core alone between two synthetic servers (crates/testkit/src/synthetic.rs): a
+/// generator serving PARTNER that the edge reaches by static route, and a sink serving LOCAL
+/// as core's node. The benchmark's pair flood and the backpressure test start from it.
+#[derive(Debug, Clone, Copy)]
+pub struct SyntheticPair {
+    /// The edge's s2s address (where the generator sends).
+    pub edge_s2s: SocketAddr,
+    /// The edge's tunnel address.
+    pub tunnel: SocketAddr,
+    /// core's s2s address (the sink's route back, for dialback).
+    pub core_s2s: SocketAddr,
+    /// core's metrics listener.
+    pub core_metrics: SocketAddr,
+    /// Where the generator listens.
+    pub generator: SocketAddr,
+    /// Where the sink listens (core's node for LOCAL).
+    pub sink: SocketAddr,
+    /// The edge's nameserver: nothing listens there (PARTNER is a static route).
+    pub dns: SocketAddr,
+}
+
+impl SyntheticPair {
+    /// The addresses in 127.`subnet`.0.0/24.
+    pub fn new(subnet: u8) -> Self {
+        let at = |host, port| SocketAddr::from((Lab::ip(subnet, host), port));
+        Self {
+            edge_s2s: at(2, 5269),
+            tunnel: at(2, 7400),
+            core_s2s: at(3, 5269),
+            core_metrics: at(3, 9100),
+            generator: at(21, 5269),
+            sink: at(11, 5269),
+            dns: at(53, 53),
+        }
+    }
+
+    /// Write the lab PKI and `edge.toml` and `core.toml` into `dir`. The edge applies no
+    /// per-domain inbound rate: what is measured is the pair, not that default limit.
+    pub fn write_configs(&self, dir: &Path) -> Result<()> {
+        write_pki(&dir.join("pki"))?;
+        let mut edge = edge_config(self.edge_s2s, self.tunnel, self.dns, &[], "");
+        edge.push_str(&format!(
+            "\n[[static_routes]]\ndomain = \"{PARTNER}\"\naddresses = [\"{}\"]\n\
+             \n[limits]\ninbound_bytes_per_sec_per_domain = 0\n",
+            self.generator
+        ));
+        std::fs::write(dir.join("edge.toml"), edge)?;
+        let std::net::IpAddr::V4(sink_ip) = self.sink.ip() else {
+            anyhow::bail!("the sink's address is IPv4");
+        };
+        let mut core = core_config(self.core_s2s, self.tunnel, sink_ip, self.sink.port());
+        core.push_str(&format!(
+            "\n[metrics]\nlisten = \"{}\"\n",
+            self.core_metrics
+        ));
+        std::fs::write(dir.join("core.toml"), core)?;
+        Ok(())
+    }
+}
+
 /// What the lab's cores may announce (`[[tunnel.cores]]`): the local domains of every lab
 /// topology and their subdomains (chat node aliases).
 const LAB_GRANTS: &str = r#"["example.com", "*.example.com", "example.org", "*.example.org"]"#;

@@ -334,26 +334,22 @@ impl Link {
     /// Empties the replay window and returns its stanzas in order, freeing
     /// their room as an ack would (see [`SendState::take_all`]).
     pub(crate) fn take_unacked(&self) -> Vec<TunnelStanza> {
-        let (taken, bytes, charges) = {
+        let taken: Vec<(TunnelStanza, usize)> = {
             let mut w = lock(&self.window);
-            let bytes = w.bytes();
-            let taken = w.take_all();
-            let charges: Vec<usize> = taken.iter().map(|st| w.charge(Self::size(st))).collect();
-            (taken, bytes, charges)
+            let items = w.take_all();
+            items
+                .into_iter()
+                .map(|st| {
+                    let charge = w.charge(Self::size(&st));
+                    (st, charge)
+                })
+                .collect()
         };
-        if !taken.is_empty() {
-            self.give_back_shares(
-                taken
-                    .iter()
-                    .zip(charges)
-                    .map(|(st, charge)| (st.to_domain.as_str(), charge)),
-            );
-            self.counters
-                .taken_back
-                .fetch_add(taken.len() as u64, Ordering::Relaxed);
-            self.release(taken.len(), bytes);
-        }
-        taken
+        self.counters
+            .taken_back
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        self.release(&taken);
+        taken.into_iter().map(|(st, _)| st).collect()
     }
 
     /// Makes pending and future `send` calls fail with `Closed`.
@@ -362,23 +358,26 @@ impl Link {
         self.room_bytes.close();
     }
 
-    fn release(&self, items: usize, bytes: usize) {
-        self.room.add_permits(items);
-        self.room_bytes.add_permits(bytes);
+    /// Gives back the room of stanzas that left the window (acknowledged or taken back), each
+    /// with the bytes it was charged: its slot, its bytes and its destination's share.
+    fn release(&self, freed: &[(TunnelStanza, usize)]) {
+        if freed.is_empty() {
+            return;
+        }
+        self.give_back_shares(freed.iter().map(|(st, c)| (st.to_domain.as_str(), *c)));
+        self.room.add_permits(freed.len());
+        self.room_bytes
+            .add_permits(freed.iter().map(|(_, c)| c).sum());
         self.settled.send_modify(|v| *v += 1);
     }
 
     fn apply_ack(&self, ack: &AckInfo) {
         let mut freed = Vec::new();
-        let (items, bytes) =
-            lock(&self.window).on_ack_with(ack, |st, charge| freed.push((st, charge)));
-        if items > 0 {
-            self.give_back_shares(freed.iter().map(|(st, c)| (st.to_domain.as_str(), *c)));
-            self.counters
-                .acked
-                .fetch_add(items as u64, Ordering::Relaxed);
-            self.release(items, bytes);
-        }
+        lock(&self.window).on_ack_with(ack, |st, charge| freed.push((st, charge)));
+        self.counters
+            .acked
+            .fetch_add(freed.len() as u64, Ordering::Relaxed);
+        self.release(&freed);
     }
 
     /// Applies the peer's hello: resets the receiving side if the peer restarted, releases
@@ -396,16 +395,11 @@ impl Link {
             }),
         };
         let mut freed = Vec::new();
-        let (items, bytes) = lock(&self.window).resume_with(&position, our_instance, |st, c| {
-            freed.push((st, c));
-        });
-        if items > 0 {
-            self.give_back_shares(freed.iter().map(|(st, c)| (st.to_domain.as_str(), *c)));
-            self.counters
-                .acked
-                .fetch_add(items as u64, Ordering::Relaxed);
-            self.release(items, bytes);
-        }
+        lock(&self.window).resume_with(&position, our_instance, |st, c| freed.push((st, c)));
+        self.counters
+            .acked
+            .fetch_add(freed.len() as u64, Ordering::Relaxed);
+        self.release(&freed);
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
