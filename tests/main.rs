@@ -20,6 +20,7 @@ mod limits;
 mod liveness;
 mod modes;
 mod operations;
+mod readiness;
 mod reload;
 mod security;
 mod tunnel;

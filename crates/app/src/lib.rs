@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cert;
 pub mod metrics;
 pub mod pki;
+pub mod systemd;
 
 /// Install the global tracing subscriber: text or JSON to stderr, filtered by `level` (an
 /// env-filter directive) unless `RUST_LOG` is set.

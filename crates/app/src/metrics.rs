@@ -1,163 +1,36 @@
-//! Prometheus metrics on an opt-in HTTP port: the `[metrics]` config section, a tiny HTTP/1.1
-//! server that answers `GET /metrics` and closes, and a writer for the text exposition format
-//! (version 0.0.4).
+//! Prometheus metrics: the `[metrics]` config section (the listener that also serves
+//! `/healthz` and `/readyz`, crates/http), what both daemons count, and a writer for the text
+//! exposition format (version 0.0.4).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-/// `[metrics]` (both binaries). Absent: no metrics listener.
-#[derive(Debug, Clone, Deserialize)]
+/// `[metrics]` (both binaries): the HTTP listener of `/metrics`, `/healthz` and `/readyz`.
+/// Absent: no listener.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
-    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9464`.
-    pub listen: SocketAddr,
+    /// Where to listen; default loopback, port 9464 (edge) or 9465 (core). Anything else
+    /// than loopback makes `check` warn: the endpoints have no authentication.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
-/// The Content-Type of the Prometheus text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Largest request head read (request line and headers).
-const MAX_REQUEST: usize = 8192;
-/// Time a client has to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to take the response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Scrapes served at once; more connections wait to be accepted.
-const MAX_CONNECTIONS: usize = 32;
-
-/// Bind `listen` and serve `render()`'s text on `GET /metrics` (and `HEAD`) until the process
-/// ends. Returns the bound address (useful with port 0). Each connection gets one response and is
-/// closed: 200 with the text, 404 for another path, 405 for another method, 400 for a malformed
-/// request line.
-pub async fn serve<F>(listen: SocketAddr, render: F) -> anyhow::Result<SocketAddr>
-where
-    F: Fn() -> String + Send + Sync + 'static,
-{
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("metrics.listen {listen}"))?;
-    let bound = listener.local_addr()?;
-    let render = Arc::new(render);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let render = render.clone();
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, render.as_ref()).await {
-                    tracing::debug!(error = %e, "metrics request failed");
-                }
-                drop(permit);
-            });
-        }
-    });
-    Ok(bound)
-}
-
-/// Read one request head, write one response, close.
-async fn answer(
-    mut stream: TcpStream,
-    render: &(dyn Fn() -> String + Send + Sync),
-) -> std::io::Result<()> {
-    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
-    let (status, body, head_only) = match route(&head) {
-        Route::Metrics { head_only } => ("200 OK", render(), head_only),
-        Route::NotFound => ("404 Not Found", "not found; try /metrics\n".into(), false),
-        Route::BadMethod => ("405 Method Not Allowed", "GET only\n".into(), false),
-        Route::BadRequest => ("400 Bad Request", "bad request\n".into(), false),
-    };
-    let content_type = if status.starts_with("200") {
-        CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
-        body.len(),
-        if status.starts_with("405") { "Allow: GET, HEAD\r\n" } else { "" },
-    );
-    if !head_only {
-        response.push_str(&body);
+impl MetricsSection {
+    /// The address to listen on: `listen`, or loopback with `default_port`.
+    pub fn listen_or(&self, default_port: u16) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
     }
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"))?
-}
 
-/// Bytes up to the end of the request head (`\r\n\r\n`, or `\n\n` from sloppy clients), at most
-/// [`MAX_REQUEST`]; whatever arrived when the client stops sending.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(buf);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n")
-            || buf.windows(2).any(|w| w == b"\n\n")
-            || buf.len() >= MAX_REQUEST
-        {
-            buf.truncate(MAX_REQUEST);
-            return Ok(buf);
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics { head_only: bool },
-    NotFound,
-    BadMethod,
-    BadRequest,
-}
-
-/// Decide from the request line alone (headers are ignored).
-fn route(head: &[u8]) -> Route {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
-        return Route::BadRequest;
-    };
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return Route::BadRequest;
-    }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    if path != "/metrics" {
-        return Route::NotFound;
-    }
-    match method {
-        "GET" => Route::Metrics { head_only: false },
-        "HEAD" => Route::Metrics { head_only: true },
-        _ => Route::BadMethod,
+    /// A warning when the listener is bound beyond loopback.
+    pub fn warning(&self, default_port: u16) -> Option<String> {
+        let addr = self.listen_or(default_port);
+        (!addr.ip().is_loopback()).then(|| {
+            format!("metrics.listen {addr} is not a loopback address: /metrics, /healthz and /readyz have no authentication, so only a management network should reach it")
+        })
     }
 }
 
@@ -546,31 +419,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes() {
-        let r = |s: &str| route(s.as_bytes());
-        assert_eq!(
-            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            r("HEAD /metrics HTTP/1.1\r\n\r\n"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(r("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);
-        assert_eq!(r("GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r("GET metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r("GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r(""), Route::BadRequest);
-        assert_eq!(route(b"\xff\xfe /metrics HTTP/1.1\r\n"), Route::BadRequest);
-    }
-
-    #[test]
     fn exposition_text() {
         let mut e = Exposition::new();
         e.family("x_total", "Things.\nMore", Kind::Counter)
@@ -588,40 +436,22 @@ mod tests {
         assert_eq!(format_value(1e20), "100000000000000000000");
     }
 
-    async fn request(addr: SocketAddr, req: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_and_closes() {
-        let addr = serve("127.0.0.1:0".parse().expect("addr"), || {
-            "up 1\n".to_string()
-        })
-        .await
-        .expect("serve");
-        let ok = request(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    #[test]
+    fn the_listener_defaults_to_loopback_and_warns_beyond_it() {
+        let default = MetricsSection::default();
+        assert_eq!(default.listen_or(9464).to_string(), "127.0.0.1:9464");
+        assert_eq!(default.warning(9464), None);
+        let v6 = MetricsSection {
+            listen: Some("[::1]:9000".parse().expect("addr")),
+        };
+        assert_eq!(v6.warning(9464), None);
+        let wide = MetricsSection {
+            listen: Some("0.0.0.0:9464".parse().expect("addr")),
+        };
+        let w = wide.warning(9464).unwrap_or_default();
         assert!(
-            ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
-            "{ok}"
+            w.starts_with("metrics.listen 0.0.0.0:9464 is not a loopback"),
+            "{w}"
         );
-        assert!(ok.contains("Content-Length: 5\r\n"), "{ok}");
-        assert!(ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
-        let head = request(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
-        let nf = request(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(nf.starts_with("HTTP/1.1 404 "), "{nf}");
-        let bad = request(addr, "BLAH\r\n\r\n").await;
-        assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
-        let post = request(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
-        // A client that sends nothing and hangs up does not stop the server.
-        drop(TcpStream::connect(addr).await.expect("connect"));
-        let again = request(addr, "GET /metrics HTTP/1.0\r\n\r\n").await;
-        assert!(again.starts_with("HTTP/1.1 200 OK\r\n"), "{again}");
     }
 }

@@ -69,6 +69,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &cfg.node_config.warnings {
                 println!("warning: {w}");
             }
+            for w in cfg
+                .raw
+                .metrics
+                .iter()
+                .filter_map(|m| m.warning(crate::http::DEFAULT_PORT))
+            {
+                println!("warning: {w}");
+            }
             println!("{}: OK", config.display());
             Ok(())
         }
@@ -83,8 +91,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = stop_rx.await;
             })
             .await?;
-            crate::metrics::serve(&core, metrics).await?;
             let core = std::sync::Arc::new(core);
+            crate::http::serve(&core, metrics).await?;
             let admin_api = crate::admin::CoreAdmin::new(core.clone(), admin_view);
             let admin = admin_api.serve(&admin_section).await?;
             causeway_app::announce_ready(
@@ -94,6 +102,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "admin": admin.socket().display().to_string(),
                 }),
             );
+            causeway_app::systemd::ready(&crate::http::summary(&core));
+            let summarised = core.clone();
+            causeway_app::systemd::supervise(&core.heartbeats, move || {
+                crate::http::summary(&summarised)
+            });
             // Through the admin API's reload: status then shows the domains it applied.
             let reloader = admin_api.clone();
             causeway_app::reload_on_sighup(move || {
@@ -101,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 async move { core.reload().await }
             });
             causeway_app::shutdown_signal().await;
+            causeway_app::systemd::stopping();
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
             drop(admin);

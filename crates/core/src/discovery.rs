@@ -434,17 +434,27 @@ impl Discovery {
     }
 
     /// After the tunnel is attached: let stanzas through, then keep probing and discovering.
-    pub fn spawn(self: &Arc<Self>) {
+    /// The health loop beats in `heartbeats` (a probe round that hangs makes `/healthz` fail).
+    pub fn spawn(self: &Arc<Self>, heartbeats: &causeway_http::Heartbeats) {
         self.attached.store(true, Ordering::Relaxed);
         self.table.open_delivery();
         let me = self.clone();
-        tokio::spawn(async move { me.health_loop().await });
+        let beat = heartbeats.register("node health", self.health_round());
+        tokio::spawn(async move { me.health_loop(beat).await });
         let me = self.clone();
         tokio::spawn(async move { me.refresh_loop().await });
     }
 
-    async fn health_loop(self: Arc<Self>) {
+    /// The longest a health round should take: the pause between rounds and a probe timeout.
+    fn health_round(&self) -> Duration {
+        let settings = &self.rt().settings;
+        settings.health + settings.probe_timeout
+    }
+
+    async fn health_loop(self: Arc<Self>, beat: causeway_http::Beat) {
         loop {
+            beat.set_every(self.health_round());
+            beat.beat();
             let every = self.rt().settings.health;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod edges;
 pub mod email;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod nodes;
 pub mod reload;
@@ -205,6 +206,8 @@ pub struct Core {
     pub started: std::time::SystemTime,
     /// IM&P discovery and health checks, and the node table.
     pub discovery: Arc<discovery::Discovery>,
+    /// The loops `/healthz` watches (crates/http/src/health.rs).
+    pub heartbeats: Arc<causeway_http::Heartbeats>,
 }
 
 /// Start core from a validated config (a wiring function).
@@ -267,7 +270,8 @@ pub async fn start(
         .nodes
         .set_announcer(move |domains, aliases| announcing.reannounce(domains, aliases));
     tokio::spawn(pump_tunnel(host, s2s.clone(), from_edge));
-    discovery.spawn();
+    let heartbeats = causeway_http::Heartbeats::new();
+    discovery.spawn(&heartbeats);
     let edge_addrs: Vec<&str> = cfg.edges.iter().map(|e| e.address.as_str()).collect();
     info!(module = LOG_MODULE, s2s = %s2s_addr, edges = ?edge_addrs, "core started");
     Ok(Core {
@@ -277,6 +281,7 @@ pub async fn start(
         config_path: cfg.path.clone(),
         started: std::time::SystemTime::now(),
         discovery,
+        heartbeats,
     })
 }
 

@@ -1,10 +1,9 @@
 //! core's Prometheus metrics (`[metrics] listen`): s2s sessions and counters towards the
 //! internal nodes, the tunnel to each edge. Rendered at scrape time from the live state.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use causeway_app::metrics::{MetricsSection, Snapshot};
+use causeway_app::metrics::Snapshot;
 use causeway_s2s::S2s;
 
 use crate::Core;
@@ -29,19 +28,4 @@ impl Sources {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::read(&self.s2s, self.tunnel.stats(), None)
     }
-}
-
-/// Serve core's metrics if `[metrics]` is configured; logs and returns the bound address.
-pub async fn serve(
-    core: &Core,
-    section: Option<MetricsSection>,
-) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(section) = section else {
-        return Ok(None);
-    };
-    let sources = Sources::new(core);
-    let addr =
-        causeway_app::metrics::serve(section.listen, move || sources.snapshot().render()).await?;
-    tracing::info!(listen = %addr, "metrics: serving Prometheus text on http://{addr}/metrics");
-    Ok(Some(addr))
 }

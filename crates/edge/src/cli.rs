@@ -54,7 +54,15 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
-            crate::config::load(&config)?;
+            let cfg = crate::config::load(&config)?;
+            for w in cfg
+                .raw
+                .metrics
+                .iter()
+                .filter_map(|m| m.warning(crate::http::DEFAULT_PORT))
+            {
+                println!("warning: {w}");
+            }
             println!("{}: OK", config.display());
             Ok(())
         }
@@ -68,8 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = stop_rx.await;
             })
             .await?;
-            crate::metrics::serve(&edge, metrics).await?;
             let edge = std::sync::Arc::new(edge);
+            crate::http::serve(&edge, metrics).await?;
             let admin = crate::admin::serve(edge.clone(), &admin_section).await?;
             causeway_app::announce_ready(
                 "edge",
@@ -80,12 +88,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "admin": admin.socket().display().to_string(),
                 }),
             );
+            causeway_app::systemd::ready(&crate::admin::summary(&edge));
+            let summarised = edge.clone();
+            causeway_app::systemd::supervise(&edge.heartbeats, move || {
+                crate::admin::summary(&summarised)
+            });
             let reloader = edge.clone();
             causeway_app::reload_on_sighup(move || {
                 let edge = reloader.clone();
                 async move { edge.reload().await }
             });
             causeway_app::shutdown_signal().await;
+            causeway_app::systemd::stopping();
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
             drop(admin);

@@ -99,7 +99,12 @@ impl DomainCores {
 
 /// The failover task: once a second, takes back the unacknowledged stanzas of cores that are
 /// gone and routes them again (a wiring loop around [`Failover`]).
-pub(crate) async fn supervise(host: Arc<EdgeHost>, s2s: Arc<S2s>, grace: Duration) {
+pub(crate) async fn supervise(
+    host: Arc<EdgeHost>,
+    s2s: Arc<S2s>,
+    grace: Duration,
+    beat: causeway_http::Beat,
+) {
     let Some(tunnel) = host.tunnel().cloned() else {
         return;
     };
@@ -108,6 +113,7 @@ pub(crate) async fn supervise(host: Arc<EdgeHost>, s2s: Arc<S2s>, grace: Duratio
     loop {
         tick.tick().await;
         let now = Instant::now();
+        beat.beat();
         for core in tunnel.stats().links.keys() {
             failover.observe(core, tunnel.is_connected(core), now);
         }

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod cores;
 pub mod grants;
+pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -365,6 +366,8 @@ pub struct Edge {
     pub config_path: std::path::PathBuf,
     /// When it started.
     pub started: std::time::SystemTime,
+    /// The loops `/healthz` watches (crates/http/src/health.rs).
+    pub heartbeats: Arc<causeway_http::Heartbeats>,
 }
 
 /// The addresses the edge's listeners are bound to, and the settings that asked for them (a
@@ -481,7 +484,14 @@ pub async fn start(
         tokio::spawn(s2s.clone().serve(listener, shutdown.clone()));
     }
     tokio::spawn(pump_tunnel(host.clone(), s2s.clone(), events_rx));
-    tokio::spawn(cores::supervise(host.clone(), s2s.clone(), failover_grace));
+    let heartbeats = causeway_http::Heartbeats::new();
+    let failover_beat = heartbeats.register("failover", failover_grace.min(Duration::from_secs(1)));
+    tokio::spawn(cores::supervise(
+        host.clone(),
+        s2s.clone(),
+        failover_grace,
+        failover_beat,
+    ));
     info!(module = LOG_MODULE, s2s = %addr_list(&s2s_addrs), direct_tls = %addr_list(&direct_tls_addrs), tunnel = %addr_list(&tunnel_addrs), "edge listening");
     let listening = Listening {
         s2s: s2s_addrs,
@@ -503,6 +513,7 @@ pub async fn start(
         listening,
         config_path: cfg.path.clone(),
         started: std::time::SystemTime::now(),
+        heartbeats,
     })
 }
 

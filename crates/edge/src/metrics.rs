@@ -2,11 +2,10 @@
 //! each core, DNS lookups, addresses refused by the outbound address filter, pauses of the
 //! per-domain inbound rate. Rendered at scrape time from the live state.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use causeway_app::metrics::{MetricsSection, Snapshot};
+use causeway_app::metrics::Snapshot;
 use causeway_s2s::S2s;
 use causeway_tunnel::EdgeTunnel;
 
@@ -45,19 +44,4 @@ impl Sources {
         ));
         snapshot
     }
-}
-
-/// Serve the edge's metrics if `[metrics]` is configured; logs and returns the bound address.
-pub async fn serve(
-    edge: &Edge,
-    section: Option<MetricsSection>,
-) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(section) = section else {
-        return Ok(None);
-    };
-    let sources = Sources::new(edge);
-    let addr =
-        causeway_app::metrics::serve(section.listen, move || sources.snapshot().render()).await?;
-    tracing::info!(listen = %addr, "metrics: serving Prometheus text on http://{addr}/metrics");
-    Ok(Some(addr))
 }

@@ -1,0 +1,96 @@
+//! Health and readiness over HTTP, on the `[metrics]` listener: what a load balancer, an
+//! orchestrator or a monitoring check polls.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use causeway_testkit::lab::{spawn_daemon, Lab};
+
+use crate::support::{options, start, Step, PATIENCE};
+
+/// `GET path` at `addr`: the status code and the body (0 and the error when it fails).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let attempt = || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, body.to_owned()))
+    };
+    attempt().unwrap_or_else(|e| (0, e.to_string()))
+}
+
+/// Poll `path` at `addr` until it answers `code` with a body containing `text`.
+fn until(lab: &Lab, addr: SocketAddr, path: &str, code: u16, text: &str) {
+    let mut last = (0, String::new());
+    let ok = causeway_testkit::wait_until(PATIENCE, || {
+        last = get(addr, path);
+        last.0 == code && last.1.contains(text)
+    });
+    assert!(
+        ok,
+        "{path} at {addr} never answered {code} with {text:?}; last: {last:?}\n{}",
+        lab.diagnostics()
+    );
+}
+
+/// /readyz follows the tunnel on both sides: ready once the tunnel is up and the node active,
+/// not ready with the reason when the other side is gone, ready again when it is back.
+/// /healthz stays ok throughout: the daemons are alive, only not ready.
+#[test]
+fn readyz_follows_the_tunnel_and_healthz_stays_ok() {
+    let n = 251;
+    let edge_http = SocketAddr::from((Lab::ip(n, 2), 9464));
+    let core_http = SocketAddr::from((Lab::ip(n, 3), 9465));
+    let mut opts = options(n);
+    opts.edge_extra = format!("[metrics]\nlisten = \"{edge_http}\"\n");
+    let mut lab = start(opts);
+    let core_toml = lab.config_path("core");
+    let mut text = std::fs::read_to_string(&core_toml).expect("core.toml");
+    text.push_str(&format!("\n[metrics]\nlisten = \"{core_http}\"\n"));
+    std::fs::write(&core_toml, text).expect("core.toml");
+    lab.restart_core().step(&lab, "restart core with [metrics]");
+
+    until(&lab, edge_http, "/readyz", 200, "ready\n");
+    until(&lab, core_http, "/readyz", 200, "ready\n");
+    assert_eq!(get(edge_http, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(get(core_http, "/healthz"), (200, "ok\n".to_owned()));
+
+    // core stops: the edge is not ready, and says why.
+    drop(lab.core.take());
+    until(&lab, edge_http, "/readyz", 503, "- no core is connected\n");
+    assert_eq!(get(edge_http, "/healthz").0, 200);
+
+    // The edge stops too; core starts alone: alive, not ready, naming the tunnel.
+    drop(lab.edge.take());
+    lab.restart_core().step(&lab, "start core without its edge");
+    until(&lab, core_http, "/healthz", 200, "ok\n");
+    until(
+        &lab,
+        core_http,
+        "/readyz",
+        503,
+        "- no edge tunnel is up (1 edge configured)",
+    );
+
+    // The edge is back: both ready again.
+    lab.edge = Some(
+        spawn_daemon(
+            std::path::Path::new(env!("CARGO_BIN_EXE_edge")),
+            "edge",
+            lab.dir.path(),
+            "info",
+        )
+        .step(&lab, "start the edge again"),
+    );
+    until(&lab, core_http, "/readyz", 200, "ready\n");
+    until(&lab, edge_http, "/readyz", 200, "ready\n");
+}
