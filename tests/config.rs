@@ -246,3 +246,86 @@ fn core_with_several_edges() {
     ];
     assert_each_refused(CORE, &dir.path().join("bad-ha-core.toml"), &good, cases);
 }
+
+/// The command line an administrator's scripts rely on: usage errors exit 64 (not 2, which is
+/// "inactive"), `check --json` is one object with the warnings or the error, `--version`
+/// names the build, and completions and man pages come from the same definitions.
+#[test]
+fn exit_codes_check_json_version_completions_and_man_pages() {
+    use crate::support::run;
+    for bin in [EDGE, CORE] {
+        assert_eq!(run(bin, &["--bogus"]).code, 64, "{bin} --bogus");
+        assert_eq!(run(bin, &[]).code, 64, "{bin} without a command");
+        assert_eq!(run(bin, &["status", "--nope"]).code, 64);
+        assert_eq!(run(bin, &["--help"]).code, 0);
+        let version = run(bin, &["--version"]);
+        assert_eq!(version.code, 0);
+        assert!(
+            version.stdout.starts_with(&format!(
+                "{} {}",
+                Path::new(bin)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(""),
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{}",
+            version.stdout
+        );
+        let bash = run(bin, &["completions", "bash"]);
+        assert_eq!(bash.code, 0);
+        assert!(bash.stdout.contains("complete -F"), "{}", bash.stdout);
+        assert!(bash.stdout.contains("connections"), "{}", bash.stdout);
+    }
+
+    let dir = causeway_testkit::temp_dir("cli-").expect("dir");
+    lab_pki(dir.path());
+    let man = dir.path().join("man");
+    let out = run(EDGE, &["man", man.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 0, "{}", out.text());
+    for page in ["edge.1", "edge-status.1", "edge-cert-csr.1"] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_default();
+        assert!(text.contains(".TH "), "{page}: {text}");
+    }
+
+    let file = dir.path().join("edge.toml");
+    let good = example("edge.example.toml");
+    std::fs::write(&file, &good).expect("write");
+    let path = file.to_str().expect("utf-8");
+    let ok = run(EDGE, &["check", "--json", "-c", path]);
+    assert_eq!(ok.code, 0, "{}", ok.text());
+    assert_eq!(ok.json()["valid"], true);
+    assert_eq!(ok.json()["warnings"], serde_json::json!([]));
+    // The HTTP endpoints bound beyond loopback: valid, with a warning.
+    std::fs::write(
+        &file,
+        format!("{good}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+    )
+    .expect("write");
+    let wide = run(EDGE, &["check", "--json", "-c", path]);
+    assert_eq!(wide.code, 0, "{}", wide.text());
+    let warnings = wide.json()["warnings"].to_string();
+    assert!(
+        warnings.contains("metrics.listen 0.0.0.0:9464 is not a loopback"),
+        "{warnings}"
+    );
+    let text = run(EDGE, &["check", "-c", path]);
+    assert!(
+        text.stdout.starts_with("warning: metrics.listen"),
+        "{}",
+        text.text()
+    );
+    // A bad config: exit 1, the error naming the setting.
+    std::fs::write(&file, good.replace("[dns]", "[dns]\nnameserverz = []")).expect("write");
+    let bad = run(EDGE, &["check", "--json", "-c", path]);
+    assert_eq!(bad.code, 1, "{}", bad.text());
+    assert_eq!(bad.json()["valid"], false);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nameserverz"),
+        "{}",
+        bad.stdout
+    );
+}

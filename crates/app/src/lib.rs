@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 
 pub mod admin;
 pub mod cert;
+pub mod cli;
 pub mod metrics;
 pub mod pki;
 pub mod systemd;

@@ -241,7 +241,20 @@ pub struct Validated {
     pub edges: Vec<EdgeEntry>,
 }
 
-/// Read, parse and validate. Relative paths are taken from the file's directory.
+/// What `check` warns about in a valid config.
+pub fn warnings(cfg: &Validated) -> Vec<String> {
+    let mut out = cfg.node_config.warnings.clone();
+    out.extend(
+        cfg.raw
+            .metrics
+            .as_ref()
+            .and_then(|m| m.warning(crate::http::DEFAULT_PORT)),
+    );
+    out
+}
+
+/// Read, parse and validate a config file. Relative paths in it are taken from the file's
+/// directory. Errors name the setting.
 pub fn load(path: &Path) -> anyhow::Result<Validated> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;

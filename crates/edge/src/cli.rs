@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 /// Causeway edge: the DMZ half of the XMPP federation gateway pair.
 #[derive(Debug, Parser)]
-#[command(name = "edge", version, about)]
+#[command(name = "edge", version = causeway_app::cli::VERSION, about, after_help = causeway_app::cli::EXIT_STATUS)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -22,11 +22,14 @@ pub enum Command {
         #[arg(short, long, default_value = "/etc/causeway/edge.toml")]
         config: PathBuf,
     },
-    /// Validate a config file and exit (0 when valid).
+    /// Validate a config file and exit (0 when valid, 1 when not), printing its warnings.
     Check {
         /// Config file.
         #[arg(short, long, default_value = "/etc/causeway/edge.toml")]
         config: PathBuf,
+        /// One JSON object: config, valid, warnings, error.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the running daemon how XMPP federation is doing.
     ///
@@ -48,23 +51,29 @@ pub enum Command {
         #[command(subcommand)]
         command: causeway_app::cert::CertCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: causeway_app::cli::Shell,
+    },
+    /// Write the man pages (one per command, section 1) into a directory.
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+}
+
+/// The process's command line; a usage error exits 64, help and `--version` 0.
+pub fn parse() -> Cli {
+    causeway_app::cli::parse()
 }
 
 /// Run one parsed command line (used by main).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { config } => {
-            let cfg = crate::config::load(&config)?;
-            for w in cfg
-                .raw
-                .metrics
-                .iter()
-                .filter_map(|m| m.warning(crate::http::DEFAULT_PORT))
-            {
-                println!("warning: {w}");
-            }
-            println!("{}: OK", config.display());
-            Ok(())
+        Command::Check { config, json } => {
+            let outcome = crate::config::load(&config).map(|cfg| crate::config::warnings(&cfg));
+            causeway_app::admin::finish(causeway_app::cli::check_report(&config, outcome, json))
         }
         Command::Run { config } => {
             let cfg = crate::config::load(&config)?;
@@ -116,6 +125,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             causeway_app::admin::reload_command(&crate::admin::DAEMON, &args).await?,
         ),
         Command::Pki { command } => causeway_app::pki::run(command),
+        Command::Completions { shell } => {
+            causeway_app::cli::print_completions::<Cli>(shell, "edge");
+            Ok(())
+        }
+        Command::Man { dir } => causeway_app::cli::write_man_pages::<Cli>(&dir),
         Command::Cert { command } => causeway_app::cert::run(
             &causeway_app::cert::CertContext {
                 binary: "edge",

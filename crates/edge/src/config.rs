@@ -351,6 +351,18 @@ pub struct Validated {
     pub grants: crate::grants::Grants,
 }
 
+/// What `check` warns about in a valid config.
+pub fn warnings(cfg: &Validated) -> Vec<String> {
+    let mut out = Vec::new();
+    out.extend(
+        cfg.raw
+            .metrics
+            .as_ref()
+            .and_then(|m| m.warning(crate::http::DEFAULT_PORT)),
+    );
+    out
+}
+
 /// Read, parse and validate a config file. Relative paths in it are taken from the file's
 /// directory. Errors name the setting.
 pub fn load(path: &Path) -> anyhow::Result<Validated> {
