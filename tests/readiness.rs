@@ -5,9 +5,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use causeway_testkit::lab::{spawn_daemon, Lab};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
 
-use crate::support::{options, start, Step, PATIENCE};
+use causeway_testkit::lab::Lab;
+use causeway_testkit::ChildGuard;
+
+use crate::support::{options, signal, start, Step, PATIENCE};
 
 /// `GET path` at `addr`: the status code and the body (0 and the error when it fails).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -81,16 +85,66 @@ fn readyz_follows_the_tunnel_and_healthz_stays_ok() {
         "- no edge tunnel is up (1 edge configured)",
     );
 
-    // The edge is back: both ready again.
-    lab.edge = Some(
-        spawn_daemon(
-            std::path::Path::new(env!("CARGO_BIN_EXE_edge")),
-            "edge",
-            lab.dir.path(),
-            "info",
-        )
-        .step(&lab, "start the edge again"),
-    );
+    // The edge is back, started as systemd starts a Type=notify unit with WatchdogSec=: it
+    // says READY=1 with a status line, feeds the watchdog, and the status follows the tunnel.
+    let notify_path = lab.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    // systemd sets WATCHDOG_PID to the main process: the shell's pid, kept by exec.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_edge"))
+        .arg(lab.config_path("edge"))
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .current_dir(lab.dir.path());
+    let (edge, _) = ChildGuard::spawn_ready(
+        "edge",
+        cmd,
+        &lab.dir.path().join("edge.log"),
+        "\"event\":\"ready\"",
+        Duration::from_secs(20),
+    )
+    .step(&lab, "start the edge again, under a notify socket");
+    let pid = edge.pid();
+    lab.edge = Some(edge);
     until(&lab, core_http, "/readyz", 200, "ready\n");
     until(&lab, edge_http, "/readyz", 200, "ready\n");
+
+    let mut said: Vec<String> = Vec::new();
+    let heard = causeway_testkit::wait_until(PATIENCE, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = notify.recv(&mut buf) {
+            said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        said.iter()
+            .any(|m| m.contains("STATUS=Active: 1 core connected"))
+            && said.iter().filter(|m| m.as_str() == "WATCHDOG=1\n").count() >= 2
+    });
+    assert!(
+        heard,
+        "the edge told the service manager: {said:#?}\n{}",
+        lab.diagnostics()
+    );
+    let first = said.first().cloned().unwrap_or_default();
+    assert!(
+        first.starts_with("READY=1\nSTATUS="),
+        "the first message is READY=1 with a status: {said:#?}"
+    );
+
+    // SIGTERM (systemctl stop): STOPPING=1 before it exits.
+    signal(pid, "-TERM");
+    let stopping = causeway_testkit::wait_until(PATIENCE, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = notify.recv(&mut buf) {
+            said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        said.iter().any(|m| m.starts_with("STOPPING=1"))
+    });
+    assert!(stopping, "no STOPPING=1 after SIGTERM: {said:#?}");
+    until(&lab, core_http, "/readyz", 503, "- no edge tunnel is up");
 }

@@ -37,7 +37,7 @@ const MAX_SOCKET_PATH: usize = 107;
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// The Unix socket (mode 0600, created at start). Default: the binary's
-    /// (`/run/causeway/edge.sock`, `/run/causeway/core.sock`).
+    /// (`/run/causeway-edge/edge.sock`, `/run/causeway-core/core.sock`).
     #[serde(default)]
     pub socket: Option<PathBuf>,
     /// Also serve on this loopback TCP address, e.g. `127.0.0.1:7401`. Off unless set.
@@ -285,7 +285,7 @@ pub struct Daemon {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DaemonArgs {
     /// The daemon's admin socket [default: `[admin].socket` of the config file, else
-    /// /run/causeway/<binary>.sock].
+    /// /run/causeway-<binary>/<binary>.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Talk to the admin API on this loopback TCP address (`[admin].tcp`) instead.

@@ -28,7 +28,7 @@ pub const DAEMON: Daemon = Daemon {
 };
 
 /// The admin socket when `[admin].socket` is not set.
-pub const DEFAULT_SOCKET: &str = "/run/causeway/core.sock";
+pub const DEFAULT_SOCKET: &str = "/run/causeway-core/core.sock";
 
 /// What status reports from core's config.
 #[derive(Debug, Clone)]

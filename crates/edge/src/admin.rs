@@ -25,7 +25,7 @@ pub const DAEMON: Daemon = Daemon {
 };
 
 /// The admin socket when `[admin].socket` is not set.
-pub const DEFAULT_SOCKET: &str = "/run/causeway/edge.sock";
+pub const DEFAULT_SOCKET: &str = "/run/causeway-edge/edge.sock";
 
 /// Serve the admin API of a running edge as `[admin]` says.
 pub async fn serve(
