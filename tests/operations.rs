@@ -382,9 +382,10 @@ fn reload_reports_what_the_daemon_did() {
     }
 }
 
-/// `[admin].tcp` must be a loopback address; `check` names the setting.
+/// `[admin].tcp` must be a loopback address and needs a token file only the daemon's group
+/// reads; `check` names the setting.
 #[test]
-fn admin_tcp_must_be_loopback() {
+fn admin_tcp_must_be_loopback_with_a_private_token() {
     let dir = causeway_testkit::temp_dir("ops-cfg-").expect("dir");
     lab_pki(dir.path());
     let cfg = causeway_testkit::lab::edge_config(
@@ -415,6 +416,31 @@ fn admin_tcp_must_be_loopback() {
         "socket = \"edge.sock\"\ntcp = \"127.0.0.1:7401\"",
     );
     std::fs::write(&file, &good).expect("write");
+    // Loopback is not enough: any local user reaches it, so it needs a token.
+    let tokenless = run(EDGE, &["check", "--config", file_s]);
+    assert_eq!(tokenless.code, 1, "{}", tokenless.text());
+    assert!(
+        tokenless.stderr.contains("admin.tcp_token_file"),
+        "{}",
+        tokenless.text()
+    );
+    let with_token = good.replace(
+        "tcp = \"127.0.0.1:7401\"",
+        "tcp = \"127.0.0.1:7401\"\ntcp_token_file = \"admin-token\"",
+    );
+    std::fs::write(&file, &with_token).expect("write");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let readable = run(EDGE, &["check", "--config", file_s]);
+    assert_eq!(readable.code, 1, "{}", readable.text());
+    assert!(
+        readable.stderr.contains("open to other users"),
+        "{}",
+        readable.text()
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let fine = run(EDGE, &["check", "--config", file_s]);
     assert_eq!(fine.code, 0, "{}", fine.text());
 }

@@ -40,17 +40,48 @@ pub struct AdminSection {
     /// (`/run/causeway-edge/edge.sock`, `/run/causeway-core/core.sock`).
     #[serde(default)]
     pub socket: Option<PathBuf>,
-    /// Also serve on this loopback TCP address, e.g. `127.0.0.1:7401`. Off unless set.
+    /// Also serve on this loopback TCP address, e.g. `127.0.0.1:7401`. Off unless set; needs
+    /// `tcp_token_file`.
     #[serde(default)]
     pub tcp: Option<SocketAddr>,
+    /// The token a client must present on `tcp` (the file's first line, at least 32
+    /// characters; the file must not be readable by other users): any local user, or any
+    /// container sharing the network namespace, can reach a loopback port.
+    #[serde(default)]
+    pub tcp_token_file: Option<PathBuf>,
 }
+
+/// The shortest token `admin.tcp_token_file` may hold.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// The metadata key a TCP client sends its token in (`Bearer <token>`).
+const AUTHORIZATION: &str = "authorization";
 
 impl AdminSection {
     /// Take a relative `socket` from the config file's directory `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
-        if let Some(p) = self.socket.as_mut() {
+        for p in [self.socket.as_mut(), self.tcp_token_file.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             *p = base.join(&*p);
         }
+    }
+
+    /// The TCP address and the token it requires, read from `tcp_token_file` now; errors name
+    /// the setting.
+    pub fn tcp_access(&self) -> anyhow::Result<Option<(SocketAddr, String)>> {
+        let Some(addr) = self.tcp else {
+            return Ok(None);
+        };
+        let Some(file) = &self.tcp_token_file else {
+            bail!(
+                "admin.tcp: set admin.tcp_token_file too: a loopback port is open to every local \
+                 user, so TCP clients must present a token (e.g. `head -c 32 /dev/urandom | \
+                 base64 > admin-token; chmod 0640 admin-token`), or use the Unix socket only"
+            );
+        };
+        Ok(Some((addr, read_token(file)?)))
     }
 
     /// The socket path, or `default` when none is configured.
@@ -63,6 +94,10 @@ impl AdminSection {
     /// Errors name the setting: the API has no authentication of its own, so TCP must stay
     /// on loopback, and the socket path must fit a Unix socket address.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.tcp.is_none() && self.tcp_token_file.is_some() {
+            bail!("admin.tcp_token_file: set without admin.tcp");
+        }
+        self.tcp_access()?;
         if let Some(addr) = self.tcp {
             if !addr.ip().is_loopback() {
                 bail!(
@@ -84,6 +119,35 @@ impl AdminSection {
         }
         Ok(())
     }
+}
+
+/// The token in `file`: its first line, trimmed; at least [`MIN_TOKEN_LEN`] characters, and the
+/// file not readable or writable by other users.
+pub fn read_token(file: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(file)
+        .with_context(|| format!("admin.tcp_token_file: {}", file.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        bail!(
+            "admin.tcp_token_file: {} is open to other users (mode {mode:04o}); chmod 0640 it",
+            file.display()
+        );
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("admin.tcp_token_file: {}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.len() < MIN_TOKEN_LEN {
+        bail!(
+            "admin.tcp_token_file: {}: the token must be at least {MIN_TOKEN_LEN} characters",
+            file.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Equal without a timing that tells how much of `a` matches `b`.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The `[admin]` section of a config file, read without validating the rest of the file (the
@@ -142,12 +206,17 @@ impl Drop for AdminServerHandle {
 
 /// Serve `service` on a fresh Unix socket at `socket` (mode 0600; the parent directory is
 /// created if missing; a stale socket file is replaced, a live one is an error) and, if given,
-/// on the loopback TCP address `tcp`. Returns once both are bound.
+/// on the loopback TCP address of `tcp`, where every call must carry its token (else
+/// `unauthenticated`). Returns once both are bound.
 pub async fn serve<T: Admin>(
     service: T,
     socket: &Path,
-    tcp: Option<SocketAddr>,
+    tcp: Option<(SocketAddr, String)>,
 ) -> anyhow::Result<AdminServerHandle> {
+    let (tcp, token) = match tcp {
+        Some((addr, token)) => (Some(addr), token),
+        None => (None, String::new()),
+    };
     let listener = bind_private(socket)?;
     let meta = std::fs::symlink_metadata(socket)
         .with_context(|| format!("admin.socket {}", socket.display()))?;
@@ -186,12 +255,31 @@ pub async fn serve<T: Admin>(
     if let Some(listener) = tcp_listener {
         let mut stopped = stopped.clone();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let expected = format!("Bearer {token}");
+        let checked = tonic::service::interceptor::InterceptedService::new(
+            svc,
+            move |request: tonic::Request<()>| {
+                let presented = request
+                    .metadata()
+                    .get(AUTHORIZATION)
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default();
+                if same_secret(presented, expected.as_bytes()) {
+                    Ok(request)
+                } else {
+                    tracing::warn!("admin API (TCP): a call without the right token refused");
+                    Err(tonic::Status::unauthenticated(
+                        "admin.tcp needs the token of admin.tcp_token_file (--token-file)",
+                    ))
+                }
+            },
+        );
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.changed().await;
             };
             if let Err(e) = Server::builder()
-                .add_service(svc)
+                .add_service(checked)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
@@ -291,6 +379,10 @@ pub struct DaemonArgs {
     /// Talk to the admin API on this loopback TCP address (`[admin].tcp`) instead.
     #[arg(long, value_name = "ADDR", conflicts_with = "socket")]
     pub tcp: Option<SocketAddr>,
+    /// With `--tcp`: the file holding the token [default: `[admin].tcp_token_file` of the
+    /// config file].
+    #[arg(long, value_name = "FILE", requires = "tcp")]
+    pub token_file: Option<PathBuf>,
     /// Config file whose `[admin].socket` to use [default: /etc/causeway/<binary>.toml, when
     /// it exists].
     #[arg(short, long, value_name = "FILE")]
@@ -301,28 +393,35 @@ pub struct DaemonArgs {
 }
 
 /// Where the admin API is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// A Unix socket.
     Unix(PathBuf),
-    /// A loopback TCP address.
-    Tcp(SocketAddr),
+    /// A loopback TCP address, and the token it requires.
+    Tcp(SocketAddr, String),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Unix(p) => write!(f, "socket {}", p.display()),
-            Target::Tcp(a) => write!(f, "tcp {a}"),
+            Target::Tcp(a, _) => write!(f, "tcp {a}"),
         }
     }
 }
 
 impl DaemonArgs {
-    /// `--tcp`, `--socket`, the config's `[admin].socket`, or the built-in default.
+    /// `--tcp` (with `--token-file` or the config's token), `--socket`, the config's
+    /// `[admin].socket`, or the built-in default.
     pub fn target(&self, daemon: &Daemon) -> anyhow::Result<Target> {
-        if let Some(addr) = self.tcp {
-            return Ok(Target::Tcp(addr));
+        if let (Some(addr), Some(file)) = (self.tcp, &self.token_file) {
+            return Ok(Target::Tcp(addr, read_token(file)?));
         }
         if let Some(p) = &self.socket {
             return Ok(Target::Unix(p.clone()));
@@ -338,6 +437,12 @@ impl DaemonArgs {
             Some(c) => admin_section_of(&c)?,
             None => AdminSection::default(),
         };
+        if let Some(addr) = self.tcp {
+            let Some(file) = &section.tcp_token_file else {
+                bail!("--tcp {addr}: give --token-file, or --config with admin.tcp_token_file");
+            };
+            return Ok(Target::Tcp(addr, read_token(file)?));
+        }
         Ok(Target::Unix(section.socket_or(daemon.default_socket)))
     }
 }
@@ -358,7 +463,7 @@ impl Connection {
         let target = args.target(daemon)?;
         let endpoint = match &target {
             Target::Unix(p) => Endpoint::from_shared(format!("unix:{}", p.display())),
-            Target::Tcp(a) => Endpoint::from_shared(format!("http://{a}")),
+            Target::Tcp(a, _) => Endpoint::from_shared(format!("http://{a}")),
         }
         .with_context(|| format!("admin API address {target}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -377,6 +482,17 @@ impl Connection {
         })
     }
 
+    /// `message` as a request, with the token when the target is TCP.
+    fn request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        if let Target::Tcp(_, token) = &self.target {
+            if let Ok(value) = format!("Bearer {token}").parse() {
+                request.metadata_mut().insert(AUTHORIZATION, value);
+            }
+        }
+        request
+    }
+
     fn failed(&self, rpc: &str, status: &tonic::Status) -> anyhow::Error {
         anyhow::anyhow!(
             "{} daemon at {}: {rpc} failed: {}",
@@ -388,7 +504,7 @@ impl Connection {
 
     /// The Status RPC.
     pub async fn status(&mut self) -> anyhow::Result<StatusReply> {
-        match self.client.status(StatusRequest {}).await {
+        match self.client.status(self.request(StatusRequest {})).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.failed("Status", &s)),
         }
@@ -396,7 +512,11 @@ impl Connection {
 
     /// The Connections RPC.
     pub async fn connections(&mut self) -> anyhow::Result<Vec<Session>> {
-        match self.client.connections(ConnectionsRequest {}).await {
+        match self
+            .client
+            .connections(self.request(ConnectionsRequest {}))
+            .await
+        {
             Ok(r) => Ok(r.into_inner().sessions),
             Err(s) => Err(self.failed("Connections", &s)),
         }
@@ -404,7 +524,7 @@ impl Connection {
 
     /// The Reload RPC.
     pub async fn reload(&mut self) -> anyhow::Result<ReloadReply> {
-        match self.client.reload(ReloadRequest {}).await {
+        match self.client.reload(self.request(ReloadRequest {})).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.failed("Reload", &s)),
         }
@@ -416,7 +536,7 @@ impl Connection {
         refresh: bool,
     ) -> anyhow::Result<causeway_api::admin::ServersReply> {
         let request = causeway_api::admin::ServersRequest { refresh };
-        match self.client.servers(request).await {
+        match self.client.servers(self.request(request)).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.failed("Servers", &s)),
         }
@@ -880,29 +1000,46 @@ mod tests {
     }
 
     #[test]
-    fn tcp_must_be_loopback() {
-        let ok = AdminSection {
+    fn tcp_must_be_loopback_and_need_a_private_token() {
+        let dir = std::env::temp_dir().join(format!("causeway-admin-tok-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let section = |tcp: &str, file: Option<&Path>| AdminSection {
             socket: None,
-            tcp: Some("127.0.0.1:7401".parse().expect("addr")),
+            tcp: Some(tcp.parse().expect("addr")),
+            tcp_token_file: file.map(Path::to_path_buf),
         };
-        assert!(ok.validate().is_ok());
-        let v6 = AdminSection {
-            socket: None,
-            tcp: Some("[::1]:7401".parse().expect("addr")),
-        };
-        assert!(v6.validate().is_ok());
-        let bad = AdminSection {
-            socket: None,
-            tcp: Some("0.0.0.0:7401".parse().expect("addr")),
-        };
-        let msg = format!(
-            "{:#}",
-            bad.validate()
+        let error = |s: AdminSection| {
+            s.validate()
                 .err()
-                .map(|e| e.to_string())
+                .map(|e| format!("{e:#}"))
                 .unwrap_or_default()
-        );
-        assert!(msg.contains("admin.tcp"), "{msg}");
+        };
+        assert!(section("127.0.0.1:7401", Some(&token)).validate().is_ok());
+        assert!(section("[::1]:7401", Some(&token)).validate().is_ok());
+        let wide = error(section("0.0.0.0:7401", Some(&token)));
+        assert!(wide.contains("not a loopback address"), "{wide}");
+        let tokenless = error(section("127.0.0.1:7401", None));
+        assert!(tokenless.contains("admin.tcp_token_file"), "{tokenless}");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let open = error(section("127.0.0.1:7401", Some(&token)));
+        assert!(open.contains("open to other users (mode 0644)"), "{open}");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&token, "short\n").expect("token");
+        let short = error(section("127.0.0.1:7401", Some(&token)));
+        assert!(short.contains("at least 32 characters"), "{short}");
+        let stray = AdminSection {
+            tcp_token_file: Some(token.clone()),
+            ..AdminSection::default()
+        };
+        assert!(error(stray).contains("without admin.tcp"));
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -970,9 +1107,9 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale"));
         assert!(socket.exists());
 
-        let handle = serve(Nothing, &socket, Some("127.0.0.1:0".parse().expect("addr")))
-            .await
-            .expect("serve");
+        let token = "0123456789abcdef0123456789abcdef".to_owned();
+        let tcp = Some(("127.0.0.1:0".parse().expect("addr"), token.clone()));
+        let handle = serve(Nothing, &socket, tcp).await.expect("serve");
         let mode = std::fs::metadata(&socket)
             .expect("meta")
             .permissions()
@@ -991,6 +1128,7 @@ mod tests {
         let mut args = DaemonArgs {
             socket: Some(socket.clone()),
             tcp: None,
+            token_file: None,
             config: None,
             json: false,
         };
@@ -1000,10 +1138,38 @@ mod tests {
         assert!(!reload.ok);
         assert_eq!(reload.message, "not today");
 
+        // TCP: only with the token.
         args.socket = None;
         args.tcp = handle.tcp_addr();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("token");
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        args.token_file = Some(token_file.clone());
         let mut conn = Connection::open(&daemon, &args).await.expect("connect tcp");
         assert!(conn.connections().await.expect("connections").is_empty());
+        std::fs::write(&token_file, "the-wrong-token-the-wrong-token-!\n").expect("token");
+        let mut wrong = Connection::open(&daemon, &args).await.expect("connect tcp");
+        let refused = wrong.status().await.err().map(|e| format!("{e:#}"));
+        assert!(
+            refused.as_deref().unwrap_or("").contains("needs the token"),
+            "{refused:?}"
+        );
+        let Some(addr) = handle.tcp_addr() else {
+            panic!("no tcp address")
+        };
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let bare = AdminClient::new(channel).status(StatusRequest {}).await;
+        assert_eq!(
+            bare.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated),
+            "a call without a token"
+        );
+        args.token_file = None;
 
         args.tcp = None;
         args.socket = Some(dir.join("nothing.sock"));

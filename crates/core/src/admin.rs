@@ -68,7 +68,7 @@ impl CoreAdmin {
         plumbing::serve(
             Service(self.clone()),
             &section.socket_or(DEFAULT_SOCKET),
-            section.tcp,
+            section.tcp_access()?,
         )
         .await
     }

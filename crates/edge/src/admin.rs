@@ -35,7 +35,7 @@ pub async fn serve(
     plumbing::serve(
         Service { edge },
         &section.socket_or(DEFAULT_SOCKET),
-        section.tcp,
+        section.tcp_access()?,
     )
     .await
 }
