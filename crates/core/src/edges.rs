@@ -189,12 +189,13 @@ impl Edges {
         &self.links
     }
 
-    /// The edge for stanzas from `from_domain` to `to_domain` now.
+    /// The edge for stanzas from `from_domain` to `to_domain` now: by rendezvous hashing over
+    /// the edges that are connected and not draining (over every edge when none is).
     pub fn pick(&self, from_domain: &str, to_domain: &str) -> &EdgeLink {
         ha::pick(
             &self.links,
             |l| &l.address,
-            |l| l.tunnel.is_connected(),
+            |l| l.tunnel.is_usable(),
             from_domain,
             to_domain,
         )
@@ -269,10 +270,20 @@ async fn supervise(edges: Edges, grace: Duration) {
     let mut failover = Failover::new(grace);
     loop {
         let now = Instant::now();
+        let mut gone = Vec::new();
         for (i, link) in edges.links.iter().enumerate() {
-            failover.observe(&i, link.tunnel.is_connected(), now);
+            let connected = link.tunnel.is_connected();
+            failover.observe(&i, connected, now);
+            // An edge that said it drains and then left is not coming back soon: what it
+            // left unacknowledged goes another way at once, not after the grace (taking back
+            // twice finds nothing the second time).
+            if !connected && link.tunnel.peer_draining() {
+                gone.push(i);
+            }
         }
-        for i in failover.gone(now) {
+        gone.extend(failover.gone(now));
+        gone.dedup();
+        for i in gone {
             take_back(&edges, &edges.links[i]);
         }
         // Without a deadline only a state change matters (an hour is "never").

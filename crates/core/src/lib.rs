@@ -255,6 +255,7 @@ pub async fn start(
             domains: cfg.domains.clone(),
             chat_node_aliases: cfg.aliases.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: causeway_tunnel::protocol::PROTOCOL,
         },
         TunnelOptions {
             window: t.window,

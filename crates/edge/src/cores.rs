@@ -114,10 +114,19 @@ pub(crate) async fn supervise(
         tick.tick().await;
         let now = Instant::now();
         beat.beat();
+        let mut gone = Vec::new();
         for core in tunnel.stats().links.keys() {
-            failover.observe(core, tunnel.is_connected(core), now);
+            let connected = tunnel.is_connected(core);
+            failover.observe(core, connected, now);
+            // A core that said it drains and then left is not coming back soon: its
+            // unacknowledged stanzas go another way at once, not after the grace.
+            if !connected && tunnel.peer_draining(core) {
+                gone.push(core.clone());
+            }
         }
-        for core in failover.gone(now) {
+        gone.extend(failover.gone(now));
+        gone.dedup();
+        for core in gone {
             let covered = host
                 .domain_cores()
                 .covered_without(&core, |c| tunnel.is_connected(c));
@@ -155,6 +164,7 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             chat_node_aliases: aliases.iter().map(|d| d.to_string()).collect(),
             version: "t".into(),
+            protocol: 2,
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             chat_node_aliases: aliases.iter().map(|d| d.to_string()).collect(),
             version: String::new(),
+            protocol: 2,
         }
     }
 

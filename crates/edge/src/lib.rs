@@ -111,11 +111,15 @@ impl EdgeHost {
         }
     }
 
-    /// The core for a stanza from `from_domain` to the local `to_domain` (see [`cores`]).
+    /// The core for a stanza from `from_domain` to the local `to_domain` (see [`cores`]): one
+    /// that is connected and not draining, else a connected one.
     fn core_for(&self, from_domain: &str, to_domain: &str) -> Option<String> {
         let tunnel = self.tunnel()?;
-        self.domain_cores()
-            .choose(from_domain, to_domain, |c| tunnel.is_connected(c))
+        let cores = self.domain_cores();
+        cores
+            .choose(from_domain, to_domain, |c| tunnel.is_usable(c))
+            .filter(|c| tunnel.is_usable(c))
+            .or_else(|| cores.choose(from_domain, to_domain, |c| tunnel.is_connected(c)))
             .map(str::to_owned)
     }
 
@@ -661,6 +665,7 @@ mod tests {
                 domains: vec!["example.com".into()],
                 chat_node_aliases: Vec::new(),
                 version: String::new(),
+                protocol: 2,
             });
         }
         host

@@ -129,6 +129,28 @@ impl CoreTunnel {
         matches!(*self.inner.state.borrow(), TunnelState::Connected { .. })
     }
 
+    /// The edge said it drains (a planned stop): send it nothing new. Stays true after its
+    /// session ends, until it says hello again.
+    pub fn peer_draining(&self) -> bool {
+        self.inner.link.peer_draining()
+    }
+
+    /// Connected and not draining: a fit edge for new stanzas.
+    pub fn is_usable(&self) -> bool {
+        self.is_connected() && !self.peer_draining()
+    }
+
+    /// This core drains: tell the edge (sessions at protocol revision 2 or later) to send it
+    /// nothing new and to expect the session to end within `within_secs`.
+    pub fn drain(&self, within_secs: u32) {
+        self.inner.link.drain(within_secs);
+    }
+
+    /// The session's tunnel protocol revision (of the last session when none is up).
+    pub fn protocol(&self) -> u32 {
+        self.inner.link.protocol()
+    }
+
     /// Takes back every stanza the edge has not acknowledged, in order, so
     /// the caller can send it through another edge when this one is gone for
     /// good. They leave the replay window as if acknowledged: a later session
@@ -324,6 +346,7 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
         h.version,
         h.domains,
         h.chat_node_aliases,
+        h.protocol,
     );
     out_tx
         .try_send(hello)
@@ -354,7 +377,11 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
         Ok(Ok(Some(f))) => f,
     };
     let peer = match first.kind {
-        Some(frame::Kind::Hello(h)) if h.instance != 0 => h,
+        Some(frame::Kind::Hello(h)) if h.instance != 0 => {
+            crate::protocol::negotiate(crate::protocol::PROTOCOL, h.protocol)
+                .map_err(TunnelError::Protocol)?;
+            h
+        }
         Some(frame::Kind::Hello(_)) => {
             return Err(TunnelError::Protocol("edge hello has instance 0".into()))
         }
@@ -392,12 +419,14 @@ async fn run_session(
         // Re-announced while we were saying hello: say it again.
         cancel.cancel();
     }
-    inner.link.resume_from(&peer, inner.instance);
+    let ours = lock(&inner.hello).1.protocol;
+    let protocol = crate::protocol::negotiate(ours, peer.protocol).unwrap_or(1);
+    inner.link.resume_from(&peer, inner.instance, protocol);
     inner.link.set_connected(true);
     inner.state.send_replace(TunnelState::Connected {
         since: SystemTime::now(),
     });
-    info!(edge = %cfg.edge_addr, edge_version = %peer.version, "tunnel connected");
+    info!(edge = %cfg.edge_addr, edge_version = %peer.version, protocol, "tunnel connected");
     let end = Session {
         link: inner.link.clone(),
         inbound,

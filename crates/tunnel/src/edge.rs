@@ -60,6 +60,8 @@ struct EdgeInner {
     cancel: CancellationToken,
     /// Applied to a core's certificate chain when it connects (replaceable: CRL reload).
     peer_check: Mutex<Option<PeerCheck>>,
+    /// Non-zero once the edge drains: the seconds within which it ends its sessions.
+    drain_within: std::sync::atomic::AtomicU32,
 }
 
 /// Per-core state, kept for the life of the edge process.
@@ -123,6 +125,7 @@ impl EdgeTunnel {
             cores: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             peer_check: Mutex::new(peer_check),
+            drain_within: std::sync::atomic::AtomicU32::new(0),
         });
         let service = TraversalServer::new(TraversalService {
             inner: inner.clone(),
@@ -205,6 +208,38 @@ impl EdgeTunnel {
             }
         }
         cut
+    }
+
+    /// The edge drains: tell every core (now and when one connects later; sessions at protocol
+    /// revision 2 or later) to send it nothing new and to expect its session to end within
+    /// `within_secs`.
+    pub fn drain(&self, within_secs: u32) {
+        let within_secs = within_secs.max(1);
+        self.inner
+            .drain_within
+            .store(within_secs, std::sync::atomic::Ordering::Relaxed);
+        for entry in lock(&self.inner.cores).values() {
+            entry.link.drain(within_secs);
+        }
+    }
+
+    /// True while the core `core_id` has a session and has not said it drains.
+    pub fn is_usable(&self, core_id: &str) -> bool {
+        lock(&self.inner.cores)
+            .get(core_id)
+            .is_some_and(|e| e.link.is_connected() && !e.link.peer_draining())
+    }
+
+    /// The core `core_id` said it drains (its last session did; reset by its next hello).
+    pub fn peer_draining(&self, core_id: &str) -> bool {
+        lock(&self.inner.cores)
+            .get(core_id)
+            .is_some_and(|e| e.link.peer_draining())
+    }
+
+    /// Stanzas sent to cores and not yet acknowledged, over every core.
+    pub fn unacked(&self) -> usize {
+        self.stats().links.values().map(|l| l.unacked).sum()
     }
 
     /// True while the core `core_id` has a session.
@@ -359,6 +394,13 @@ impl Traversal for TraversalService {
         if hello.instance == 0 {
             return Err(Status::invalid_argument("hello instance must be non-zero"));
         }
+        let protocol = match crate::protocol::negotiate(crate::protocol::PROTOCOL, hello.protocol) {
+            Ok(p) => p,
+            Err(why) => {
+                warn!(core_id = %hello.core_id, %why, "refusing core: tunnel protocol");
+                return Err(Status::failed_precondition(why));
+            }
+        };
 
         let entry = inner.entry(&hello.core_id);
         // One session per core: end the previous one (e.g. a connection that
@@ -378,8 +420,15 @@ impl Traversal for TraversalService {
             domains: hello.domains.clone(),
             chat_node_aliases: hello.chat_node_aliases.clone(),
             version: hello.version.clone(),
+            protocol,
         };
-        entry.link.resume_from(&hello, inner.instance);
+        entry.link.resume_from(&hello, inner.instance, protocol);
+        let drain_within = inner
+            .drain_within
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if drain_within != 0 {
+            entry.link.drain(drain_within);
+        }
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
         let our_hello = hello_frame(
             &entry.link,
@@ -388,6 +437,7 @@ impl Traversal for TraversalService {
             env!("CARGO_PKG_VERSION").to_owned(),
             Vec::new(),
             Vec::new(),
+            crate::protocol::PROTOCOL,
         );
         out_tx
             .try_send(our_hello)
@@ -415,7 +465,7 @@ impl Traversal for TraversalService {
             dead_after,
             cancel: cancel.clone(),
         };
-        info!(%core_id, ?remote, version = %hello.version, "core connected");
+        info!(%core_id, ?remote, version = %hello.version, protocol, "core connected");
         let done = tokio::spawn(run_edge_session(
             inner.events.clone(),
             entry.clone(),

@@ -24,6 +24,7 @@ mod edge;
 mod error;
 pub mod ha;
 mod link;
+pub mod protocol;
 mod tls;
 mod types;
 pub mod window;

@@ -12,11 +12,11 @@
 //! Whichever task ends first ends the session; the other is cancelled.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use causeway_api::traversal::{frame, Ack, Frame, Hello, Keepalive, SeqRange, StanzaFrame};
+use causeway_api::traversal::{frame, Ack, Drain, Frame, Hello, Keepalive, SeqRange, StanzaFrame};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +95,13 @@ pub(crate) struct Link {
     shares: Mutex<Shares>,
     /// Woken whenever a destination's share shrinks.
     share_freed: Notify,
+    /// The protocol revision of the current (or last) session (crates/tunnel/src/protocol.rs).
+    protocol: AtomicU32,
+    /// Non-zero while this side drains: the seconds within which it ends the session, told to
+    /// the peer in a `Drain` frame (sessions at revision 2 or later).
+    draining: watch::Sender<u32>,
+    /// The peer said it drains; reset by its next hello.
+    peer_draining: AtomicBool,
 }
 
 /// Window room held per destination domain, bounded by a fraction of the window.
@@ -247,7 +254,26 @@ impl Link {
             recv_settled: watch::Sender::new(0),
             shares: Mutex::new(Shares::new(max_items, max_bytes, share)),
             share_freed: Notify::new(),
+            protocol: AtomicU32::new(1),
+            draining: watch::Sender::new(0),
+            peer_draining: AtomicBool::new(false),
         }
+    }
+
+    /// Start draining: tell the peer (now, and at the start of any later session) that this
+    /// side ends its sessions within `within_secs`.
+    pub(crate) fn drain(&self, within_secs: u32) {
+        self.draining.send_replace(within_secs.max(1));
+    }
+
+    /// The peer said it drains (its last session did, and it has not said hello since).
+    pub(crate) fn peer_draining(&self) -> bool {
+        self.peer_draining.load(Ordering::Relaxed)
+    }
+
+    /// The protocol revision of the current (or last) session.
+    pub(crate) fn protocol(&self) -> u32 {
+        self.protocol.load(Ordering::Relaxed)
     }
 
     /// The size a stanza counts for in the window.
@@ -383,7 +409,10 @@ impl Link {
     /// Applies the peer's hello: resets the receiving side if the peer restarted, releases
     /// what the peer says it settled (if it refers to our instance) and sets where writing
     /// starts.
-    pub(crate) fn resume_from(&self, peer: &Hello, our_instance: u64) {
+    /// `protocol` is the session's revision, negotiated from the hello.
+    pub(crate) fn resume_from(&self, peer: &Hello, our_instance: u64, protocol: u32) {
+        self.protocol.store(protocol, Ordering::Relaxed);
+        self.peer_draining.store(false, Ordering::Relaxed);
         lock(&self.recv).on_peer_instance(peer.instance);
         let position = PeerPosition {
             instance: peer.instance,
@@ -456,6 +485,7 @@ pub(crate) fn hello_frame(
     version: String,
     domains: Vec<String>,
     chat_node_aliases: Vec<String>,
+    protocol: u32,
 ) -> Frame {
     let (peer_instance, last_received, settled) = lock(&link.recv).hello_position();
     Frame {
@@ -469,6 +499,7 @@ pub(crate) fn hello_frame(
             peer_instance,
             settled_through: Some(settled.through),
             settled: ranges(settled.ranges),
+            protocol,
         })),
     }
 }
@@ -615,6 +646,14 @@ impl<T: Send + 'static> Inbound<T> {
                     ranges: a.ranges.iter().map(|r| (r.first, r.last)).collect(),
                 }),
                 Some(frame::Kind::Keepalive(_)) => self.ack_now.notify_one(),
+                Some(frame::Kind::Drain(d)) => {
+                    tracing::info!(
+                        within_secs = d.within_secs,
+                        "the peer drains: no new stanzas go to it"
+                    );
+                    self.link.peer_draining.store(true, Ordering::Relaxed);
+                    self.link.pushed.notify_waiters();
+                }
                 Some(frame::Kind::Hello(_)) => {
                     return SessionEnd::Failed(TunnelError::Protocol(
                         "unexpected hello inside a session".to_owned(),
@@ -681,6 +720,12 @@ impl Outbound {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ack_deadline: Option<Instant> = None;
         let link = self.link.clone();
+        // Our drain is told once per session, if the session's revision knows the frame.
+        let mut drain_rx = link.draining.subscribe();
+        if *drain_rx.borrow() != 0 {
+            drain_rx.mark_changed();
+        }
+        let tells_drain = link.protocol() >= crate::protocol::DRAIN;
         // A second handle so a reserved slot does not borrow `self`.
         let out_tx = self.out_tx.clone();
 
@@ -714,6 +759,14 @@ impl Outbound {
                     }
                 }
                 _ = sleep_until_opt(ack_deadline) => self.send_ack(&mut ack_deadline, false).await,
+                Ok(()) = drain_rx.changed(), if tells_drain => {
+                    let within_secs = *drain_rx.borrow_and_update();
+                    if within_secs == 0 {
+                        Ok(())
+                    } else {
+                        self.write(Frame { kind: Some(frame::Kind::Drain(Drain { within_secs })) }).await
+                    }
+                }
                 _ = ticker.tick() => {
                     let f = Frame { kind: Some(frame::Kind::Keepalive(Keepalive { sent_unix_ms: unix_ms() })) };
                     self.write(f).await
@@ -833,6 +886,7 @@ mod tests {
             String::new(),
             Vec::new(),
             Vec::new(),
+            2,
         )
         .kind
         {
@@ -860,7 +914,7 @@ mod tests {
             steps += 1;
             assert!(steps < 2_000_000, "seed {seed}: does not converge");
             if !connected {
-                receiver.resume_from(&hello(&sender, sender_instance), receiver_instance);
+                receiver.resume_from(&hello(&sender, sender_instance), receiver_instance, 2);
                 let mut theirs = hello(&receiver, receiver_instance);
                 if rng.random_bool(0.2) {
                     // An under-reported position: the sender writes again what was received
@@ -868,7 +922,7 @@ mod tests {
                     // hello is the only report of it.
                     theirs.last_received = rng.random_range(0..=theirs.last_received);
                 }
-                sender.resume_from(&theirs, sender_instance);
+                sender.resume_from(&theirs, sender_instance, 2);
                 connected = true;
                 continue;
             }

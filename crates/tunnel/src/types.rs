@@ -125,7 +125,7 @@ impl TunnelOptions {
 }
 
 /// What a core announces in its hello.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoreHello {
     /// The core's identity; must equal the first DNS name (or CN) of its client certificate.
     pub core_id: String,
@@ -135,6 +135,10 @@ pub struct CoreHello {
     pub chat_node_aliases: Vec<String>,
     /// The core's software version.
     pub version: String,
+    /// The tunnel protocol revision: on the edge, the session's (negotiated); in a core's
+    /// config, the one its hello advertises ([`crate::protocol::PROTOCOL`]; 0 says nothing,
+    /// as a core from before revisions did).
+    pub protocol: u32,
 }
 
 /// Counters for one peer (one core on the edge; the edge on a core).

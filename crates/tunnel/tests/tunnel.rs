@@ -874,3 +874,64 @@ async fn reannounce_says_hello_again_without_losing_stanzas() {
     assert_eq!(core.link_stats().reconnects, 1, "one new session");
     edge.stop().await.unwrap();
 }
+
+/// Protocol revisions across an upgrade: a core from before revisions (its hello says
+/// nothing) works with this edge at revision 1 and is never sent a `Drain` it would not know;
+/// a current core runs at revision 2, hears the edge's drain (and stops counting it as fit
+/// for new stanzas) while stanzas keep flowing both ways; the edge hears a core's drain too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_revisions_and_drain_across_versions() {
+    init_tracing();
+    let pki = Pki::new();
+    let mut edge = Edge::start(pki.edge.clone(), fast_opts(), 64).await;
+
+    // A core from before revisions.
+    let mut old = core_config(edge.addr, pki.core1.clone(), CORE_ID, fast_opts());
+    old.hello.protocol = 0;
+    let (old_core, mut old_rx) = CoreTunnel::start(old);
+    let hello = edge.wait_core_up().await;
+    assert_eq!(
+        hello.protocol, 1,
+        "a core without the field speaks revision 1"
+    );
+    assert_eq!(old_core.protocol(), 1);
+    edge.tunnel.drain(30);
+    old_core.send(stanza(1)).await.unwrap();
+    assert_eq!(stanza_num(&recv_edge_stanza(&mut edge).await.1), 1);
+    edge.tunnel.send(CORE_ID, stanza(2)).await.unwrap();
+    assert_eq!(stanza_num(&recv_core(&mut old_rx).await), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !old_core.peer_draining(),
+        "an old core was sent a Drain frame"
+    );
+    old_core.shutdown();
+    loop {
+        if let EdgeEvent::CoreDown { .. } = edge.next_event().await {
+            break;
+        }
+    }
+
+    // A current core: revision 2; told of the drain at the start of its session.
+    let (core, mut core_rx) = start_core(edge.addr, pki.core1.clone(), fast_opts());
+    let hello = edge.wait_core_up().await;
+    assert_eq!(hello.protocol, causeway_tunnel::protocol::PROTOCOL);
+    eventually("the core hears the edge drain", || core.peer_draining()).await;
+    assert!(core.is_connected() && !core.is_usable());
+    // Draining is not stopping: what is in flight still crosses, both ways.
+    core.send(stanza(3)).await.unwrap();
+    assert_eq!(stanza_num(&recv_edge_stanza(&mut edge).await.1), 3);
+    edge.tunnel.send(CORE_ID, stanza(4)).await.unwrap();
+    assert_eq!(stanza_num(&recv_core(&mut core_rx).await), 4);
+
+    // The other way round: the core drains, the edge hears it.
+    assert!(edge.tunnel.is_usable(CORE_ID));
+    core.drain(30);
+    eventually("the edge hears the core drain", || {
+        !edge.tunnel.is_usable(CORE_ID)
+    })
+    .await;
+    assert!(edge.tunnel.is_connected(CORE_ID));
+    core.shutdown();
+    edge.stop().await.unwrap();
+}

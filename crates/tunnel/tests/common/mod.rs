@@ -211,6 +211,7 @@ pub fn core_config(
             domains: vec!["inside.example".into()],
             chat_node_aliases: vec!["conference.inside.example".into()],
             version: "test-1".into(),
+            protocol: causeway_tunnel::protocol::PROTOCOL,
         },
         opts,
     }
