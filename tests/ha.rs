@@ -79,6 +79,44 @@ fn two_edges_survive_killing_the_one_partner_test_reached() {
     println!("killed {inbound} (the outbound session was on {carrier}): {report}");
 }
 
+/// A planned stop (SIGTERM, as `systemctl stop` sends) of the edge carrying the outbound session
+/// while 200 messages flow each way: it drains (core routes around it at once), exits 0, and
+/// every message arrives.
+#[test]
+fn two_edges_survive_a_planned_stop_of_the_outbound_edge() {
+    planned_stop(252, "outgoing");
+}
+
+/// The same with the edge partner.test's own session reached: partner.test is told
+/// `system-shutdown`, what it had in flight is still read and delivered, and it reconnects to
+/// the other edge through its SRV records.
+#[test]
+fn two_edges_survive_a_planned_stop_of_the_edge_partner_test_reached() {
+    planned_stop(253, "incoming");
+}
+
+fn planned_stop(subnet: u8, direction: &str) {
+    let mut lab = start(two_edges(subnet));
+    let (mut alice, mut bob) = warm_up(&lab);
+    let victim = edge_with_session(&lab, direction).step(&lab, "find the edge");
+    let report = conversation_with(&mut lab, &mut alice, &mut bob, victim, Stop::Term);
+    println!("stopped {victim}, the edge with the {direction} session: {report}");
+    let log = std::fs::read_to_string(lab.dir.path().join("core.log")).unwrap_or_default();
+    assert!(
+        log.contains("the peer drains"),
+        "core never heard the edge drain:\n{}",
+        lab.diagnostics()
+    );
+    if direction == "incoming" {
+        let edge_log = std::fs::read_to_string(lab.dir.path().join(format!("{victim}.log")))
+            .unwrap_or_default();
+        assert!(
+            edge_log.contains("system-shutdown") || edge_log.contains("closed by peer"),
+            "the partner's stream was not closed by the drain:\n{edge_log}"
+        );
+    }
+}
+
 /// Two cores serve example.com through one edge: the edge sends each inbound pair to a
 /// connected core (partner.test's and partner2.test's messages to alice take different cores
 /// here), and when a core is killed mid-conversation its pair moves to the other core without
@@ -199,9 +237,29 @@ fn warm_up(lab: &Lab) -> (Client, Client) {
     (alice, bob)
 }
 
+/// How the victim stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a planned stop (systemctl stop); it drains, then exits 0.
+    Term,
+}
+
 /// 200 messages each way at ~50/s; `victim` ("edge" or "edge2") is killed with SIGKILL after
 /// 50. Every message must arrive; duplicates and order are reported.
 fn conversation(lab: &mut Lab, alice: &mut Client, bob: &mut Client, victim: &str) -> String {
+    conversation_with(lab, alice, bob, victim, Stop::Kill)
+}
+
+/// [`conversation`], stopping the victim with `stop`.
+fn conversation_with(
+    lab: &mut Lab,
+    alice: &mut Client,
+    bob: &mut Client,
+    victim: &str,
+    stop: Stop,
+) -> String {
     let bob_jid = format!("bob@{PARTNER}");
     let alice_jid = format!("alice@{LOCAL}");
     let guard = match victim {
@@ -212,12 +270,20 @@ fn conversation(lab: &mut Lab, alice: &mut Client, bob: &mut Client, victim: &st
     let a2b: Vec<String> = (0..MESSAGES).map(|i| format!("a2b-{i}")).collect();
     let b2a: Vec<String> = (0..MESSAGES).map(|i| format!("b2a-{i}")).collect();
     let mut guard = Some(guard);
+    let mut terminated = None;
     let mut killed_at = None;
     let mut sent_at = Vec::with_capacity(MESSAGES);
     let (mut at_bob, mut at_alice) = (Vec::new(), Vec::new());
     for i in 0..MESSAGES {
         if i == KILL_AFTER {
-            kill9(guard.take().expect("once"));
+            let victim = guard.take().expect("once");
+            match stop {
+                Stop::Kill => kill9(victim),
+                Stop::Term => {
+                    crate::support::signal(victim.pid(), "-TERM");
+                    terminated = Some(victim);
+                }
+            }
             killed_at = Some(Instant::now());
         }
         let start = Instant::now();
@@ -240,7 +306,29 @@ fn conversation(lab: &mut Lab, alice: &mut Client, bob: &mut Client, victim: &st
     let to_alice = Report::of(&b2a, &sent_at, &at_alice, killed_at);
     to_bob.assert_complete(lab, "alice -> bob");
     to_alice.assert_complete(lab, "bob -> alice");
-    format!("alice -> bob {to_bob}; bob -> alice {to_alice}")
+    let mut stopped = String::new();
+    if let Some(mut drained) = terminated {
+        // It drained within [tunnel] drain_secs (30 s) and exited cleanly.
+        let exit = drained.wait_exit(Duration::from_secs(40));
+        assert!(
+            exit.is_some_and(|s| s.success()),
+            "{victim} after SIGTERM: {exit:?}\n{}",
+            lab.diagnostics()
+        );
+        let log = std::fs::read_to_string(lab.dir.path().join(format!("{victim}.log")))
+            .unwrap_or_default();
+        let line = log
+            .lines()
+            .find(|l| l.contains("drained") || l.contains("drain incomplete"))
+            .unwrap_or("no drain line")
+            .to_owned();
+        assert!(
+            line.contains("drained in"),
+            "{victim} did not drain completely: {line}"
+        );
+        stopped = format!("; {victim}: {line}");
+    }
+    format!("alice -> bob {to_bob}; bob -> alice {to_alice}{stopped}")
 }
 
 /// What arrived, against what was sent.

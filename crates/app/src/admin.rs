@@ -16,8 +16,8 @@ use anyhow::{bail, Context};
 use causeway_api::admin::admin_client::AdminClient;
 use causeway_api::admin::admin_server::{Admin, AdminServer};
 use causeway_api::admin::{
-    ConnectionsRequest, Counters, DomainPair, ReloadReply, ReloadRequest, Session, SessionCounts,
-    StatusReply, StatusRequest, Tls, TunnelLink,
+    ConnectionsRequest, Counters, DomainPair, DrainRequest, ReloadReply, ReloadRequest, Session,
+    SessionCounts, StatusReply, StatusRequest, Tls, TunnelLink,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -540,6 +540,30 @@ impl Connection {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.failed("Servers", &s)),
         }
+    }
+}
+
+/// `<binary> drain`: drain the daemon without stopping it. Exit code 0 when everything was
+/// handed over in time, 1 when the deadline passed first (it says what was left).
+pub async fn drain_command(daemon: &Daemon, args: &DaemonArgs) -> anyhow::Result<i32> {
+    let mut conn = Connection::open(daemon, args).await?;
+    let reply = match conn.client.drain(conn.request(DrainRequest {})).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err(conn.failed("Drain", &s)),
+    };
+    if args.json {
+        print_json(&reply)?;
+    } else {
+        println!("{}", reply.summary);
+    }
+    Ok(if reply.complete { 0 } else { 1 })
+}
+
+/// The reply of a Drain RPC.
+pub fn drain_reply(outcome: crate::drain::Outcome) -> causeway_api::admin::DrainReply {
+    causeway_api::admin::DrainReply {
+        complete: outcome.complete,
+        summary: outcome.summary,
     }
 }
 
@@ -1094,6 +1118,12 @@ mod tests {
             _: tonic::Request<causeway_api::admin::ServersRequest>,
         ) -> Result<tonic::Response<causeway_api::admin::ServersReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("no servers here"))
+        }
+        async fn drain(
+            &self,
+            _: tonic::Request<causeway_api::admin::DrainRequest>,
+        ) -> Result<tonic::Response<causeway_api::admin::DrainReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no drain here"))
         }
     }
 

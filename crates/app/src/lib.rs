@@ -8,9 +8,21 @@ use anyhow::{bail, Context};
 pub mod admin;
 pub mod cert;
 pub mod cli;
+pub mod drain;
 pub mod metrics;
 pub mod pki;
 pub mod systemd;
+
+/// The default of `[tunnel] drain_secs`: how long a planned stop may take to hand over.
+pub const DEFAULT_DRAIN_SECS: u64 = 30;
+
+/// `[tunnel] drain_secs` checked: 1 to 600.
+pub fn drain_within(secs: u64) -> anyhow::Result<std::time::Duration> {
+    if !(1..=600).contains(&secs) {
+        bail!("tunnel.drain_secs: {secs} is not between 1 and 600");
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
 
 /// Install the global tracing subscriber: text or JSON to stderr, filtered by `level` (an
 /// env-filter directive) unless `RUST_LOG` is set.

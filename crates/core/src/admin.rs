@@ -185,6 +185,15 @@ impl Admin for Service {
         }))
     }
 
+    async fn drain(
+        &self,
+        _: Request<causeway_api::admin::DrainRequest>,
+    ) -> Result<Response<causeway_api::admin::DrainReply>, tonic::Status> {
+        Ok(Response::new(plumbing::drain_reply(
+            self.0.core.drain().await,
+        )))
+    }
+
     async fn reload(
         &self,
         _: Request<ReloadRequest>,

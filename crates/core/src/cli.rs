@@ -40,6 +40,10 @@ pub enum Command {
     Connections(causeway_app::admin::DaemonArgs),
     /// Make the running daemon apply its config file again (exit code 0: applied, 1: refused).
     Reload(causeway_app::admin::DaemonArgs),
+    /// Drain the running daemon without stopping it, before a restart: stop accepting, route
+    /// the tunnel's other side around it, close sessions, hand over what is queued (exit code
+    /// 0: everything handed over within [tunnel] drain_secs; 1: not). Restart it to resume.
+    Drain(causeway_app::admin::DaemonArgs),
     /// List the IM&P clusters: their nodes (active or inactive, last error, last probe) and
     /// chat node aliases. Exit code 0; 1 when the daemon cannot be reached.
     Servers {
@@ -121,6 +125,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             causeway_app::shutdown_signal().await;
             causeway_app::systemd::stopping();
+            tracing::info!("stopping: draining first (a second SIGTERM or SIGINT stops at once)");
+            tokio::select! {
+                _ = core.drain() => {}
+                _ = causeway_app::shutdown_signal() => tracing::warn!("drain cut short by a second signal"),
+            }
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
             drop(admin);
@@ -135,6 +144,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Reload(args) => causeway_app::admin::finish(
             causeway_app::admin::reload_command(&crate::admin::DAEMON, &args).await?,
+        ),
+        Command::Drain(args) => causeway_app::admin::finish(
+            causeway_app::admin::drain_command(&crate::admin::DAEMON, &args).await?,
         ),
         Command::Servers { daemon, refresh } => {
             causeway_app::admin::finish(crate::servers::servers_command(&daemon, refresh).await?)

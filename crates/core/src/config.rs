@@ -107,6 +107,11 @@ pub struct TunnelSection {
     /// Keepalive interval in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// Seconds a planned stop (SIGTERM, `drain`) may take to hand everything over: sessions
+    /// closed, queues written, the tunnel acknowledged (keep it under the unit's
+    /// TimeoutStopSec=, 90 s). 1 to 600.
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
 }
 
 /// `[[tunnel.edges]]`: one edge core keeps a tunnel to.
@@ -196,6 +201,10 @@ fn default_window() -> usize {
 fn default_window_bytes() -> usize {
     causeway_tunnel::DEFAULT_WINDOW_BYTES
 }
+fn default_drain() -> u64 {
+    causeway_app::DEFAULT_DRAIN_SECS
+}
+
 fn default_keepalive() -> u64 {
     10
 }
@@ -334,6 +343,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
     domains.extend(node_config.cluster_domains());
     let edges = crate::edges::edges_of(&raw.tunnel)?;
     raw.admin.validate()?;
+    causeway_app::drain_within(raw.tunnel.drain_secs)?;
     let email = crate::email::EmailConfig::from_section(&raw.email_translation, &domains)?;
     match raw.log.format.as_str() {
         "text" | "json" => {}

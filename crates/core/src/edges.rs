@@ -237,6 +237,21 @@ impl Edges {
         }
     }
 
+    /// Tell every edge this core drains (see crates/core/src/drain.rs).
+    pub fn drain(&self, within_secs: u32) {
+        for l in self.links.iter() {
+            l.tunnel.drain(within_secs);
+        }
+    }
+
+    /// Stanzas sent to the edges and not yet acknowledged, over every edge.
+    pub fn unacked(&self) -> usize {
+        self.links
+            .iter()
+            .map(|l| l.tunnel.link_stats().unacked)
+            .sum()
+    }
+
     /// Counters per edge, keyed by [`EdgeLink::label`].
     pub fn stats(&self) -> TunnelStats {
         TunnelStats {

@@ -55,6 +55,9 @@ pub fn summary(core: &Core) -> String {
 /// Ready when an edge tunnel is up and every federated local domain has an active node.
 pub fn readiness(core: &Core) -> Verdict {
     let mut reasons = Vec::new();
+    if core.s2s.is_draining() {
+        reasons.push("draining (a planned stop): restart it to serve again".to_owned());
+    }
     let links = core.tunnel.links();
     let up = links
         .iter()

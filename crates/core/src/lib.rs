@@ -25,6 +25,7 @@ pub mod backlog;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod drain;
 pub mod edges;
 pub mod email;
 pub mod health;
@@ -208,6 +209,8 @@ pub struct Core {
     pub discovery: Arc<discovery::Discovery>,
     /// The loops `/healthz` watches (crates/http/src/health.rs).
     pub heartbeats: Arc<causeway_http::Heartbeats>,
+    /// How long a planned stop may take (`[tunnel] drain_secs`, read at start).
+    pub drain_within: Duration,
 }
 
 /// Start core from a validated config (a wiring function).
@@ -283,6 +286,7 @@ pub async fn start(
         started: std::time::SystemTime::now(),
         discovery,
         heartbeats,
+        drain_within: causeway_app::drain_within(cfg.raw.tunnel.drain_secs)?,
     })
 }
 

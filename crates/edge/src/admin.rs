@@ -62,6 +62,15 @@ impl Admin for Service {
         }))
     }
 
+    async fn drain(
+        &self,
+        _: Request<causeway_api::admin::DrainRequest>,
+    ) -> Result<Response<causeway_api::admin::DrainReply>, tonic::Status> {
+        Ok(Response::new(plumbing::drain_reply(
+            self.edge.drain().await,
+        )))
+    }
+
     async fn reload(
         &self,
         _: Request<ReloadRequest>,
@@ -109,6 +118,9 @@ fn certificate_warnings(edge: &Edge, learned: &[(String, String)]) -> Vec<String
 /// One line for `systemctl status`, cheap enough for every second (no file is read): the
 /// cores connected and the domains known, or why federation is not active.
 pub fn summary(edge: &Edge) -> String {
+    if edge.s2s.is_draining() {
+        return format!("Inactive: {}", crate::http::DRAINING);
+    }
     let cores = edge.tunnel.connected_cores().len();
     let domains = edge.host.domain_cores().entries().len();
     match (cores, domains) {

@@ -39,6 +39,10 @@ pub enum Command {
     Connections(causeway_app::admin::DaemonArgs),
     /// Make the running daemon apply its config file again (exit code 0: applied, 1: refused).
     Reload(causeway_app::admin::DaemonArgs),
+    /// Drain the running daemon without stopping it, before a restart: stop accepting, route
+    /// the tunnel's other side around it, close sessions, hand over what is queued (exit code
+    /// 0: everything handed over within [tunnel] drain_secs; 1: not). Restart it to resume.
+    Drain(causeway_app::admin::DaemonArgs),
     /// Lab certificates.
     Pki {
         /// What to generate.
@@ -109,6 +113,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             causeway_app::shutdown_signal().await;
             causeway_app::systemd::stopping();
+            tracing::info!("stopping: draining first (a second SIGTERM or SIGINT stops at once)");
+            tokio::select! {
+                _ = edge.drain() => {}
+                _ = causeway_app::shutdown_signal() => tracing::warn!("drain cut short by a second signal"),
+            }
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
             drop(admin);
@@ -123,6 +132,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Reload(args) => causeway_app::admin::finish(
             causeway_app::admin::reload_command(&crate::admin::DAEMON, &args).await?,
+        ),
+        Command::Drain(args) => causeway_app::admin::finish(
+            causeway_app::admin::drain_command(&crate::admin::DAEMON, &args).await?,
         ),
         Command::Pki { command } => causeway_app::pki::run(command),
         Command::Completions { shell } => {

@@ -91,6 +91,11 @@ pub struct TunnelSection {
     /// Keepalive interval in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// Seconds a planned stop (SIGTERM, `drain`) may take to hand everything over: sessions
+    /// closed, queues written, the tunnel acknowledged (keep it under the unit's
+    /// TimeoutStopSec=, 90 s). 1 to 600.
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
     /// Which core may announce which domains and chat node aliases (`[[tunnel.cores]]`).
     #[serde(default)]
     pub cores: Vec<CoreGrant>,
@@ -302,6 +307,10 @@ fn default_window() -> usize {
 fn default_window_bytes() -> usize {
     causeway_tunnel::DEFAULT_WINDOW_BYTES
 }
+fn default_drain() -> u64 {
+    causeway_app::DEFAULT_DRAIN_SECS
+}
+
 fn default_keepalive() -> u64 {
     10
 }
@@ -514,6 +523,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
     )
     .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
     raw.admin.validate()?;
+    causeway_app::drain_within(raw.tunnel.drain_secs)?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
         other => bail!("log.format: {other:?} is not text or json"),

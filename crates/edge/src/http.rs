@@ -39,10 +39,16 @@ pub async fn serve(
 /// reasons of `edge status` otherwise).
 pub fn readiness(edge: &Edge) -> Verdict {
     let status = crate::admin::status(edge);
-    let reasons = status
+    let mut reasons = status
         .edge
         .and_then(|e| e.federation)
         .map(|f| f.reasons)
         .unwrap_or_else(|| vec!["no status".to_owned()]);
+    if edge.s2s.is_draining() {
+        reasons.insert(0, DRAINING.to_owned());
+    }
     Verdict::from_reasons(reasons)
 }
+
+/// The reason a draining daemon gives.
+pub const DRAINING: &str = "draining (a planned stop): restart it to serve again";

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod cores;
+pub mod drain;
 pub mod grants;
 pub mod http;
 pub mod limits;
@@ -372,6 +373,8 @@ pub struct Edge {
     pub started: std::time::SystemTime,
     /// The loops `/healthz` watches (crates/http/src/health.rs).
     pub heartbeats: Arc<causeway_http::Heartbeats>,
+    /// How long a planned stop may take (`[tunnel] drain_secs`, read at start).
+    pub drain_within: Duration,
 }
 
 /// The addresses the edge's listeners are bound to, and the settings that asked for them (a
@@ -518,6 +521,7 @@ pub async fn start(
         config_path: cfg.path.clone(),
         started: std::time::SystemTime::now(),
         heartbeats,
+        drain_within: causeway_app::drain_within(cfg.raw.tunnel.drain_secs)?,
     })
 }
 

@@ -36,9 +36,14 @@ impl S2s {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut draining = self.draining.subscribe();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = async { draining.wait_for(Option::is_some).await.is_ok() } => {
+                    tracing::info!(module = LOG_MODULE, listen = ?listener.local_addr().ok(), "draining: no longer accepting s2s connections");
+                    break;
+                }
                 accepted = listener.accept() => {
                     let (tcp, addr) = match accepted {
                         Ok(a) => a,

@@ -219,10 +219,14 @@ impl InboundStream {
     /// does not read) while a negotiation deadline runs.
     async fn run(&mut self, mut verdicts: mpsc::Receiver<PairVerdict>) -> String {
         let mut generation = self.s2s.generation.subscribe();
+        let mut draining = self.s2s.draining.subscribe();
+        if draining.borrow().is_some() {
+            draining.mark_changed();
+        }
         loop {
             let deadline = self.deadline();
             let input = tokio::select! {
-                input = self.input(&mut verdicts, &mut generation) => input,
+                input = self.input(&mut verdicts, &mut generation, &mut draining) => input,
                 _ = sm::sleep_until_opt(deadline) => Input::Deadline,
             };
             let result = match input {
@@ -258,6 +262,7 @@ impl InboundStream {
         &mut self,
         verdicts: &mut mpsc::Receiver<PairVerdict>,
         generation: &mut tokio::sync::watch::Receiver<u64>,
+        draining: &mut tokio::sync::watch::Receiver<Option<std::time::Instant>>,
     ) -> Input {
         let entry = self.entry.clone();
         let sm_deadline = self.sm.as_ref().and_then(InboundSm::deadline);
@@ -306,6 +311,16 @@ impl InboundStream {
             _ = entry.closer.notified() => {
                 self.conn.abort();
                 Input::Gone("its server stopped answering pings".into())
+            }
+            Ok(()) = draining.changed() => {
+                let by = *draining.borrow_and_update();
+                match by {
+                    Some(by) => {
+                        self.machine.shutdown(by);
+                        Input::Fed
+                    }
+                    None => Input::Nothing,
+                }
             }
         }
     }

@@ -421,6 +421,8 @@ pub struct S2s {
     cfg: std::sync::RwLock<Arc<S2sConfig>>,
     /// Bumped by every reconfiguration: live sessions re-check themselves against it.
     pub(crate) generation: tokio::sync::watch::Sender<u64>,
+    /// Set by [`S2s::drain`]: the instant by which every session should be closed.
+    pub(crate) draining: tokio::sync::watch::Sender<Option<std::time::Instant>>,
     pub(crate) host: Arc<dyn Host>,
     pub(crate) sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
     pub(crate) outgoing: Mutex<HashMap<(String, String), outbound::SessionHandle>>,
@@ -453,6 +455,7 @@ impl S2s {
             throttle,
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
             generation: tokio::sync::watch::channel(0).0,
+            draining: tokio::sync::watch::channel(None).0,
             host,
             sessions: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(HashMap::new()),
@@ -559,6 +562,26 @@ impl S2s {
                 entry.closer.notify_one();
             }
         }
+    }
+
+    /// Drain (a planned stop or restart): stop accepting connections; tell every inbound
+    /// stream `system-shutdown` and read what its peer still sends until it closes its stream
+    /// (at most until `by`); close every outgoing session once its queue is written. Stanzas
+    /// still queued for a pair keep going out (a session is opened for them if need be). Watch
+    /// [`S2s::sessions`] empty out; whatever is left at `by` is the caller's to cut.
+    pub fn drain(&self, by: std::time::Instant) {
+        self.draining.send_if_modified(|d| {
+            let first = d.is_none();
+            if first {
+                *d = Some(by);
+            }
+            first
+        });
+    }
+
+    /// [`S2s::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.borrow().is_some()
     }
 
     /// Close every live session with the server at `peer` (the socket address we connected

@@ -345,6 +345,8 @@ impl S2s {
         (from, to): (&str, &str),
     ) -> String {
         let mut generation = self.generation.subscribe();
+        let mut drain_rx = self.draining.subscribe();
+        let mut draining = drain_rx.borrow_and_update().is_some();
         let mut pong: Option<Pong> = None;
         let mut bytes: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
@@ -420,6 +422,14 @@ impl S2s {
                 machine.written(std::time::Instant::now());
                 continue;
             }
+            if draining && !machine.is_done() {
+                // Everything queued is written: the session ends (a stanza queued later
+                // opens another).
+                machine.close();
+                if machine.is_done() {
+                    continue;
+                }
+            }
             tokio::select! {
                 ev = conn.next_event() => feed(&mut machine, ev, &World { s2s: self, conn: Some(&conn), to }),
                 _ = queue.pushed() => continue,
@@ -434,6 +444,7 @@ impl S2s {
                     conn.abort();
                     return "closed: its server was found unresponsive or removed".into();
                 },
+                Ok(()) = drain_rx.changed() => draining = drain_rx.borrow_and_update().is_some(),
                 _ = wait_pong(&mut pong) => {
                     pong = None;
                     machine.pong(std::time::Instant::now());

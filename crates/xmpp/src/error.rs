@@ -526,6 +526,10 @@ pub enum Fault {
     /// A reload left no authenticated pair on the stream.
     #[error("federation with this domain is no longer allowed")]
     NoLongerAllowed,
+    /// The server is stopping (a drain or a planned restart): reconnect, to another of its
+    /// addresses.
+    #[error("the server is stopping; connect again")]
+    Shutdown,
 }
 
 impl Fault {
@@ -557,6 +561,7 @@ impl Fault {
             | Fault::VerifyWithoutAddresses
             | Fault::StanzaWithoutAddresses => C::ImproperAddressing,
             Fault::Unexpected { .. } => C::UnsupportedStanzaType,
+            Fault::Shutdown => C::SystemShutdown,
         }
     }
 

@@ -114,6 +114,8 @@ pub enum Close {
     TlsUnavailable,
     /// The TLS handshake failed or took too long.
     TlsFailed(String),
+    /// A shutdown ([`Inbound::shutdown`]) waited for the peer's closing tag until its deadline.
+    ShutDown,
 }
 
 impl std::fmt::Display for Close {
@@ -124,6 +126,7 @@ impl std::fmt::Display for Close {
             Close::PeerError(e) => write!(f, "stream error from peer: {e}"),
             Close::TlsUnavailable => f.write_str("STARTTLS requested but TLS is not configured"),
             Close::TlsFailed(e) => write!(f, "TLS handshake: {e}"),
+            Close::ShutDown => f.write_str("shut down (the peer did not close its stream in time)"),
         }
     }
 }
@@ -314,6 +317,9 @@ pub struct Inbound {
     sm: bool,
     /// The id on the header of a stream error sent before any header of ours.
     error_id: String,
+    /// Shutting down ([`Inbound::shutdown`]): our `system-shutdown` and closing tag are sent,
+    /// what the peer still sends is read until it closes its stream or this instant.
+    closing_by: Option<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -340,6 +346,7 @@ impl Inbound {
             idle_by: now + d.idle,
             sm: false,
             error_id,
+            closing_by: None,
             actions: VecDeque::new(),
             settings,
         }
@@ -352,6 +359,9 @@ impl Inbound {
 
     /// When [`Inbound::timeout`] must be called next (None once closed).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closing_by.is_some() && !self.is_closed() {
+            return self.closing_by;
+        }
         let phase = match &self.phase {
             Phase::AwaitingHeader { by } | Phase::Securing { by } => Some(*by),
             Phase::Open(_) => None,
@@ -367,6 +377,12 @@ impl Inbound {
 
     /// The deadline at `now` has passed (or not: then nothing happens).
     pub fn timeout(&mut self, now: Instant) {
+        if let Some(by) = self.closing_by {
+            if now >= by && !self.is_closed() {
+                self.close(Close::ShutDown);
+            }
+            return;
+        }
         let fault = match &self.phase {
             Phase::Closed => return,
             Phase::AwaitingHeader { by } | Phase::Securing { by } if now >= *by => {
@@ -543,13 +559,37 @@ impl Inbound {
         });
     }
 
-    /// The peer's `</stream:stream>`: answer with ours and close.
+    /// The peer's `</stream:stream>`: answer with ours (unless a shutdown sent it already)
+    /// and close.
     pub fn peer_closed(&mut self) {
         if self.is_closed() {
             return;
         }
-        self.send(crate::stream::STREAM_CLOSE.to_owned());
+        if self.closing_by.is_none() {
+            self.send(crate::stream::STREAM_CLOSE.to_owned());
+        }
         self.close(Close::PeerClosed);
+    }
+
+    /// The server is stopping (a drain). An authenticated stream gets `system-shutdown` and
+    /// our closing tag, and stays open for reading until the peer closes its stream or `by`:
+    /// stanzas it had sent before it saw ours still arrive and are delivered. A stream still
+    /// negotiating is closed with the stream error at once. Called again, nothing happens.
+    pub fn shutdown(&mut self, by: Instant) {
+        if self.is_closed() || self.closing_by.is_some() {
+            return;
+        }
+        if self.authed.is_empty() || !matches!(self.phase, Phase::Open(_)) {
+            return self.fail(Fault::Shutdown);
+        }
+        let mut out = crate::error::stream_error(
+            Fault::Shutdown.condition(),
+            Some(&Fault::Shutdown.to_string()),
+        );
+        out.push_str(crate::stream::STREAM_CLOSE);
+        self.send(out);
+        self.pending.clear();
+        self.closing_by = Some(by);
     }
 
     /// The input could not be framed.
@@ -2051,6 +2091,52 @@ mod tests {
         // An earlier report does not move it back.
         p.m.stanza_handled(p.at(120));
         assert_eq!(p.m.poll_timeout(), Some(p.at(730)));
+    }
+
+    #[test]
+    fn a_shutdown_says_system_shutdown_and_still_delivers_what_was_in_flight() {
+        let mut p = Peer::new(settings(TlsMode::Optional), None);
+        p.header();
+        p.dialback();
+        p.drain();
+        p.m.shutdown(p.at(30));
+        let a = p.drain();
+        let out = sent(&a);
+        assert!(
+            out.contains("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>")
+                && out.ends_with("</stream:stream>"),
+            "{out}"
+        );
+        assert_eq!(closed(&a), None, "still reading");
+        assert_eq!(p.m.poll_timeout(), Some(p.at(30)));
+        p.m.shutdown(p.at(40));
+        assert!(p.drain().is_empty(), "said once");
+        // A stanza the peer had sent before it saw ours is delivered.
+        let a = p.el(10, &message("ana@remote.test", "bob@local.test"));
+        assert!(matches!(a.as_slice(), [Action::Deliver { .. }]), "{a:?}");
+        // Its closing tag ends the stream; ours is not sent twice.
+        p.m.peer_closed();
+        let a = p.drain();
+        assert_eq!(sent(&a), "");
+        assert_eq!(closed(&a), Some(&Close::PeerClosed));
+
+        // A peer that never closes is cut at the deadline.
+        let mut q = Peer::new(settings(TlsMode::Optional), None);
+        q.header();
+        q.dialback();
+        q.m.shutdown(q.at(30));
+        q.drain();
+        q.m.timeout(q.at(29));
+        assert!(q.drain().is_empty());
+        q.m.timeout(q.at(30));
+        assert_eq!(closed(&q.drain()), Some(&Close::ShutDown));
+
+        // A stream still negotiating gets the stream error and is closed at once.
+        let mut r = Peer::new(settings(TlsMode::Optional), None);
+        r.header();
+        r.drain();
+        r.m.shutdown(r.at(30));
+        assert_fault(&r.drain(), Fault::Shutdown, StreamCondition::SystemShutdown);
     }
 
     #[test]

@@ -419,6 +419,18 @@ impl Outbound {
         }
     }
 
+    /// The server is stopping (a drain) and this session's queue is empty: an authenticated
+    /// session ends with our closing tag, as an idle one does (nothing of ours is unsent, and on
+    /// our outgoing stream the peer sends us nothing to wait for). A negotiation goes on: it
+    /// has stanzas waiting to be delivered.
+    pub fn close(&mut self) {
+        if matches!(self.phase, Phase::Established(_)) {
+            self.send(crate::stream::STREAM_CLOSE.to_owned());
+            self.actions.push_back(Action::Close);
+            self.end("closed: the server is stopping".into());
+        }
+    }
+
     /// The peer's `</stream:stream>`.
     pub fn peer_closed(&mut self) {
         let reason = match self.phase {
@@ -1499,6 +1511,29 @@ mod tests {
         );
         assert!(m.is_done());
         assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_drained_session_closes_and_a_negotiation_goes_on() {
+        let t0 = Instant::now();
+        let mut m = authenticated(settings(TlsMode::Required), t0);
+        m.close();
+        assert_eq!(
+            drain(&mut m),
+            [
+                send("</stream:stream>"),
+                Action::Close,
+                Action::Ended("closed: the server is stopping".into())
+            ]
+        );
+        assert!(m.is_done());
+        m.close();
+        assert_eq!(drain(&mut m), [], "closed once");
+        let mut negotiating = through_starttls(settings(TlsMode::Required), t0, CertStatus::Absent);
+        drain(&mut negotiating);
+        negotiating.close();
+        assert_eq!(drain(&mut negotiating), [], "its stanzas wait for it");
+        assert!(!negotiating.is_done());
     }
 
     #[test]
