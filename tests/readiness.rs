@@ -147,4 +147,24 @@ fn readyz_follows_the_tunnel_and_healthz_stays_ok() {
     });
     assert!(stopping, "no STOPPING=1 after SIGTERM: {said:#?}");
     until(&lab, core_http, "/readyz", 503, "- no edge tunnel is up");
+
+    // `core drain`: drained without exiting, and /readyz says so first.
+    let socket = lab.admin_socket("core");
+    let drained = crate::support::run(
+        env!("CARGO_BIN_EXE_core"),
+        &["drain", "--socket", socket.to_str().expect("utf-8")],
+    );
+    assert_eq!(drained.code, 0, "{}", drained.text());
+    assert!(
+        drained.stdout.starts_with("drained in"),
+        "{}",
+        drained.text()
+    );
+    let (code, body) = get(core_http, "/readyz");
+    assert_eq!(code, 503);
+    assert!(
+        body.starts_with("not ready\n- draining (a planned stop)"),
+        "{body}"
+    );
+    assert_eq!(get(core_http, "/healthz").0, 200, "drained, still alive");
 }
