@@ -68,6 +68,14 @@ fn bad_edge_settings_are_named() {
             "nameserverz",
         ),
         (
+            "a previous dialback secret too short",
+            good.replace(
+                "dialback_secret_file = \"pki/dialback-secret\"",
+                "dialback_secret_file = \"pki/dialback-secret\"\ndialback_secret_previous = \"short\"",
+            ),
+            "federation.dialback_secret_previous",
+        ),
+        (
             "allowed and denied",
             good.replace("deny = []", "deny = [\"Partner.test\"]"),
             "both allowed and denied",

@@ -22,5 +22,6 @@ mod modes;
 mod operations;
 mod readiness;
 mod reload;
+mod renewal;
 mod security;
 mod tunnel;

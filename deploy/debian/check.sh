@@ -55,6 +55,7 @@ for bin in edge core; do
         "-rw-r--r-- ./usr/share/fish/vendor_completions.d/$bin.fish"
     )
     [ "$bin" = core ] && expect+=("-rw-r--r-- ./usr/share/causeway-core/prosody/mod_causeway_route.lua")
+    [ "$bin" = edge ] && expect+=("-rwxr-xr-x ./usr/share/causeway-edge/certbot-deploy-hook")
     for line in "${expect[@]}"; do
         grep -qxF -- "$line" "$work/$pkg.list" || fail "$pkg lacks '$line'; it has:
 $(cat "$work/$pkg.list")"

@@ -87,6 +87,28 @@ pub fn resolve_secret(
     Ok(secret)
 }
 
+/// The previous dialback secret of `section` during a rollover (inline or in a file, see
+/// [`secret_setting`]): optional; at least 16 characters and not the current one.
+pub fn previous_secret(
+    section: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+    current: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(previous) = secret_setting(section, "dialback_secret_previous", inline, file)?
+        .map(|s| s.trim().to_owned())
+    else {
+        return Ok(None);
+    };
+    if previous.len() < 16 {
+        bail!("{section}.dialback_secret_previous: at least 16 characters");
+    }
+    if previous == current {
+        bail!("{section}.dialback_secret_previous: the same as dialback_secret; remove it, or set the new secret");
+    }
+    Ok(Some(previous))
+}
+
 /// Print the one machine-readable line tests and supervisors wait for, on stdout.
 pub fn announce_ready(binary: &str, fields: serde_json::Value) {
     let mut obj = serde_json::json!({ "event": "ready", "binary": binary });

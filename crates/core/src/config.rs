@@ -141,6 +141,13 @@ pub struct S2sSection {
     /// Or a file holding it (first line).
     #[serde(default)]
     pub dialback_secret_file: Option<PathBuf>,
+    /// During a rollover of the secret: the one used before, still accepted when a node asks
+    /// core to verify a key. Remove it once the rollover is done.
+    #[serde(default)]
+    pub dialback_secret_previous: Option<String>,
+    /// Or a file holding it (first line).
+    #[serde(default)]
+    pub dialback_secret_previous_file: Option<PathBuf>,
     /// Require TLS with the nodes (default true).
     #[serde(default = "default_true")]
     pub require_tls: bool,
@@ -243,6 +250,8 @@ pub struct Validated {
     pub node_config: crate::nodes::NodesConfig,
     /// The dialback secret.
     pub dialback_secret: String,
+    /// The previous dialback secret, during a rollover.
+    pub dialback_previous: Option<String>,
     /// Email address for federation (`[email_translation]`): its directory file loaded, or its
     /// LDAP settings checked.
     pub email: crate::email::EmailConfig,
@@ -279,6 +288,9 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     ] {
         *p = base.join(&*p);
     }
+    if let Some(p) = raw.s2s.dialback_secret_previous_file.as_mut() {
+        *p = base.join(&*p);
+    }
     if let Some(p) = raw.s2s.dialback_secret_file.as_mut() {
         *p = base.join(&*p);
     }
@@ -305,6 +317,12 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         "s2s",
         raw.s2s.dialback_secret.as_deref(),
         raw.s2s.dialback_secret_file.as_deref(),
+    )?;
+    let dialback_previous = causeway_app::previous_secret(
+        "s2s",
+        raw.s2s.dialback_secret_previous.as_deref(),
+        raw.s2s.dialback_secret_previous_file.as_deref(),
+        &dialback_secret,
     )?;
     causeway_tunnel::TunnelOptions::check_window(raw.tunnel.window, raw.tunnel.window_bytes)
         .map_err(anyhow::Error::msg)?;
@@ -357,6 +375,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         aliases,
         node_config,
         dialback_secret,
+        dialback_previous,
         edges,
         email,
     })

@@ -28,6 +28,7 @@ pub fn s2s_config(cfg: &Validated) -> anyhow::Result<S2sConfig> {
     let tls_server = causeway_pki::s2s_server_config(certs, key)?;
     let tls_client = causeway_pki::s2s_client_config_dialback()?;
     let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
+    s2s_cfg.dialback_previous = cfg.dialback_previous.clone();
     s2s_cfg.tls_mode = if s.require_tls {
         causeway_s2s::TlsMode::Required
     } else {

@@ -136,6 +136,14 @@ pub struct FederationSection {
     /// Or a file holding it (first line).
     #[serde(default)]
     pub dialback_secret_file: Option<PathBuf>,
+    /// During a rollover of the secret: the one used before, still accepted when a peer
+    /// asks us to verify a key (XEP-0220 `db:verify`). Remove it once every edge has the new
+    /// `dialback_secret` (see README, "Dialback secret rollover").
+    #[serde(default)]
+    pub dialback_secret_previous: Option<String>,
+    /// Or a file holding it (first line).
+    #[serde(default)]
+    pub dialback_secret_previous_file: Option<PathBuf>,
     /// TLS use.
     #[serde(default)]
     pub security_mode: SecurityMode,
@@ -350,6 +358,8 @@ pub struct Validated {
     pub direct_tls_routes: std::collections::HashSet<String>,
     /// The dialback secret.
     pub dialback_secret: String,
+    /// The previous dialback secret, during a rollover.
+    pub dialback_previous: Option<String>,
     /// Trust for peer certificates, if a CA bundle is configured.
     pub peer_trust: Option<std::sync::Arc<causeway_pki::PeerTrust>>,
     /// The traversal CA with its CRLs, if `tunnel.crls` lists any.
@@ -387,6 +397,9 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
         &mut raw.federation.cert,
         &mut raw.federation.key,
     ] {
+        *p = base.join(&*p);
+    }
+    if let Some(p) = raw.federation.dialback_secret_previous_file.as_mut() {
         *p = base.join(&*p);
     }
     if let Some(p) = raw.federation.dialback_secret_file.as_mut() {
@@ -467,6 +480,12 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         raw.federation.dialback_secret.as_deref(),
         raw.federation.dialback_secret_file.as_deref(),
     )?;
+    let dialback_previous = causeway_app::previous_secret(
+        "federation",
+        raw.federation.dialback_secret_previous.as_deref(),
+        raw.federation.dialback_secret_previous_file.as_deref(),
+        &dialback_secret,
+    )?;
     if raw.federation.max_stanza_bytes < 10_000 {
         bail!("federation.max_stanza_bytes: at least 10000 (RFC 6120 13.12)");
     }
@@ -535,6 +554,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         routes,
         direct_tls_routes,
         dialback_secret,
+        dialback_previous,
         peer_trust,
         tunnel_trust,
         outbound_filter,

@@ -542,6 +542,7 @@ pub fn s2s_config(cfg: &config::Validated) -> anyhow::Result<S2sConfig> {
     // Our certificate is presented when we initiate, for SASL EXTERNAL.
     let tls_client = causeway_pki::s2s_client_config_presenting(certs, key, false)?;
     let mut s2s_cfg = S2sConfig::new(cfg.dialback_secret.clone(), Some(tls_server), tls_client);
+    s2s_cfg.dialback_previous = cfg.dialback_previous.clone();
     s2s_cfg.peer_trust = cfg.peer_trust.clone();
     s2s_cfg.require_peer_certs = fed.require_client_certs;
     s2s_cfg.sasl_external = fed.sasl_external;

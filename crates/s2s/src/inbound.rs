@@ -113,6 +113,7 @@ fn settings(cfg: &S2sConfig) -> Settings {
         stream_management: cfg.stream_management,
         require_peer_certs: cfg.require_peer_certs,
         dialback_secret: cfg.dialback_secret.clone(),
+        dialback_previous: cfg.dialback_previous.clone(),
         deadlines: cfg.negotiation_deadlines(),
     }
 }

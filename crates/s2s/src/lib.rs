@@ -143,6 +143,9 @@ pub trait Host: Send + Sync + 'static {
 pub struct S2sConfig {
     /// Secret for XEP-0185 dialback keys; every instance of a tier must share it.
     pub dialback_secret: String,
+    /// During a rollover, the secret used before: keys made with it (by an instance not yet
+    /// switched) still verify here. New keys use `dialback_secret`.
+    pub dialback_previous: Option<String>,
     /// Offered to inbound peers for STARTTLS. None: TLS is never offered.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Used for STARTTLS on outgoing connections.
@@ -219,6 +222,7 @@ impl S2sConfig {
     ) -> Self {
         Self {
             dialback_secret,
+            dialback_previous: None,
             tls_server,
             tls_client,
             tls_mode: TlsMode::Required,

@@ -54,6 +54,8 @@ pub struct Settings {
     pub require_peer_certs: bool,
     /// The secret our dialback keys are made with (XEP-0185).
     pub dialback_secret: String,
+    /// During a rollover, the secret used before: keys made with it still verify.
+    pub dialback_previous: Option<String>,
     /// The deadlines.
     pub deadlines: Deadlines,
 }
@@ -778,15 +780,13 @@ impl Inbound {
         // never issued one.
         let names = normalize_domain(to).ok().zip(normalize_domain(from).ok());
         let valid = names.is_some_and(|(originating, receiving)| {
-            env.serves(&originating) && {
-                let expected = dialback::dialback_key(
-                    &self.settings.dialback_secret,
-                    &receiving,
-                    &originating,
-                    id,
-                );
-                dialback::keys_equal(&expected, &el.text())
-            }
+            env.serves(&originating)
+                && std::iter::once(&self.settings.dialback_secret)
+                    .chain(self.settings.dialback_previous.as_ref())
+                    .any(|secret| {
+                        let expected = dialback::dialback_key(secret, &receiving, &originating, id);
+                        dialback::keys_equal(&expected, &el.text())
+                    })
         });
         if !valid {
             self.warn(Warning::VerifyInvalid {
@@ -1118,6 +1118,7 @@ mod tests {
             stream_management: true,
             require_peer_certs: false,
             dialback_secret: SECRET.into(),
+            dialback_previous: None,
             deadlines: Deadlines {
                 stream_header: Duration::from_secs(10),
                 tls_handshake: Duration::from_secs(10),
@@ -1469,6 +1470,28 @@ mod tests {
         let a = p.el(1, &ask(&key, "other.test"));
         assert!(sent(&a).contains("type='invalid'"), "not our domain: {a:?}");
         assert!(closed(&a).is_none());
+    }
+
+    #[test]
+    fn during_a_secret_rollover_keys_made_with_either_secret_verify() {
+        let rolled = Settings {
+            dialback_secret: "the-new-secret-0123456789".into(),
+            dialback_previous: Some(SECRET.into()),
+            ..settings(TlsMode::Required)
+        };
+        let mut p = Peer::new(rolled, None);
+        p.header();
+        let ask = |key: &str| {
+            format!("<db:verify from='{REMOTE}' to='{LOCAL}' id='sid'>{key}</db:verify>")
+        };
+        // Made by an edge not yet switched (the previous secret), and by one switched.
+        for secret in [SECRET, "the-new-secret-0123456789"] {
+            let key = dialback::dialback_key(secret, REMOTE, LOCAL, "sid");
+            let a = p.el(1, &ask(&key));
+            assert!(sent(&a).contains("type='valid'"), "{secret}: {a:?}");
+        }
+        let other = dialback::dialback_key("a-third-secret-987654321", REMOTE, LOCAL, "sid");
+        assert!(sent(&p.el(1, &ask(&other))).contains("type='invalid'"));
     }
 
     // --- Refusals ---
