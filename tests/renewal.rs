@@ -187,7 +187,7 @@ fn a_renewed_certificate_is_taken_under_load_without_dropping_a_session() {
     let hook = hook.expect("the hook ran");
     assert_eq!(hook.code, 0, "{}", hook.text());
     let got_bob = bob
-        .collect_messages(&alice_jid, n + 0, PATIENCE)
+        .collect_messages(&alice_jid, n, PATIENCE)
         .step(&lab, "bob gets all 60");
     let got_alice = alice
         .collect_messages(&bob_jid, n, PATIENCE)
