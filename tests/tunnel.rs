@@ -240,3 +240,204 @@ fn reload_check_names_broken_crl(lab: &Lab) {
     assert_ne!(r.code, 0, "edge check accepted a broken CRL: {}", r.text());
     assert!(r.text().contains("tunnel.crls"), "{}", r.text());
 }
+
+/// Run `bin args` and require exit 0.
+fn ok(bin: &str, args: &[&str]) -> String {
+    let r = run(bin, args);
+    assert_eq!(r.code, 0, "{bin} {args:?}: {}", r.text());
+    r.stdout
+}
+
+/// The production traversal PKI, as README's "Traversal PKI for production" does it: a CA made
+/// offline, each side's key and CSR from its own config, certificates issued from the CSRs;
+/// then a CA rotation with both daemons running: the new CA joins the trust bundles (reload),
+/// the certificates are re-issued from the new CA (reload), the old CA leaves the bundles
+/// (reload). No tunnel session drops meanwhile and messages keep flowing; a core restarted
+/// afterwards connects with the new certificate; revoking it then cuts it off.
+#[test]
+fn production_pki_from_csrs_a_ca_rotation_without_dropping_the_tunnel_and_a_revocation() {
+    let mut lab = start(options(106));
+    let bob_jid = format!("bob@{PARTNER}");
+    let mut alice = lab.client("alice").step(&lab, "alice connects");
+    let mut bob = lab.client("bob").step(&lab, "bob connects");
+    let pki = lab.dir.path().join("pki");
+    let offline = lab.dir.path().join("offline");
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (edge_toml, core_toml) = (s(&lab.config_path("edge")), s(&lab.config_path("core")));
+    let core_bin = env!("CARGO_BIN_EXE_core");
+
+    // Issue tunnel certificates from CSRs with a CA of `dir`.
+    let issue = |dir: &str| {
+        let ca = offline.join(dir);
+        let (ca_cert, ca_key) = (
+            s(&ca.join("traversal-ca.crt")),
+            s(&ca.join("traversal-ca.key")),
+        );
+        let csrs = offline.join(format!("{dir}-csrs"));
+        let out = s(&csrs);
+        ok(
+            EDGE,
+            &[
+                "cert",
+                "csr",
+                "--tunnel",
+                "-c",
+                &edge_toml,
+                "--fqdn",
+                "edge.example.com",
+                "--out",
+                &out,
+                "--force",
+            ],
+        );
+        ok(
+            core_bin,
+            &[
+                "cert", "csr", "--tunnel", "-c", &core_toml, "--out", &out, "--force",
+            ],
+        );
+        for (role, stem) in [("edge", "edge-tunnel"), ("core", "core-tunnel")] {
+            let said = ok(
+                EDGE,
+                &[
+                    "pki",
+                    "sign",
+                    "--ca-cert",
+                    &ca_cert,
+                    "--ca-key",
+                    &ca_key,
+                    "--csr",
+                    &s(&csrs.join(format!("{stem}.csr"))),
+                    "--role",
+                    role,
+                    "--out",
+                    &s(&csrs.join(format!("{stem}.crt"))),
+                ],
+            );
+            assert!(said.contains(&format!("{role} certificate for")), "{said}");
+        }
+        csrs
+    };
+    let install = |csrs: &std::path::Path| {
+        for stem in ["edge-tunnel", "core-tunnel"] {
+            for ext in ["crt", "key"] {
+                std::fs::copy(
+                    csrs.join(format!("{stem}.{ext}")),
+                    pki.join(format!("{stem}.{ext}")),
+                )
+                .expect("install");
+            }
+        }
+    };
+    let trust = |cas: &[&str]| {
+        let bundle: String = cas
+            .iter()
+            .map(|dir| {
+                std::fs::read_to_string(offline.join(dir).join("traversal-ca.crt")).expect("ca")
+            })
+            .collect();
+        std::fs::write(pki.join("traversal-ca.crt"), bundle).expect("bundle");
+    };
+    let reload_both = |lab: &Lab| {
+        let e = ok(EDGE, &["reload", "-c", &edge_toml]);
+        assert!(e.starts_with("reloaded"), "{e}");
+        let c = ok(core_bin, &["reload", "-c", &core_toml]);
+        assert!(c.starts_with("reloaded"), "{c}");
+        let _ = lab;
+    };
+    let talk = |lab: &Lab,
+                alice: &mut causeway_testkit::Client,
+                bob: &mut causeway_testkit::Client,
+                body: &str| {
+        alice.send_message(&bob_jid, body).step(lab, "send");
+        bob.expect_message("alice@example.com", body, PATIENCE)
+            .step(lab, body);
+    };
+
+    // 1. A CA made offline; certificates issued from the sides' CSRs; both restarted on them.
+    ok(EDGE, &["pki", "ca", "--dir", &s(&offline.join("ca1"))]);
+    let ca1 = issue("ca1");
+    install(&ca1);
+    trust(&["ca1"]);
+    drop(lab.edge.take());
+    lab.edge = Some(
+        causeway_testkit::lab::spawn_daemon(
+            std::path::Path::new(EDGE),
+            "edge",
+            lab.dir.path(),
+            "info",
+        )
+        .step(&lab, "edge on the CSR-issued certificate"),
+    );
+    lab.restart_core()
+        .step(&lab, "core on the CSR-issued certificate");
+    lab.wait_tunnel_up(PATIENCE).step(&lab, "tunnel up on CA 1");
+    talk(&lab, &mut alice, &mut bob, "on ca1");
+    let sessions = |lab: &Lab| edge_log(lab).matches("core connected").count();
+    let connected = sessions(&lab);
+
+    // 2. Rotation, both running: trust both, re-issue from CA 2, trust CA 2 only.
+    ok(
+        EDGE,
+        &[
+            "pki",
+            "ca",
+            "--dir",
+            &s(&offline.join("ca2")),
+            "--name",
+            "Causeway traversal CA 2",
+        ],
+    );
+    trust(&["ca1", "ca2"]);
+    reload_both(&lab);
+    talk(&lab, &mut alice, &mut bob, "trusting both");
+    let ca2 = issue("ca2");
+    install(&ca2);
+    reload_both(&lab);
+    talk(&lab, &mut alice, &mut bob, "on ca2 certificates");
+    trust(&["ca2"]);
+    reload_both(&lab);
+    talk(&lab, &mut alice, &mut bob, "trusting ca2 only");
+    assert_eq!(
+        sessions(&lab),
+        connected,
+        "the tunnel reconnected during the rotation:\n{}",
+        edge_log(&lab)
+    );
+
+    // A new session (core restarted) uses the CA 2 certificates, trusted alone.
+    lab.restart_core()
+        .step(&lab, "core restarted after the rotation");
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || sessions(&lab) > connected),
+        "core did not reconnect with its CA 2 certificate:\n{}",
+        lab.diagnostics()
+    );
+    talk(&lab, &mut alice, &mut bob, "after a restart on ca2");
+
+    // 3. Revoking the core (CA 2) cuts it off.
+    let crl = s(&pki.join("traversal.crl"));
+    let ca2_dir = offline.join("ca2");
+    ok(
+        EDGE,
+        &[
+            "pki",
+            "revoke",
+            "--ca-cert",
+            &s(&ca2_dir.join("traversal-ca.crt")),
+            "--ca-key",
+            &s(&ca2_dir.join("traversal-ca.key")),
+            "--crl",
+            &crl,
+            &s(&pki.join("core-tunnel.crt")),
+        ],
+    );
+    reload_with_crls(&lab, Some("\"pki/traversal.crl\""));
+    assert!(
+        causeway_testkit::wait_until(PATIENCE, || {
+            edge_log(&lab).contains("refusing core: its traversal certificate is not accepted")
+        }),
+        "the revoked core was not refused:\n{}",
+        edge_log(&lab)
+    );
+}

@@ -40,6 +40,11 @@ pub enum CertCommand {
         /// Overwrite an existing key and request.
         #[arg(long)]
         force: bool,
+        /// A request for the traversal tunnel instead: the one name the tunnel checks (the
+        /// edge's FQDN, core's [tunnel] edge_name; core.id for core), file stem
+        /// edge-tunnel / core-tunnel. Sign it with `edge pki sign`.
+        #[arg(long)]
+        tunnel: bool,
     },
 }
 
@@ -102,6 +107,7 @@ pub fn run(ctx: &CertContext, command: CertCommand) -> anyhow::Result<()> {
             domains,
             xmpp_addr,
             force,
+            tunnel,
         } => {
             let config = config
                 .unwrap_or_else(|| PathBuf::from(format!("/etc/causeway/{}.toml", ctx.binary)));
@@ -110,6 +116,17 @@ pub fn run(ctx: &CertContext, command: CertCommand) -> anyhow::Result<()> {
                 names.fqdn = Some(f);
             }
             names.domains.extend(domains);
+            let tunnel_stem = format!("{}-tunnel", ctx.binary);
+            let name = if tunnel {
+                names.domains.clear();
+                names.aliases.clear();
+                if names.fqdn.is_none() {
+                    bail!("--tunnel: give the name the tunnel checks with --fqdn (core's [tunnel] edge_name)");
+                }
+                name.or(Some(tunnel_stem))
+            } else {
+                name
+            };
             let all = names.all();
             let Some(cn) = names.fqdn.clone().or_else(|| all.first().cloned()) else {
                 bail!(
@@ -152,7 +169,7 @@ pub fn run(ctx: &CertContext, command: CertCommand) -> anyhow::Result<()> {
 }
 
 /// Create or replace `path`; `private` files get mode 0600 (also when they existed).
-fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

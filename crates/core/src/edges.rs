@@ -237,6 +237,14 @@ impl Edges {
         }
     }
 
+    /// New tunnel certificate, key and CAs for every edge's next connection.
+    pub fn set_tls(&self, tls: &TlsFiles) -> Result<(), TunnelError> {
+        for l in self.links.iter() {
+            l.tunnel.set_tls(tls.clone())?;
+        }
+        Ok(())
+    }
+
     /// Tell every edge this core drains (see crates/core/src/drain.rs).
     pub fn drain(&self, within_secs: u32) {
         for l in self.links.iter() {

@@ -213,6 +213,15 @@ pub struct Core {
     pub drain_within: Duration,
 }
 
+/// The tunnel's certificate, key and trusted CAs, read from the files `[tunnel]` names.
+pub fn tunnel_tls(t: &config::TunnelSection) -> anyhow::Result<TlsFiles> {
+    Ok(TlsFiles {
+        cert_pem: causeway_pki::read_file(&t.cert)?,
+        key_pem: causeway_pki::read_file(&t.key)?,
+        ca_pem: causeway_pki::read_file(&t.ca)?,
+    })
+}
+
 /// Start core from a validated config (a wiring function).
 pub async fn start(
     mut cfg: config::Validated,
@@ -248,11 +257,7 @@ pub async fn start(
     let t = &cfg.raw.tunnel;
     let (tunnel, from_edge) = edges::Edges::start(
         &cfg.edges,
-        TlsFiles {
-            cert_pem: causeway_pki::read_file(&t.cert)?,
-            key_pem: causeway_pki::read_file(&t.key)?,
-            ca_pem: causeway_pki::read_file(&t.ca)?,
-        },
+        tunnel_tls(t)?,
         CoreHello {
             core_id: cfg.raw.core.id.clone(),
             domains: cfg.domains.clone(),

@@ -60,7 +60,20 @@ impl RestartOnly {
             settings: vec![
                 ("core.id", r.core.id.clone()),
                 ("s2s.listen", r.s2s.listen.to_string()),
-                ("tunnel", format!("{:?}", r.tunnel)),
+                // Not the certificate, key and CAs: a reload applies them.
+                (
+                    "tunnel",
+                    format!(
+                        "{:?} {:?} {:?} {} {} {} {}",
+                        r.tunnel.edge,
+                        r.tunnel.edge_name,
+                        r.tunnel.edges,
+                        r.tunnel.window,
+                        r.tunnel.window_bytes,
+                        r.tunnel.keepalive_secs,
+                        r.tunnel.drain_secs
+                    ),
+                ),
                 ("admin", format!("{:?}", r.admin)),
                 ("metrics", format!("{:?}", r.metrics)),
                 ("log", format!("{:?}", r.log)),
@@ -85,6 +98,11 @@ impl Core {
     pub async fn reload(&self) -> anyhow::Result<String> {
         let next = crate::config::load(&self.config_path)?;
         let s2s_cfg = s2s_config(&next)?;
+        // The next tunnel connection uses the files as they are now (a CA rotation, a
+        // renewal); the established sessions keep theirs.
+        self.tunnel
+            .set_tls(&crate::tunnel_tls(&next.raw.tunnel)?)
+            .map_err(|e| anyhow::anyhow!("tunnel.cert, tunnel.key or tunnel.ca: {e}"))?;
         let discovery = &self.discovery;
         let table = discovery.nodes();
         for w in &next.node_config.warnings {

@@ -457,11 +457,7 @@ pub async fn start(
         anyhow::bail!("federation.listen and tunnel.listen: no address could be bound");
     };
 
-    let tls = TlsFiles {
-        cert_pem: causeway_pki::read_file(&cfg.raw.tunnel.cert)?,
-        key_pem: causeway_pki::read_file(&cfg.raw.tunnel.key)?,
-        ca_pem: causeway_pki::read_file(&cfg.raw.tunnel.ca)?,
-    };
+    let tls = tunnel_tls(&cfg)?;
     let opts = TunnelOptions {
         window: cfg.raw.tunnel.window,
         window_bytes: cfg.raw.tunnel.window_bytes,
@@ -522,6 +518,16 @@ pub async fn start(
         started: std::time::SystemTime::now(),
         heartbeats,
         drain_within: causeway_app::drain_within(cfg.raw.tunnel.drain_secs)?,
+    })
+}
+
+/// The tunnel's certificate, key and trusted CAs, read from the files the config names.
+pub fn tunnel_tls(cfg: &config::Validated) -> anyhow::Result<TlsFiles> {
+    let t = &cfg.raw.tunnel;
+    Ok(TlsFiles {
+        cert_pem: causeway_pki::read_file(&t.cert)?,
+        key_pem: causeway_pki::read_file(&t.key)?,
+        ca_pem: causeway_pki::read_file(&t.ca)?,
     })
 }
 

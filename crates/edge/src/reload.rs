@@ -29,6 +29,11 @@ impl Edge {
         let _one_at_a_time = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
         let s2s_cfg = crate::s2s_config(&next).context("new config refused")?;
         let rules = Rules::from_config(&next).context("new config refused")?;
+        // New tunnel connections use the files as they are now (a CA rotation, a renewal);
+        // established sessions keep theirs. Refused here, nothing else is applied either.
+        self.tunnel
+            .set_tls(&crate::tunnel_tls(&next).context("new config refused")?)
+            .context("new config refused: tunnel.cert, tunnel.key or tunnel.ca")?;
         crate::warn_shadowed(&rules.policy);
         let summary = summarize(&next, &rules);
         let restart = self.needs_restart(&next);

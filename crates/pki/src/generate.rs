@@ -124,6 +124,12 @@ fn pair(cert: rcgen::Certificate, key: &KeyPair) -> CertPair {
 /// key usages keyCertSign + cRLSign + digitalSignature, ECDSA P-256, valid
 /// for ten years from now (backdated one hour for clock skew).
 pub fn generate_ca(common_name: &str) -> Result<CertPair, PkiError> {
+    generate_ca_for(common_name, "Causeway lab")
+}
+
+/// A CA as [`generate_ca`] makes one, with `organization` in its subject (the traversal CA an
+/// administrator creates for production, offline).
+pub fn generate_ca_for(common_name: &str, organization: &str) -> Result<CertPair, PkiError> {
     if common_name.trim().is_empty() {
         return Err(PkiError::Gen("CA common name is empty".into()));
     }
@@ -135,7 +141,7 @@ pub fn generate_ca(common_name: &str) -> Result<CertPair, PkiError> {
         .push(DnType::CommonName, common_name.trim());
     params
         .distinguished_name
-        .push(DnType::OrganizationName, "Causeway lab");
+        .push(DnType::OrganizationName, organization);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -179,6 +185,42 @@ fn sign_leaf(
     let key = new_key()?;
     let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
     Ok(pair(cert, &key))
+}
+
+/// A certificate for the key of a certificate signing request (PEM), signed by `ca`: the
+/// request's subject and DNS names (IP addresses too), with our own constraints: not a CA,
+/// digitalSignature, the EKU of `usage`, valid `days` from now. What else the request asks
+/// for is not granted. Returns the certificate PEM.
+///
+/// Errors if the request cannot be parsed, its signature is wrong, it names nothing, or `ca`
+/// cannot be used.
+pub fn sign_csr(ca: &CertPair, csr_pem: &str, usage: Usage, days: u32) -> Result<String, PkiError> {
+    let issuer = ca_issuer(ca)?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError::Gen(format!("certificate signing request: {e}")))?;
+    let names: Vec<rcgen::SanType> = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .filter(|n| matches!(n, rcgen::SanType::DnsName(_) | rcgen::SanType::IpAddress(_)))
+        .cloned()
+        .collect();
+    if names.is_empty() {
+        return Err(PkiError::Gen(
+            "certificate signing request: no DNS name to certify".into(),
+        ));
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = csr.params.distinguished_name.clone();
+    params.subject_alt_names = names;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = usage.ekus();
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days)?;
+    csr.params = params;
+    let cert = csr.signed_by(&issuer).map_err(gen_err)?;
+    Ok(cert.pem())
 }
 
 /// Like [`issue`], with an explicit extended key usage: `server_auth` adds

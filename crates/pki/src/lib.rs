@@ -36,8 +36,8 @@ mod tls;
 pub use csr::csr;
 pub use files::{lab_init, load_certs, load_key, read_file};
 pub use generate::{
-    crl_serials, generate_ca, issue, issue_with_eku, issue_xmpp_addr, issued_serial, make_crl,
-    make_crl_serials, self_signed, CertPair, Usage,
+    crl_serials, generate_ca, generate_ca_for, issue, issue_with_eku, issue_xmpp_addr,
+    issued_serial, make_crl, make_crl_serials, self_signed, sign_csr, CertPair, Usage,
 };
 pub use names::{
     cert_matches_domain, cert_names, cert_not_after, cert_warnings, name_matches, ID_ON_DNS_SRV,

@@ -58,6 +58,8 @@ struct CoreInner {
     /// Ends the current session (so that the next one says hello again), with the hello
     /// revision that session announced.
     session: Mutex<Option<(u64, CancellationToken)>>,
+    /// The certificate, key and CAs the next connection uses ([`CoreTunnel::set_tls`]).
+    tls: Mutex<TlsFiles>,
 }
 
 impl CoreTunnel {
@@ -86,9 +88,19 @@ impl CoreTunnel {
             instance: random_instance(),
             hello: Mutex::new((0, cfg.hello.clone())),
             session: Mutex::new(None),
+            tls: Mutex::new(cfg.tls.clone()),
         });
         tokio::spawn(run_loop(inner.clone(), cfg, deliver_tx));
         (CoreTunnel { inner }, deliver_rx)
+    }
+
+    /// Replace the tunnel's certificate, key and trusted CAs (a reload, a CA rotation): the
+    /// next connection uses them; the established session keeps going. Invalid PEM is refused
+    /// and the running files stay.
+    pub fn set_tls(&self, tls: TlsFiles) -> Result<(), TunnelError> {
+        tls::validate(&tls)?;
+        *lock(&self.inner.tls) = tls;
+        Ok(())
     }
 
     /// Queues a stanza for the edge, waiting for room in the replay window.
@@ -317,12 +329,13 @@ struct Established {
 }
 
 async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Established, TunnelError> {
-    tls::validate(&cfg.tls)?;
+    let files = lock(&inner.tls).clone();
+    tls::validate(&files)?;
     let keepalive = cfg.opts.keepalive_or_min();
     let dead_after = cfg.opts.dead_after();
     let endpoint = Endpoint::from_shared(format!("https://{}", cfg.edge_addr))
         .map_err(|e| TunnelError::Transport(format!("bad edge address: {}", error_chain(&e))))?
-        .tls_config(tls::client_config(&cfg.tls, &cfg.edge_name).timeout(dead_after))
+        .tls_config(tls::client_config(&files, &cfg.edge_name).timeout(dead_after))
         .map_err(|e| TunnelError::Tls(error_chain(&e)))?
         .connect_timeout(dead_after)
         .tcp_nodelay(true)

@@ -62,6 +62,8 @@ struct EdgeInner {
     peer_check: Mutex<Option<PeerCheck>>,
     /// Non-zero once the edge drains: the seconds within which it ends its sessions.
     drain_within: std::sync::atomic::AtomicU32,
+    /// The TLS config new connections are accepted with ([`EdgeTunnel::set_tls`] replaces it).
+    tls: Mutex<Arc<rustls::ServerConfig>>,
 }
 
 /// Per-core state, kept for the life of the edge process.
@@ -110,11 +112,9 @@ impl EdgeTunnel {
         events: mpsc::Sender<EdgeEvent>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(EdgeTunnel, JoinHandle<Result<(), TunnelError>>), TunnelError> {
-        tls::validate(&tls)?;
+        let server_tls = tls::server_config(&tls)?;
         let keepalive = opts.keepalive_or_min();
         let mut builder = Server::builder()
-            .tls_config(tls::server_config(&tls).timeout(opts.handshake_timeout))
-            .map_err(|e| TunnelError::Tls(error_chain(&e)))?
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive * 2));
         let peer_check = opts.peer_check.clone();
@@ -126,19 +126,23 @@ impl EdgeTunnel {
             cancel: CancellationToken::new(),
             peer_check: Mutex::new(peer_check),
             drain_within: std::sync::atomic::AtomicU32::new(0),
+            tls: Mutex::new(server_tls),
         });
         let service = TraversalServer::new(TraversalService {
             inner: inner.clone(),
         })
         .max_decoding_message_size(MAX_FRAME_BYTES);
         let router = builder.add_service(service);
-        let incoming = capped(
-            futures::stream::select_all(
-                listeners
-                    .into_iter()
-                    .map(|l| TcpIncoming::from(l).with_nodelay(Some(true))),
+        let incoming = handshaken(
+            capped(
+                futures::stream::select_all(
+                    listeners
+                        .into_iter()
+                        .map(|l| TcpIncoming::from(l).with_nodelay(Some(true))),
+                ),
+                inner.opts.max_connections,
             ),
-            inner.opts.max_connections,
+            inner.clone(),
         );
         let server_inner = inner.clone();
         let handle = tokio::spawn(async move {
@@ -208,6 +212,15 @@ impl EdgeTunnel {
             }
         }
         cut
+    }
+
+    /// Replace the tunnel's certificate, key and trusted CAs (a reload, a CA rotation): the
+    /// connections accepted from now on use them; established sessions keep going. An error
+    /// (unreadable PEM, a key that does not match) leaves the running config in place.
+    pub fn set_tls(&self, tls: &TlsFiles) -> Result<(), TunnelError> {
+        let config = tls::server_config(tls)?;
+        *lock(&self.inner.tls) = config;
+        Ok(())
     }
 
     /// The edge drains: tell every core (now and when one connects later; sessions at protocol
@@ -545,6 +558,47 @@ fn capped(
         },
         Err(e) => Some(Err(e)),
     })
+}
+
+/// TLS handshakes of the accepted connections, each in a task of its own bounded by the
+/// handshake timeout (a slow client holds only its own connection slot), with the config in
+/// force when it was accepted; the established ones, in completion order.
+fn handshaken(
+    incoming: impl Stream<Item = std::io::Result<Capped>> + Send + 'static,
+    inner: Arc<EdgeInner>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<Capped>>> + Send + 'static {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        tokio::pin!(incoming);
+        loop {
+            let next = tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                next = incoming.next() => next,
+            };
+            let capped = match next {
+                None => return,
+                Some(Err(e)) => {
+                    debug!(error = %e, "tunnel accept failed");
+                    continue;
+                }
+                Some(Ok(c)) => c,
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(lock(&inner.tls).clone());
+            let limit = inner.opts.handshake_timeout;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let peer = capped.tcp.peer_addr().ok();
+                match tokio::time::timeout(limit, acceptor.accept(capped)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => debug!(?peer, error = %e, "tunnel TLS handshake failed"),
+                    Err(_) => debug!(?peer, "tunnel TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// A tunnel TCP connection holding its slot of the connection cap.

@@ -2,7 +2,9 @@
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::sync::Arc;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use x509_parser::extensions::GeneralName;
 
 use crate::{TlsFiles, TunnelError};
@@ -34,11 +36,39 @@ pub(crate) fn validate(tls: &TlsFiles) -> Result<(), TunnelError> {
     Ok(())
 }
 
-pub(crate) fn server_config(tls: &TlsFiles) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
-        .client_auth_optional(false)
+/// The edge's TLS server config: its certificate, and client certificates required and
+/// verified against every CA in `tls.ca_pem` (a bundle: during a CA rotation, the old and the
+/// new CA). Built anew by [`crate::EdgeTunnel::set_tls`]: connections accepted afterwards
+/// use it, established ones keep theirs.
+pub(crate) fn server_config(tls: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TunnelError> {
+    validate(tls)?;
+    let bad = |what: &str, e: &dyn std::fmt::Display| TunnelError::Tls(format!("{what}: {e}"));
+    let certs = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("own certificate", &e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| bad("own private key", &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&tls.ca_pem) {
+        roots
+            .add(ca.map_err(|e| bad("traversal CA", &e))?)
+            .map_err(|e| bad("traversal CA", &e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad("traversal CA", &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("own certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 pub(crate) fn client_config(tls: &TlsFiles, server_name: &str) -> ClientTlsConfig {
