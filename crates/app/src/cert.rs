@@ -320,6 +320,7 @@ mod tests {
             domains: vec!["extra.example.com".into()],
             xmpp_addr: true,
             force,
+            tunnel: false,
         };
         run(&ctx, cmd(false)).expect("csr");
         let key = dir.join("edge-federation.key");
