@@ -31,6 +31,40 @@ pub struct Outcome {
     pub summary: String,
 }
 
+/// Drain a daemon within `within` (the common part of crates/edge/src/drain.rs and
+/// crates/core/src/drain.rs): `tell_peer` tells the tunnel's other side (with the deadline in
+/// seconds), `s2s` stops accepting and closes its sessions, then what is left is waited out:
+/// s2s sessions, queued bytes, and `unacked()` tunnel stanzas. `routed_around` says, for the
+/// log, who now takes the traffic.
+pub async fn drain_daemon(
+    within: Duration,
+    s2s: &causeway_s2s::S2s,
+    tell_peer: impl FnOnce(u32),
+    unacked: impl Fn() -> usize,
+    routed_around: &str,
+) -> Outcome {
+    let module = causeway_s2s::LOG_MODULE;
+    tracing::info!(
+        module,
+        within_secs = within.as_secs(),
+        "draining: no new s2s connections, {routed_around}"
+    );
+    tell_peer(u32::try_from(within.as_secs()).unwrap_or(u32::MAX));
+    s2s.drain(Instant::now() + within);
+    let outcome = wait(within, || Remaining {
+        sessions: s2s.sessions().len(),
+        queued_bytes: s2s.queued_bytes(),
+        unacked: unacked(),
+    })
+    .await;
+    if outcome.complete {
+        tracing::info!(module, summary = %outcome.summary, "drained");
+    } else {
+        tracing::warn!(module, summary = %outcome.summary, "drain incomplete");
+    }
+    outcome
+}
+
 /// Poll `remaining` every 50 ms until it is empty or `within` has passed.
 pub async fn wait(within: Duration, remaining: impl Fn() -> Remaining) -> Outcome {
     let started = Instant::now();

@@ -25,6 +25,28 @@ impl MetricsSection {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
     }
 
+    /// Bind the listener (`listen`, or loopback with `default_port`) and serve `routes` on it
+    /// (crates/http); logs and returns the bound address.
+    pub async fn serve(
+        &self,
+        default_port: u16,
+        routes: causeway_http::Routes,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = causeway_http::server::bind(self.listen_or(default_port)).await?;
+        let addr = listener.local_addr()?;
+        causeway_http::server::spawn(listener, std::sync::Arc::new(routes), Default::default());
+        tracing::info!(listen = %addr, "http: serving /metrics, /healthz and /readyz on http://{addr}");
+        Ok(addr)
+    }
+
+    /// The warnings of `check` about an optional `[metrics]` section.
+    pub fn warnings(section: Option<&Self>, default_port: u16) -> Vec<String> {
+        section
+            .and_then(|m| m.warning(default_port))
+            .into_iter()
+            .collect()
+    }
+
     /// A warning when the listener is bound beyond loopback.
     pub fn warning(&self, default_port: u16) -> Option<String> {
         let addr = self.listen_or(default_port);

@@ -262,12 +262,10 @@ pub struct Validated {
 /// What `check` warns about in a valid config.
 pub fn warnings(cfg: &Validated) -> Vec<String> {
     let mut out = cfg.node_config.warnings.clone();
-    out.extend(
-        cfg.raw
-            .metrics
-            .as_ref()
-            .and_then(|m| m.warning(crate::http::DEFAULT_PORT)),
-    );
+    out.extend(causeway_app::metrics::MetricsSection::warnings(
+        cfg.raw.metrics.as_ref(),
+        crate::http::DEFAULT_PORT,
+    ));
     out
 }
 

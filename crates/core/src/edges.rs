@@ -291,16 +291,30 @@ async fn supervise(edges: Edges, grace: Duration) {
     }
     drop(changed_tx);
     let mut failover = Failover::new(grace);
+    // Drained edges whose unacknowledged stanzas were taken back since they left.
+    let mut drained_taken = std::collections::HashSet::new();
     loop {
         let now = Instant::now();
         let mut gone = Vec::new();
+        let others_up = |me: usize| {
+            edges
+                .links
+                .iter()
+                .enumerate()
+                .any(|(j, l)| j != me && l.tunnel.is_connected())
+        };
         for (i, link) in edges.links.iter().enumerate() {
             let connected = link.tunnel.is_connected();
             failover.observe(&i, connected, now);
+            if connected {
+                drained_taken.remove(&i);
+            }
             // An edge that said it drains and then left is not coming back soon: what it
-            // left unacknowledged goes another way at once, not after the grace (taking back
-            // twice finds nothing the second time).
-            if !connected && link.tunnel.peer_draining() {
+            // left unacknowledged goes through another edge at once, not after the grace;
+            // once, and only if another edge is up (else it waits in the window for the
+            // edge's return, as with one edge).
+            if !connected && link.tunnel.peer_draining() && others_up(i) && drained_taken.insert(i)
+            {
                 gone.push(i);
             }
         }

@@ -15,7 +15,7 @@ use crate::Core;
 /// The listener's port when `[metrics]` gives no `listen` (on loopback).
 pub const DEFAULT_PORT: u16 = 9465;
 
-/// Serve the endpoints if `[metrics]` is configured; logs and returns the bound address.
+/// Serve the endpoints if `[metrics]` is configured; returns the bound address.
 pub async fn serve(
     core: &Arc<Core>,
     section: Option<MetricsSection>,
@@ -23,8 +23,6 @@ pub async fn serve(
     let Some(section) = section else {
         return Ok(None);
     };
-    let listener = causeway_http::server::bind(section.listen_or(DEFAULT_PORT)).await?;
-    let addr = listener.local_addr()?;
     let sources = crate::metrics::Sources::new(core);
     let judged = core.clone();
     let routes = Routes {
@@ -32,9 +30,7 @@ pub async fn serve(
         health: core.heartbeats.clone(),
         ready: Box::new(move || readiness(&judged)),
     };
-    causeway_http::server::spawn(listener, Arc::new(routes), Default::default());
-    tracing::info!(listen = %addr, "http: serving /metrics, /healthz and /readyz on http://{addr}");
-    Ok(Some(addr))
+    Ok(Some(section.serve(DEFAULT_PORT, routes).await?))
 }
 
 /// One line for `systemctl status`: ready, or not and why.

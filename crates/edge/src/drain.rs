@@ -13,33 +13,20 @@
 //! the other edges at once (they were told this edge drains), and partners with stream
 //! management re-send what the edge had not acknowledged.
 
-use causeway_app::drain::{Outcome, Remaining};
+use causeway_app::drain::Outcome;
 
 use crate::Edge;
 
 impl Edge {
-    /// Drain (see the module notes); returns what happened. The edge stays up, drained.
+    /// Drain (see the module notes); returns what happened. It stays up, drained.
     pub async fn drain(&self) -> Outcome {
-        let within = self.drain_within;
-        tracing::info!(
-            module = causeway_s2s::LOG_MODULE,
-            within_secs = within.as_secs(),
-            "draining: no new s2s connections, cores told to route around this edge"
-        );
-        self.tunnel
-            .drain(u32::try_from(within.as_secs()).unwrap_or(u32::MAX));
-        self.s2s.drain(std::time::Instant::now() + within);
-        let outcome = causeway_app::drain::wait(within, || Remaining {
-            sessions: self.s2s.sessions().len(),
-            queued_bytes: self.s2s.queued_bytes(),
-            unacked: self.tunnel.unacked(),
-        })
-        .await;
-        if outcome.complete {
-            tracing::info!(module = causeway_s2s::LOG_MODULE, summary = %outcome.summary, "drained");
-        } else {
-            tracing::warn!(module = causeway_s2s::LOG_MODULE, summary = %outcome.summary, "drain incomplete");
-        }
-        outcome
+        causeway_app::drain::drain_daemon(
+            self.drain_within,
+            &self.s2s,
+            |secs| self.tunnel.drain(secs),
+            || self.tunnel.unacked(),
+            "cores told to route around this edge",
+        )
+        .await
     }
 }

@@ -13,7 +13,7 @@ use crate::Edge;
 /// The listener's port when `[metrics]` gives no `listen` (on loopback).
 pub const DEFAULT_PORT: u16 = 9464;
 
-/// Serve the endpoints if `[metrics]` is configured; logs and returns the bound address.
+/// Serve the endpoints if `[metrics]` is configured; returns the bound address.
 pub async fn serve(
     edge: &Arc<Edge>,
     section: Option<MetricsSection>,
@@ -21,8 +21,6 @@ pub async fn serve(
     let Some(section) = section else {
         return Ok(None);
     };
-    let listener = causeway_http::server::bind(section.listen_or(DEFAULT_PORT)).await?;
-    let addr = listener.local_addr()?;
     let sources = crate::metrics::Sources::new(edge);
     let judged = edge.clone();
     let routes = Routes {
@@ -30,9 +28,7 @@ pub async fn serve(
         health: edge.heartbeats.clone(),
         ready: Box::new(move || readiness(&judged)),
     };
-    causeway_http::server::spawn(listener, Arc::new(routes), Default::default());
-    tracing::info!(listen = %addr, "http: serving /metrics, /healthz and /readyz on http://{addr}");
-    Ok(Some(addr))
+    Ok(Some(section.serve(DEFAULT_PORT, routes).await?))
 }
 
 /// Ready when federation is Active: a core is connected and local domains are known (the
