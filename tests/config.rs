@@ -323,6 +323,24 @@ fn exit_codes_check_json_version_completions_and_man_pages() {
         "{}",
         text.text()
     );
+    // Direct TLS on 443 needs a capability the packaged unit does not give.
+    std::fs::write(
+        &file,
+        good.replacen(
+            "[federation]\n",
+            "[federation]\ndirect_tls_listen = \"0.0.0.0:443\"\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let low = run(EDGE, &["check", "-c", path]);
+    assert_eq!(low.code, 0, "{}", low.text());
+    assert!(
+        low.stdout
+            .contains("federation.direct_tls_listen: 0.0.0.0:443 is a port below 1024"),
+        "{}",
+        low.text()
+    );
     // A bad config: exit 1, the error naming the setting.
     std::fs::write(&file, good.replace("[dns]", "[dns]\nnameserverz = []")).expect("write");
     let bad = run(EDGE, &["check", "--json", "-c", path]);

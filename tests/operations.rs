@@ -61,6 +61,7 @@ fn status_shows_the_connected_core_and_active_federation() {
     assert_eq!(cores[0]["id"], "core1.example.com");
     assert!(!cores[0]["version"].as_str().unwrap_or("").is_empty());
     assert!(cores[0]["since_unix"].as_u64().unwrap_or(0) > 0, "{v:#}");
+    assert_eq!(cores[0]["protocol"], 2, "tunnel protocol revision: {v:#}");
     assert_eq!(strings(&cores[0]["domains"]), vec![LOCAL.to_owned()]);
     let domains = v["edge"]["domains"].as_array().cloned().unwrap_or_default();
     let kind_of = |name: &str| {
@@ -122,6 +123,10 @@ fn status_shows_the_connected_core_and_active_federation() {
         "core status shows no certificate warning for {LOCAL_MUC}: {v:#}"
     );
     assert_eq!(c["tunnel"]["state"], "connected", "{v:#}");
+    assert_eq!(
+        c["tunnel"]["protocol"], 2,
+        "the session's tunnel protocol revision: {v:#}"
+    );
     assert!(c["tunnel"]["since_unix"].as_u64().unwrap_or(0) > 0, "{v:#}");
     assert_eq!(c["domains"][0]["name"], LOCAL, "{v:#}");
     assert_eq!(
@@ -142,6 +147,11 @@ fn status_shows_the_connected_core_and_active_federation() {
     println!("$ core status\n{}", human.stdout);
     assert_eq!(human.code, 0, "{}", human.text());
     assert!(human.stdout.contains("Connected since"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("(tunnel protocol 2)"),
+        "{}",
+        human.stdout
+    );
     assert!(human.stdout.contains("active"), "{}", human.stdout);
 }
 

@@ -145,6 +145,7 @@ fn tunnel_status(link: &crate::edges::EdgeLink) -> Tunnel {
     let mut tunnel = Tunnel {
         edge: link.address.clone(),
         edge_name: link.name.clone(),
+        protocol: link.tunnel.protocol(),
         ..Default::default()
     };
     match link.tunnel.state() {
@@ -254,8 +255,9 @@ fn render_tunnel(tunnel: &Tunnel) -> String {
     let to = format!("tunnel to {} at {}", tunnel.edge_name, tunnel.edge);
     match tunnel.state.as_str() {
         "connected" => format!(
-            "{to}: Connected since {}\n",
-            plumbing::since(tunnel.since_unix)
+            "{to}: Connected since {} (tunnel protocol {})\n",
+            plumbing::since(tunnel.since_unix),
+            tunnel.protocol
         ),
         "connecting" => {
             let mut line = format!(

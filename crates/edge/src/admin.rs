@@ -158,6 +158,7 @@ pub fn status(edge: &Edge) -> StatusReply {
         .map(|h| ConnectedCore {
             id: h.core_id.clone(),
             version: h.version.clone(),
+            protocol: h.protocol,
             since_unix: hellos
                 .get(&h.core_id)
                 .map(|(_, t)| plumbing::unix_secs(*t))
@@ -249,11 +250,16 @@ pub fn render_status(reply: &StatusReply) -> (String, i32) {
                 vec![
                     c.id.clone(),
                     c.version.clone(),
+                    c.protocol.to_string(),
                     plumbing::since(c.since_unix),
                 ]
             })
             .collect();
-        out.push_str(&plumbing::table("  ", &["ID", "VERSION", "SINCE"], &rows));
+        out.push_str(&plumbing::table(
+            "  ",
+            &["ID", "VERSION", "PROTOCOL", "SINCE"],
+            &rows,
+        ));
     }
     if edge.domains.is_empty() {
         out.push_str("local domains: none known\n");

@@ -373,6 +373,24 @@ pub struct Validated {
 /// What `check` warns about in a valid config.
 pub fn warnings(cfg: &Validated) -> Vec<String> {
     let mut out = Vec::new();
+    let (t, f) = (&cfg.raw.tunnel, &cfg.raw.federation);
+    let listeners = [
+        ("tunnel.listen", Some(&t.listen)),
+        ("federation.listen", Some(&f.listen)),
+        ("federation.direct_tls_listen", f.direct_tls_listen.as_ref()),
+    ];
+    for (key, addrs) in listeners {
+        if let Some(low) = addrs
+            .into_iter()
+            .flat_map(|a| a.addrs())
+            .find(|a| a.port() < 1024)
+        {
+            out.push(format!(
+                "{key}: {low} is a port below 1024: the packaged unit runs without capabilities; \
+                 give it CAP_NET_BIND_SERVICE in a drop-in (`systemctl edit causeway-edge`)"
+            ));
+        }
+    }
     out.extend(causeway_app::metrics::MetricsSection::warnings(
         cfg.raw.metrics.as_ref(),
         crate::http::DEFAULT_PORT,
