@@ -366,11 +366,7 @@ fn metrics_after_a_conversation_and_certificate_warnings() {
     let mut lab = start(opts);
 
     // core too: the same config plus [metrics], then a restart (the tunnel reconnects).
-    let core_toml = lab.config_path("core");
-    let mut text = std::fs::read_to_string(&core_toml).expect("core.toml");
-    text.push_str(&format!("\n[metrics]\nlisten = \"{core_metrics}\"\n"));
-    std::fs::write(&core_toml, text).expect("core.toml");
-    lab.restart_core().step(&lab, "restart core with metrics");
+    crate::support::restart_core_with_metrics(&mut lab, core_metrics);
     let core_peer = "{peer=\"core1.example.com\"}";
     scrape_until(&lab, edge_metrics, |s| {
         get(s, &format!("causeway_tunnel_connected{core_peer}")) == 1.0

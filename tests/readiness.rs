@@ -57,11 +57,7 @@ fn readyz_follows_the_tunnel_and_healthz_stays_ok() {
     let mut opts = options(n);
     opts.edge_extra = format!("[metrics]\nlisten = \"{edge_http}\"\n");
     let mut lab = start(opts);
-    let core_toml = lab.config_path("core");
-    let mut text = std::fs::read_to_string(&core_toml).expect("core.toml");
-    text.push_str(&format!("\n[metrics]\nlisten = \"{core_http}\"\n"));
-    std::fs::write(&core_toml, text).expect("core.toml");
-    lab.restart_core().step(&lab, "restart core with [metrics]");
+    crate::support::restart_core_with_metrics(&mut lab, core_http);
 
     until(&lab, edge_http, "/readyz", 200, "ready\n");
     until(&lab, core_http, "/readyz", 200, "ready\n");

@@ -52,6 +52,16 @@ impl<T> Step<T> for anyhow::Result<T> {
     }
 }
 
+/// Give the lab's core a `[metrics]` listener on `listen` and restart it (the tunnel
+/// reconnects).
+pub fn restart_core_with_metrics(lab: &mut Lab, listen: SocketAddr) {
+    let core_toml = lab.config_path("core");
+    let mut text = std::fs::read_to_string(&core_toml).expect("core.toml");
+    text.push_str(&format!("\n[metrics]\nlisten = \"{listen}\"\n"));
+    std::fs::write(&core_toml, text).expect("core.toml");
+    lab.restart_core().step(lab, "restart core with [metrics]");
+}
+
 /// Everything the edge logged so far.
 pub fn edge_log(lab: &Lab) -> String {
     std::fs::read_to_string(lab.dir.path().join("edge.log")).unwrap_or_default()
