@@ -67,6 +67,7 @@ fn settings(b: u8) -> Settings {
         stream_management: b & 16 != 0,
         require_peer_certs: b & 32 != 0,
         dialback_secret: "fuzz-secret".into(),
+        dialback_previous: (b & 64 != 0).then(|| "fuzz-previous-secret".into()),
         deadlines: deadlines(),
     }
 }
@@ -143,7 +144,15 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             5 => m.peer_closed(),
-            6 => m.frame_error(causeway_xmpp::FrameError::NotWellFormed("fuzz".into())),
+            6 => {
+                let b = input.byte();
+                if b % 2 == 0 {
+                    m.frame_error(causeway_xmpp::FrameError::NotWellFormed("fuzz".into()));
+                } else {
+                    // A drain: system-shutdown, then read until the peer closes or `by`.
+                    m.shutdown(now + Duration::from_millis(u64::from(b) * 100));
+                }
+            }
             7 => {
                 if input.byte() % 2 == 0 {
                     m.tls_established(now, cert_status(input.byte()));

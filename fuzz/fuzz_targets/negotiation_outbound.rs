@@ -159,10 +159,11 @@ fuzz_target!(|data: &[u8]| {
                     m.element(now, &el, &world);
                 }
             }
-            7 => match input.byte() % 4 {
+            7 => match input.byte() % 5 {
                 0 => m.peer_closed(),
                 1 => m.frame_error(&causeway_xmpp::FrameError::NotWellFormed("fuzz".into())),
                 2 => m.connection_failed("fuzz".into()),
+                3 => m.close(),
                 _ => {
                     world.covers = !world.covers;
                     let b = input.byte();
