@@ -163,4 +163,19 @@ fn readyz_follows_the_tunnel_and_healthz_stays_ok() {
         "{body}"
     );
     assert_eq!(get(core_http, "/healthz").0, 200, "drained, still alive");
+    let status = crate::support::run(
+        env!("CARGO_BIN_EXE_core"),
+        &["status", "--socket", socket.to_str().expect("utf-8")],
+    );
+    assert_eq!(
+        status.code,
+        2,
+        "a drained core is not doing its job: {}",
+        status.text()
+    );
+    assert!(
+        status.stdout.contains("Draining (a planned stop)"),
+        "{}",
+        status.text()
+    );
 }

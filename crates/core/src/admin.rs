@@ -112,6 +112,7 @@ impl CoreAdmin {
             tunnels,
             domains: crate::servers::local_domains(core.discovery.nodes()),
             s2s_listen: core.s2s_addr.to_string(),
+            draining: core.s2s.is_draining(),
         });
         reply.warnings = certificate_warnings(core);
         reply
@@ -223,7 +224,12 @@ pub fn render_status(reply: &StatusReply) -> (String, i32) {
     }
     let mut out = plumbing::render_header(reply, &format!("core {}", core.core_id));
     let up = tunnels.iter().filter(|t| t.state == "connected").count();
-    let connected = up > 0 && up == tunnels.len();
+    let connected = up > 0 && up == tunnels.len() && !core.draining;
+    if core.draining {
+        out.push_str(
+            "Draining (a planned stop): it takes nothing new; restart it to serve again\n",
+        );
+    }
     if tunnels.len() > 1 {
         out.push_str(&format!("edges: {up} of {} connected\n", tunnels.len()));
     }

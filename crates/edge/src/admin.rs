@@ -186,6 +186,9 @@ pub fn status(edge: &Edge) -> StatusReply {
     // Domains first, then chat node aliases, each by name.
     domains.sort_by(|a, b| (a.kind != "domain", &a.name).cmp(&(b.kind != "domain", &b.name)));
     let mut reasons = Vec::new();
+    if edge.s2s.is_draining() {
+        reasons.push(crate::http::DRAINING.to_owned());
+    }
     if connected.is_empty() {
         reasons.push("no core is connected".to_owned());
     }

@@ -35,14 +35,11 @@ pub async fn serve(
 /// reasons of `edge status` otherwise).
 pub fn readiness(edge: &Edge) -> Verdict {
     let status = crate::admin::status(edge);
-    let mut reasons = status
+    let reasons = status
         .edge
         .and_then(|e| e.federation)
         .map(|f| f.reasons)
         .unwrap_or_else(|| vec!["no status".to_owned()]);
-    if edge.s2s.is_draining() {
-        reasons.insert(0, DRAINING.to_owned());
-    }
     Verdict::from_reasons(reasons)
 }
 

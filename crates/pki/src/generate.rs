@@ -457,6 +457,43 @@ mod tests {
     }
 
     #[test]
+    fn a_csr_is_signed_with_its_names_and_our_constraints() {
+        let ca = generate_ca_for("Traversal CA", "Example").expect("ca");
+        let (csr_pem, key_pem) =
+            crate::csr(&["core1.example.com".to_owned()], &[], "core1.example.com").expect("csr");
+        let cert = sign_csr(&ca, &csr_pem, Usage::Client, 397).expect("signed");
+        let der = der_of(&cert);
+        let (_, x) = parse_x509_certificate(&der).expect("parse");
+        let ca_der = der_of(&ca.cert_pem);
+        let (_, cax) = parse_x509_certificate(&ca_der).expect("parse ca");
+        x.verify_signature(Some(cax.public_key()))
+            .expect("signed by the CA");
+        assert!(cax.subject().to_string().contains("O=Example"));
+        assert!(x.subject().to_string().contains("CN=core1.example.com"));
+        let eku = x.extended_key_usage().expect("eku").expect("present");
+        assert!(eku.value.client_auth && !eku.value.server_auth);
+        assert!(
+            !x.basic_constraints()
+                .expect("bc")
+                .expect("present")
+                .value
+                .ca
+        );
+        let span = x.validity().not_after.timestamp() - x.validity().not_before.timestamp();
+        assert_eq!(span, 397 * 86400 + 3600);
+        // The certificate is for the request's key.
+        let key = rcgen::KeyPair::from_pem(&key_pem).expect("key");
+        assert_eq!(
+            x.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        // Garbage and a tampered request are refused.
+        assert!(sign_csr(&ca, "not a csr", Usage::Server, 1).is_err());
+        let tampered = csr_pem.replacen("MII", "MIJ", 1);
+        assert!(sign_csr(&ca, &tampered, Usage::Server, 1).is_err());
+    }
+
+    #[test]
     fn client_and_dual_usage() {
         let ca = generate_ca("Test CA").expect("ca");
         for (usage, server, client) in [
