@@ -33,10 +33,12 @@ SERVERS = {
     "partner3.test": ("10.231.3.33", "Prosody 0.12"),
     "partner4.test": ("10.231.3.34", "ejabberd 23.01"),
 }
-# Another deployment (the two-host test) gives its own addresses: "domain=ip,domain=ip".
+# Another deployment (the two-host test) gives its own addresses, and labels if it likes:
+# "domain=ip,domain=ip=label".
 for item in filter(None, os.environ.get("CAUSEWAY_SMOKE_SERVERS", "").split(",")):
-    name, _, ip = item.partition("=")
-    SERVERS[name] = (ip, SERVERS.get(name, ("", name))[1])
+    name, _, rest = item.partition("=")
+    ip, _, lbl = rest.partition("=")
+    SERVERS[name] = (ip, lbl or SERVERS.get(name, ("", name))[1])
 ALICE, ERIN = "alice@example.com", "erin@internal2.example"
 PARTNERS = ["bob@partner.test", "carol@partner2.test", "frank@partner3.test", "grace@partner4.test"]
 # A smaller deployment (the two-host test: one internal server, one partner) names its users:
