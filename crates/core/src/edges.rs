@@ -252,6 +252,14 @@ impl Edges {
         }
     }
 
+    /// How many edges have a tunnel session now.
+    pub fn connected(&self) -> usize {
+        self.links
+            .iter()
+            .filter(|l| l.tunnel.is_connected())
+            .count()
+    }
+
     /// Stanzas sent to the edges and not yet acknowledged, over every edge.
     pub fn unacked(&self) -> usize {
         self.links
@@ -291,36 +299,18 @@ async fn supervise(edges: Edges, grace: Duration) {
     }
     drop(changed_tx);
     let mut failover = Failover::new(grace);
-    // Drained edges whose unacknowledged stanzas were taken back since they left.
-    let mut drained_taken = std::collections::HashSet::new();
     loop {
         let now = Instant::now();
-        let mut gone = Vec::new();
-        let others_up = |me: usize| {
-            edges
-                .links
-                .iter()
-                .enumerate()
-                .any(|(j, l)| j != me && l.tunnel.is_connected())
-        };
         for (i, link) in edges.links.iter().enumerate() {
-            let connected = link.tunnel.is_connected();
-            failover.observe(&i, connected, now);
-            if connected {
-                drained_taken.remove(&i);
-            }
-            // An edge that said it drains and then left is not coming back soon: what it
-            // left unacknowledged goes through another edge at once, not after the grace;
-            // once, and only if another edge is up (else it waits in the window for the
-            // edge's return, as with one edge).
-            if !connected && link.tunnel.peer_draining() && others_up(i) && drained_taken.insert(i)
-            {
-                gone.push(i);
-            }
+            // An edge that said it drains is gone as soon as it leaves.
+            failover.observe(
+                &i,
+                link.tunnel.is_connected(),
+                link.tunnel.peer_draining(),
+                now,
+            );
         }
-        gone.extend(failover.gone(now));
-        gone.dedup();
-        for i in gone {
+        for i in failover.gone(now) {
             take_back(&edges, &edges.links[i]);
         }
         // Without a deadline only a state change matters (an hour is "never").

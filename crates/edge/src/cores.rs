@@ -114,19 +114,16 @@ pub(crate) async fn supervise(
         tick.tick().await;
         let now = Instant::now();
         beat.beat();
-        let mut gone = Vec::new();
         for core in tunnel.stats().links.keys() {
-            let connected = tunnel.is_connected(core);
-            failover.observe(core, connected, now);
-            // A core that said it drains and then left is not coming back soon: its
-            // unacknowledged stanzas go another way at once, not after the grace.
-            if !connected && tunnel.peer_draining(core) {
-                gone.push(core.clone());
-            }
+            // A core that said it drains is gone as soon as it leaves.
+            failover.observe(
+                core,
+                tunnel.is_connected(core),
+                tunnel.peer_draining(core),
+                now,
+            );
         }
-        gone.extend(failover.gone(now));
-        gone.dedup();
-        for core in gone {
+        for core in failover.gone(now) {
             let covered = host
                 .domain_cores()
                 .covered_without(&core, |c| tunnel.is_connected(c));

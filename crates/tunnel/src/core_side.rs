@@ -326,6 +326,8 @@ struct Established {
     peer: Hello,
     /// The revision of the hello we sent.
     revision: u64,
+    /// The session's tunnel protocol revision.
+    protocol: u32,
 }
 
 async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Established, TunnelError> {
@@ -390,11 +392,7 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
         Ok(Ok(Some(f))) => f,
     };
     let peer = match first.kind {
-        Some(frame::Kind::Hello(h)) if h.instance != 0 => {
-            crate::protocol::negotiate(crate::protocol::PROTOCOL, h.protocol)
-                .map_err(TunnelError::Protocol)?;
-            h
-        }
+        Some(frame::Kind::Hello(h)) if h.instance != 0 => h,
         Some(frame::Kind::Hello(_)) => {
             return Err(TunnelError::Protocol("edge hello has instance 0".into()))
         }
@@ -404,12 +402,16 @@ async fn establish(inner: &CoreInner, cfg: &CoreTunnelConfig) -> Result<Establis
             ))
         }
     };
+    // The revision our hello advertised against the edge's.
+    let protocol = crate::protocol::negotiate(lock(&inner.hello).1.protocol, peer.protocol)
+        .map_err(TunnelError::Protocol)?;
     Ok(Established {
         _client: client,
         inbound,
         out_tx,
         peer,
         revision,
+        protocol,
     })
 }
 
@@ -425,6 +427,7 @@ async fn run_session(
         out_tx,
         peer,
         revision,
+        protocol,
     } = est;
     let cancel = inner.cancel.child_token();
     *lock(&inner.session) = Some((revision, cancel.clone()));
@@ -432,8 +435,6 @@ async fn run_session(
         // Re-announced while we were saying hello: say it again.
         cancel.cancel();
     }
-    let ours = lock(&inner.hello).1.protocol;
-    let protocol = crate::protocol::negotiate(ours, peer.protocol).unwrap_or(1);
     inner.link.resume_from(&peer, inner.instance, protocol);
     inner.link.set_connected(true);
     inner.state.send_replace(TunnelState::Connected {

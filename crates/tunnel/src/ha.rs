@@ -49,7 +49,8 @@ fn score(key: &str, from: &str, to: &str) -> u64 {
 }
 
 /// When a peer's unacknowledged stanzas should be taken back and sent through another peer:
-/// after it has been without a session for a whole grace period while some other peer has one.
+/// after it has been without a session for a whole grace period while some other peer has one;
+/// at once if it said it drains (a planned stop: it is not coming back soon).
 ///
 /// Call order: [`observe`](Self::observe) each peer's state whenever one may have changed (a
 /// peer first observed down counts as down since then), then [`gone`](Self::gone) for the
@@ -58,8 +59,9 @@ fn score(key: &str, from: &str, to: &str) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Failover<K> {
     grace: Duration,
-    /// Per peer: since when it has been without a session (None: connected).
-    down_since: BTreeMap<K, Option<Instant>>,
+    /// Per peer: since when it has been without a session (None: connected), and whether it
+    /// said it drains.
+    down_since: BTreeMap<K, (Option<Instant>, bool)>,
 }
 
 impl<K: Ord + Clone> Failover<K> {
@@ -71,13 +73,27 @@ impl<K: Ord + Clone> Failover<K> {
         }
     }
 
-    /// Record a peer's state as seen at `now`.
-    pub fn observe(&mut self, peer: &K, connected: bool, now: Instant) {
-        let slot = self.down_since.entry(peer.clone()).or_insert(Some(now));
+    /// Record a peer's state as seen at `now`: whether it has a session, and whether it said
+    /// it drains.
+    pub fn observe(&mut self, peer: &K, connected: bool, draining: bool, now: Instant) {
+        let (slot, drains) = self
+            .down_since
+            .entry(peer.clone())
+            .or_insert((Some(now), false));
+        *drains = draining;
         match (connected, *slot) {
             (true, _) => *slot = None,
             (false, None) => *slot = Some(now),
             (false, Some(_)) => {}
+        }
+    }
+
+    /// When a peer that is down (since `since`, draining or not) counts as gone.
+    fn gone_at(&self, since: Instant, draining: bool) -> Instant {
+        if draining {
+            since
+        } else {
+            since + self.grace
         }
     }
 
@@ -89,7 +105,7 @@ impl<K: Ord + Clone> Failover<K> {
         }
         self.down_since
             .iter()
-            .filter(|(_, d)| d.is_some_and(|since| now >= since + self.grace))
+            .filter(|(_, (d, drains))| d.is_some_and(|since| now >= self.gone_at(since, *drains)))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -106,13 +122,12 @@ impl<K: Ord + Clone> Failover<K> {
         let soonest = now + self.grace.min(Duration::from_secs(1));
         self.down_since
             .values()
-            .flatten()
-            .map(|since| (*since + self.grace).max(soonest))
+            .filter_map(|(d, drains)| d.map(|since| self.gone_at(since, *drains).max(soonest)))
             .min()
     }
 
     fn any_connected(&self) -> bool {
-        self.down_since.values().any(Option::is_none)
+        self.down_since.values().any(|(d, _)| d.is_none())
     }
 }
 
@@ -172,18 +187,18 @@ mod tests {
         let s = Duration::from_secs(1);
         let mut f = Failover::new(grace);
         // At start nobody is connected: nothing is gone, nothing to wait for.
-        f.observe(&0, false, t0);
-        f.observe(&1, false, t0);
+        f.observe(&0, false, false, t0);
+        f.observe(&1, false, false, t0);
         assert!(f.gone(t0 + grace * 2).is_empty());
         assert_eq!(f.next_check(t0), None);
         // Both come up; peer 0 drops at t0+10s.
-        f.observe(&0, true, t0 + s);
-        f.observe(&1, true, t0 + s);
+        f.observe(&0, true, false, t0 + s);
+        f.observe(&1, true, false, t0 + s);
         assert!(f.gone(t0 + s).is_empty());
         assert_eq!(f.next_check(t0 + s), None);
         let drop_at = t0 + 10 * s;
-        f.observe(&0, false, drop_at);
-        f.observe(&0, false, drop_at + 2 * s); // still down: the clock keeps running
+        f.observe(&0, false, false, drop_at);
+        f.observe(&0, false, false, drop_at + 2 * s); // still down: the clock keeps running
         assert_eq!(f.next_check(drop_at), Some(drop_at + grace));
         assert!(f.gone(drop_at + grace - s).is_empty());
         assert_eq!(f.gone(drop_at + grace), vec![0]);
@@ -191,14 +206,14 @@ mod tests {
         let later = drop_at + grace + 3 * s;
         assert_eq!(f.next_check(later), Some(later + s));
         // Peer 1 drops too: nowhere to send, so nothing is gone.
-        f.observe(&1, false, later);
+        f.observe(&1, false, false, later);
         assert!(f.gone(later + grace * 2).is_empty());
         assert_eq!(f.next_check(later), None);
         // Peer 1 returns: peer 0 (down long ago) is gone at once.
-        f.observe(&1, true, later + grace * 3);
+        f.observe(&1, true, false, later + grace * 3);
         assert_eq!(f.gone(later + grace * 3), vec![0]);
         // Peer 0 returns: nothing is gone.
-        f.observe(&0, true, later + grace * 3);
+        f.observe(&0, true, false, later + grace * 3);
         assert!(f.gone(later + grace * 4).is_empty());
     }
 
@@ -206,15 +221,39 @@ mod tests {
     fn a_short_cut_is_not_a_failover() {
         let t0 = Instant::now();
         let mut f = Failover::new(Duration::from_secs(6));
-        f.observe(&"a", true, t0);
-        f.observe(&"b", true, t0);
-        f.observe(&"a", false, t0 + Duration::from_secs(1));
+        f.observe(&"a", true, false, t0);
+        f.observe(&"b", true, false, t0);
+        f.observe(&"a", false, false, t0 + Duration::from_secs(1));
         assert_eq!(
             f.next_check(t0 + Duration::from_secs(1)),
             Some(t0 + Duration::from_secs(7))
         );
-        f.observe(&"a", true, t0 + Duration::from_secs(3));
+        f.observe(&"a", true, false, t0 + Duration::from_secs(3));
         assert!(f.gone(t0 + Duration::from_secs(30)).is_empty());
         assert_eq!(f.next_check(t0 + Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn a_peer_that_drained_is_gone_as_it_leaves_if_another_is_up() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut f = Failover::new(Duration::from_secs(6));
+        f.observe(&"a", true, false, t0);
+        f.observe(&"b", true, false, t0);
+        // "a" drains: while it still has its session, nothing is gone.
+        f.observe(&"a", true, true, t0 + s);
+        assert!(f.gone(t0 + s).is_empty());
+        // It leaves: gone at once, not after the grace.
+        f.observe(&"a", false, true, t0 + 2 * s);
+        assert_eq!(f.gone(t0 + 2 * s), vec!["a"]);
+        assert_eq!(f.next_check(t0 + 2 * s), Some(t0 + 3 * s));
+        // Alone, a drained peer's stanzas stay where they are (nowhere else to go).
+        let mut lone = Failover::new(Duration::from_secs(6));
+        lone.observe(&"a", true, true, t0);
+        lone.observe(&"a", false, true, t0 + s);
+        assert!(lone.gone(t0 + 10 * s).is_empty());
+        // Back with a new session (and no longer draining): not gone.
+        f.observe(&"a", true, false, t0 + 3 * s);
+        assert!(f.gone(t0 + 3 * s).is_empty());
     }
 }
