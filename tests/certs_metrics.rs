@@ -2,15 +2,14 @@
 //! about our certificates, and the Prometheus metrics endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use causeway_testkit::lab::{core_config, edge_config, Lab, LOCAL, LOCAL_MUC, PARTNER};
 
-use crate::support::{options, start, Step, CORE, EDGE, PATIENCE};
+use crate::support::{http_get, options, start, Step, CORE, EDGE, PATIENCE};
 
 /// Names of the edge's federation certificate, in the lab edge config's `[federation]`.
 const EDGE_NAMES: &str = "fqdn = \"edge.example.com\"\n\
@@ -222,18 +221,6 @@ fn csr_names_come_from_the_config_files() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("federation.domains[0]"), "{err}");
-}
-
-/// One HTTP GET; (status line, headers, body).
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    Ok((status.to_string(), headers.to_string(), body.to_string()))
 }
 
 /// Sample key (`name{labels}` as exposed) -> value. Panics on any line that is not a HELP or

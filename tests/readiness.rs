@@ -1,8 +1,7 @@
 //! Health and readiness over HTTP, on the `[metrics]` listener: what a load balancer, an
 //! orchestrator or a monitoring check polls.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::os::unix::net::UnixDatagram;
@@ -11,25 +10,21 @@ use std::process::Command;
 use causeway_testkit::lab::Lab;
 use causeway_testkit::ChildGuard;
 
-use crate::support::{options, signal, start, Step, PATIENCE};
+use crate::support::{http_get, options, signal, start, Step, PATIENCE};
 
 /// `GET path` at `addr`: the status code and the body (0 and the error when it fails).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let attempt = || -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, body.to_owned()))
-    };
-    attempt().unwrap_or_else(|e| (0, e.to_string()))
+    match http_get(addr, path) {
+        Ok((status, _, body)) => {
+            let code = status
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            (code, body)
+        }
+        Err(e) => (0, e.to_string()),
+    }
 }
 
 /// Poll `path` at `addr` until it answers `code` with a body containing `text`.

@@ -144,17 +144,24 @@ pub fn legitimate_traffic_flows(lab: &Lab, body: &str) {
         .step(lab, "legitimate traffic beside the attack");
 }
 
-/// `GET /metrics` at `addr`: the response text (empty when it cannot be read).
-pub fn scrape(addr: SocketAddr) -> String {
+/// One HTTP GET; (status line, headers, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String, String)> {
     use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-        return String::new();
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n");
-    let mut out = String::new();
-    let _ = tcp.read_to_string(&mut out);
-    out
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Ok((status.to_string(), headers.to_string(), body.to_string()))
+}
+
+/// `GET /metrics` at `addr`: the body (empty when it cannot be read).
+pub fn scrape(addr: SocketAddr) -> String {
+    http_get(addr, "/metrics")
+        .map(|(_, _, body)| body)
+        .unwrap_or_default()
 }
 
 /// The value of the sample `name` (with its labels, e.g. `x_total{reason="full"}`) in a

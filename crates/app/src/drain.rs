@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The reason a drained daemon gives for not being ready (`/readyz`, `status`).
+pub const REASON: &str = "draining (a planned stop): restart it to serve again";
+
 /// What a draining daemon still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Remaining {

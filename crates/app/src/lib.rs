@@ -142,6 +142,17 @@ where
     });
 }
 
+/// A planned stop has begun (the first SIGINT or SIGTERM): tell systemd, and run `drain`,
+/// which a second signal cuts short.
+pub async fn stop_draining<F: std::future::Future>(drain: F) {
+    systemd::stopping();
+    tracing::info!("stopping: draining first (a second SIGTERM or SIGINT stops at once)");
+    tokio::select! {
+        _ = drain => {}
+        _ = shutdown_signal() => tracing::warn!("drain cut short by a second signal"),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -252,6 +252,8 @@ pub struct Validated {
     pub dialback_secret: String,
     /// The previous dialback secret, during a rollover.
     pub dialback_previous: Option<String>,
+    /// `[tunnel] drain_secs`, checked.
+    pub drain_within: std::time::Duration,
     /// Email address for federation (`[email_translation]`): its directory file loaded, or its
     /// LDAP settings checked.
     pub email: crate::email::EmailConfig,
@@ -359,7 +361,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
     domains.extend(node_config.cluster_domains());
     let edges = crate::edges::edges_of(&raw.tunnel)?;
     raw.admin.validate()?;
-    causeway_app::drain_within(raw.tunnel.drain_secs)?;
+    let drain_within = causeway_app::drain_within(raw.tunnel.drain_secs)?;
     let email = crate::email::EmailConfig::from_section(&raw.email_translation, &domains)?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
@@ -374,6 +376,7 @@ fn validate(raw: CoreConfig) -> anyhow::Result<Validated> {
         node_config,
         dialback_secret,
         dialback_previous,
+        drain_within,
         edges,
         email,
     })

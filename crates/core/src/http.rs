@@ -37,12 +37,11 @@ pub async fn serve(
 pub fn summary(core: &Core) -> String {
     let verdict = readiness(core);
     if verdict.is_ok() {
-        let links = core.tunnel.links();
-        let up = links
-            .iter()
-            .filter(|l| matches!(l.tunnel.state(), TunnelState::Connected { .. }))
-            .count();
-        format!("ready: {up} of {} edge tunnels up", links.len())
+        format!(
+            "ready: {} of {} edge tunnels up",
+            core.tunnel.connected(),
+            core.tunnel.links().len()
+        )
     } else {
         format!("not ready: {}", verdict.reasons.join("; "))
     }
@@ -52,14 +51,10 @@ pub fn summary(core: &Core) -> String {
 pub fn readiness(core: &Core) -> Verdict {
     let mut reasons = Vec::new();
     if core.s2s.is_draining() {
-        reasons.push("draining (a planned stop): restart it to serve again".to_owned());
+        reasons.push(causeway_app::drain::REASON.to_owned());
     }
     let links = core.tunnel.links();
-    let up = links
-        .iter()
-        .filter(|l| matches!(l.tunnel.state(), TunnelState::Connected { .. }))
-        .count();
-    if up == 0 {
+    if core.tunnel.connected() == 0 {
         let mut why = format!(
             "no edge tunnel is up ({} edge{} configured)",
             links.len(),

@@ -291,7 +291,7 @@ pub async fn start(
         started: std::time::SystemTime::now(),
         discovery,
         heartbeats,
-        drain_within: causeway_app::drain_within(cfg.raw.tunnel.drain_secs)?,
+        drain_within: cfg.drain_within,
     })
 }
 

@@ -119,7 +119,7 @@ fn certificate_warnings(edge: &Edge, learned: &[(String, String)]) -> Vec<String
 /// cores connected and the domains known, or why federation is not active.
 pub fn summary(edge: &Edge) -> String {
     if edge.s2s.is_draining() {
-        return format!("Inactive: {}", crate::http::DRAINING);
+        return format!("Inactive: {}", causeway_app::drain::REASON);
     }
     let cores = edge.tunnel.connected_cores().len();
     let domains = edge.host.domain_cores().entries().len();
@@ -187,7 +187,7 @@ pub fn status(edge: &Edge) -> StatusReply {
     domains.sort_by(|a, b| (a.kind != "domain", &a.name).cmp(&(b.kind != "domain", &b.name)));
     let mut reasons = Vec::new();
     if edge.s2s.is_draining() {
-        reasons.push(crate::http::DRAINING.to_owned());
+        reasons.push(causeway_app::drain::REASON.to_owned());
     }
     if connected.is_empty() {
         reasons.push("no core is connected".to_owned());

@@ -112,12 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 async move { edge.reload().await }
             });
             causeway_app::shutdown_signal().await;
-            causeway_app::systemd::stopping();
-            tracing::info!("stopping: draining first (a second SIGTERM or SIGINT stops at once)");
-            tokio::select! {
-                _ = edge.drain() => {}
-                _ = causeway_app::shutdown_signal() => tracing::warn!("drain cut short by a second signal"),
-            }
+            causeway_app::stop_draining(edge.drain()).await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
             drop(admin);

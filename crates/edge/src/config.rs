@@ -360,6 +360,8 @@ pub struct Validated {
     pub dialback_secret: String,
     /// The previous dialback secret, during a rollover.
     pub dialback_previous: Option<String>,
+    /// `[tunnel] drain_secs`, checked.
+    pub drain_within: std::time::Duration,
     /// Trust for peer certificates, if a CA bundle is configured.
     pub peer_trust: Option<std::sync::Arc<causeway_pki::PeerTrust>>,
     /// The traversal CA with its CRLs, if `tunnel.crls` lists any.
@@ -558,7 +560,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
     )
     .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
     raw.admin.validate()?;
-    causeway_app::drain_within(raw.tunnel.drain_secs)?;
+    let drain_within = causeway_app::drain_within(raw.tunnel.drain_secs)?;
     match raw.log.format.as_str() {
         "text" | "json" => {}
         other => bail!("log.format: {other:?} is not text or json"),
@@ -571,6 +573,7 @@ fn validate(raw: EdgeConfig) -> anyhow::Result<Validated> {
         direct_tls_routes,
         dialback_secret,
         dialback_previous,
+        drain_within,
         peer_trust,
         tunnel_trust,
         outbound_filter,

@@ -42,6 +42,3 @@ pub fn readiness(edge: &Edge) -> Verdict {
         .unwrap_or_else(|| vec!["no status".to_owned()]);
     Verdict::from_reasons(reasons)
 }
-
-/// The reason a draining daemon gives.
-pub const DRAINING: &str = "draining (a planned stop): restart it to serve again";

@@ -517,7 +517,7 @@ pub async fn start(
         config_path: cfg.path.clone(),
         started: std::time::SystemTime::now(),
         heartbeats,
-        drain_within: causeway_app::drain_within(cfg.raw.tunnel.drain_secs)?,
+        drain_within: cfg.drain_within,
     })
 }
 
